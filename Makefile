@@ -1,0 +1,42 @@
+# Two entry points (see README.md):
+#   make demo  — train and evaluate ATSS on the default real data, on CPU
+#   make test  — lint + the whole test suite
+# Both create/refresh .venv (Python 3.10, pinned stack) on first use.
+SHELL := /bin/bash
+PY := .venv/bin/python
+LINT_PATHS := projects configs tests scripts $(wildcard *.py)
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test lint pytest demo bench lock clean
+
+venv:
+	@scripts/ensure_venv.sh
+
+lint: venv
+	$(PY) -m flake8 $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
+	$(PY) -m black --check --quiet $(LINT_PATHS)
+
+pytest: venv
+	$(PY) -m pytest -q --durations=15 tests
+
+test: lint pytest
+
+format: venv
+	$(PY) -m isort $(LINT_PATHS)
+	$(PY) -m black --quiet $(LINT_PATHS)
+
+demo: venv
+	$(PY) scripts/demo_main.py
+
+bench: venv
+	$(PY) scripts/bench_matcher.py
+
+# Re-resolve the lock file after editing requirements.txt.
+lock:
+	rm -rf /tmp/atss-lock && $$(scripts/find_python310.sh) -m venv /tmp/atss-lock
+	/tmp/atss-lock/bin/pip install -q -r requirements.txt
+	/tmp/atss-lock/bin/pip freeze | sed '1i # Lock file: exact versions resolved on Python 3.10 / linux x86_64 (pip freeze of a fresh .venv).\n# Regenerate with `make lock` after editing requirements.txt.' > constraints.txt
+
+clean:
+	rm -rf .venv output .cache
