@@ -1,0 +1,1 @@
+"""atss.layers"""
