@@ -1,1 +1,3 @@
 """atss.layers"""
+
+from .deform_conv import DeformConv, DeformConvWithOffset, ModulatedDeformConv

@@ -1,1 +1,3 @@
 """atss.modeling.backbone"""
+
+from .resnet import DeformBottleneckBlock, build_resnet, make_resnet_stages

@@ -1,0 +1,319 @@
+"""
+Deformable convolutions (DCNv1 and modulated DCNv2) on ``torchvision.ops.deform_conv2d``.
+
+Detectron2's ``DeformConv`` / ``ModulatedDeformConv`` are autograd Functions around its own
+CUDA kernels: on CPU the modulated op raises ``NotImplementedError`` in forward, the plain op
+raises it in backward, and neither can be saved after ``torch.jit.trace`` (a Python autograd
+Function is not exportable). The modules here compute the same thing with the torchvision
+operator, which has CPU and CUDA kernels for forward and backward and is a registered
+TorchScript op, so a traced model can be saved and reloaded.
+
+They are drop-in replacements: same constructor signatures, same parameter names and shapes,
+same initialisation, and the same offset/mask memory layout as Detectron2's kernels, so state
+dicts and offset-predicting convs are interchangeable.
+
+Offset / mask layout (identical in Detectron2's kernels and torchvision's): for a
+``kh x kw`` kernel, K = kh * kw sampling points indexed ``k = i * kw + j``, and deformable group
+``g`` (which deforms input channels ``[g * C / dg, (g + 1) * C / dg)``):
+
+* ``offset[:, g * 2K + 2k]`` is the vertical (y) and ``offset[:, g * 2K + 2k + 1]`` the
+  horizontal (x) displacement of point ``k``, in input pixels;
+* ``mask[:, g * K + k]`` multiplies the bilinearly sampled value of point ``k``.
+"""
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import deform_conv2d
+
+__all__ = ["DeformConv", "ModulatedDeformConv", "DeformConvWithOffset"]
+
+
+class _DeformConvBase(nn.Module):
+    """
+    Attributes and parameters shared by :class:`DeformConv` and :class:`ModulatedDeformConv`,
+    named as in Detectron2 so that state dicts load in both directions.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        deformable_groups,
+        bias,
+        norm,
+        activation,
+    ):
+        super().__init__()
+        assert in_channels % groups == 0, f"in_channels={in_channels} not divisible by {groups=}"
+        assert out_channels % groups == 0, f"out_channels={out_channels} not divisible by {groups=}"
+        assert (
+            in_channels % deformable_groups == 0
+        ), f"in_channels={in_channels} not divisible by {deformable_groups=}"
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        # Stored as pairs for both classes (Detectron2's modulated op keeps ints, which its own
+        # empty-input branch cannot zip over); torchvision accepts either.
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.deformable_groups = deformable_groups
+        self.with_bias = bias
+        self.norm = norm
+        self.activation = activation
+
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+
+        # Same initialisation as Detectron2 (callers such as ResNet blocks usually re-initialise).
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.constant_(self.bias, 0)
+
+    @property
+    def num_sampling_points(self):
+        """int: kernel_h * kernel_w, the number of sampling points per deformable group."""
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def _check_offset(self, offset, mask):
+        num_points = self.deformable_groups * self.num_sampling_points
+        # torchvision infers the number of deformable groups from the offset channels, so a
+        # mismatch would silently run a different op; fail loudly instead.
+        if offset.shape[1] != 2 * num_points:
+            raise ValueError(
+                f"offset must have 2 * deformable_groups * kh * kw = {2 * num_points} channels, "
+                f"got {offset.shape[1]}"
+            )
+        if mask is not None and mask.shape[1] != num_points:
+            raise ValueError(
+                f"mask must have deformable_groups * kh * kw = {num_points} channels, "
+                f"got {mask.shape[1]}"
+            )
+
+    def _deform_conv(self, x, offset, mask):
+        if not torch.jit.is_tracing():
+            # Under tracing the shapes are traced values and the check would become a constant.
+            self._check_offset(offset, mask)
+        # torchvision handles empty batches itself, so no special case as in Detectron2.
+        x = deform_conv2d(
+            x,
+            offset,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=mask,
+        )
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def extra_repr(self):
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, groups={self.groups}, "
+            f"deformable_groups={self.deformable_groups}, bias={self.with_bias}"
+        )
+
+
+class DeformConv(_DeformConvBase):
+    """
+    Deformable convolution (DCNv1, :paper:`deformconv`): a drop-in replacement for
+    :class:`detectron2.layers.DeformConv` that also runs backward on CPU and can be traced
+    and saved. Like Detectron2's, it has no bias.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        deformable_groups=1,
+        bias=False,
+        norm=None,
+        activation=None,
+    ):
+        """
+        Arguments are those of :class:`detectron2.layers.DeformConv`:
+
+        Args:
+            deformable_groups (int): number of groups of input channels that share offsets.
+            bias (bool): must be False (kept for signature compatibility).
+            norm (nn.Module, optional): a normalization layer applied after the convolution.
+            activation (callable(Tensor) -> Tensor, optional): applied after ``norm``.
+        """
+        assert not bias, "DeformConv has no bias (as in Detectron2); use ModulatedDeformConv"
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            deformable_groups,
+            False,
+            norm,
+            activation,
+        )
+
+    def forward(self, x, offset):
+        """
+        Args:
+            x (Tensor): (N, C_in, H, W).
+            offset (Tensor): (N, 2 * deformable_groups * kh * kw, H_out, W_out), layout as in
+                the module docstring.
+
+        Returns:
+            Tensor: (N, C_out, H_out, W_out).
+        """
+        return self._deform_conv(x, offset, None)
+
+
+class ModulatedDeformConv(_DeformConvBase):
+    """
+    Modulated deformable convolution (DCNv2, :paper:`deformconv2`): a drop-in replacement for
+    :class:`detectron2.layers.ModulatedDeformConv` that runs forward and backward on CPU and
+    can be traced and saved.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        deformable_groups=1,
+        bias=True,
+        norm=None,
+        activation=None,
+    ):
+        """
+        Arguments are those of :class:`detectron2.layers.ModulatedDeformConv`:
+
+        Args:
+            deformable_groups (int): number of groups of input channels that share offsets
+                and masks.
+            bias (bool): whether to add a learnable bias (initialised to 0).
+            norm (nn.Module, optional): a normalization layer applied after the convolution.
+            activation (callable(Tensor) -> Tensor, optional): applied after ``norm``.
+        """
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            deformable_groups,
+            bias,
+            norm,
+            activation,
+        )
+
+    def forward(self, x, offset, mask):
+        """
+        Args:
+            x (Tensor): (N, C_in, H, W).
+            offset (Tensor): (N, 2 * deformable_groups * kh * kw, H_out, W_out).
+            mask (Tensor): (N, deformable_groups * kh * kw, H_out, W_out), usually in [0, 1]
+                (the caller applies the sigmoid). Layouts as in the module docstring.
+
+        Returns:
+            Tensor: (N, C_out, H_out, W_out).
+        """
+        return self._deform_conv(x, offset, mask)
+
+
+class DeformConvWithOffset(nn.Module):
+    """
+    A modulated deformable conv (DCNv2) together with the regular conv that predicts its
+    offsets and mask from the same input, e.g. for the last conv of a head tower.
+
+    ``conv_offset`` predicts ``3 * deformable_groups * kh * kw`` channels, split as in DCNv2
+    (and Detectron2's ``DeformBottleneckBlock``): the first ``2 * dg * kh * kw`` channels are
+    the offsets, the last ``dg * kh * kw`` channels go through a sigmoid to give the mask.
+    ``conv_offset`` is zero-initialised, so at initialisation all offsets are 0 and the mask is
+    ``sigmoid(0) = 0.5`` everywhere: the module starts as a regular convolution whose
+    (bias-free) response is halved.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        deformable_groups=1,
+        bias=True,
+    ):
+        """
+        Args:
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
+                as in :class:`nn.Conv2d`, for the deformable conv ``self.conv``.
+            deformable_groups (int): number of groups of input channels with their own
+                offsets and mask.
+        """
+        super().__init__()
+        self.deformable_groups = deformable_groups
+        kernel_size = _pair(kernel_size)
+        self.num_offset_channels = 2 * deformable_groups * kernel_size[0] * kernel_size[1]
+        # Same geometry as the deformable conv so the offsets have its output size.
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            self.num_offset_channels * 3 // 2,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+        )
+        self.conv = ModulatedDeformConv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            deformable_groups=deformable_groups,
+            bias=bias,
+        )
+        nn.init.constant_(self.conv_offset.weight, 0)
+        nn.init.constant_(self.conv_offset.bias, 0)
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor): (N, C_in, H, W).
+
+        Returns:
+            Tensor: (N, C_out, H_out, W_out).
+        """
+        offset_mask = self.conv_offset(x)
+        offset = offset_mask[:, : self.num_offset_channels]
+        mask = offset_mask[:, self.num_offset_channels :].sigmoid()
+        return self.conv(x, offset, mask)
