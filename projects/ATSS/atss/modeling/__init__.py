@@ -1,1 +1,7 @@
-"""atss.modeling"""
+"""ATSS modeling: matcher, assigners, box coding, head, losses and the meta-architecture."""
+
+from .assigners import AnchorAssigner, iou_match, ssc_match, topk_match
+from .box_coding import PointBoxTransform, build_box_transform
+from .head import ATSSHead, Scale
+from .matcher import atss_match
+from .meta_arch import ATSS

@@ -1,0 +1,17 @@
+# ATSS, R-50-FPN, 1x (90k iterations at 16 images), single-scale training: the authors' reference
+# recipe (published: 39.3 AP on COCO minival). MSRA R-50 weights, FrozenBN, stem + res2 frozen.
+from detectron2.model_zoo import get_config
+
+from ..common.coco_data import dataloader
+from ..common.models.atss import model
+from ..common.optim import SGD as optimizer
+from ..common.schedule import lr_multiplier_1x as lr_multiplier
+
+train = get_config("common/train.py").train
+train.max_iter = 90000
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+train.checkpointer.period = 5000
+train.eval_period = 10000
+
+model.backbone.bottom_up.freeze_at = 2
+dataloader.train.total_batch_size = 16

@@ -1,0 +1,18 @@
+# COCO detection data in the authors' two recipes, on Detectron2's common COCO loader.
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.model_zoo import get_config
+
+# 1x: single scale, shorter side 800 (max 1333), horizontal flip.
+dataloader = get_config("common/data/coco.py").dataloader
+dataloader.train.mapper.use_instance_mask = False
+dataloader.train.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333, sample_style="choice"),
+    L(T.RandomFlip)(horizontal=True),
+]
+
+# 2x multi-scale: shorter side drawn uniformly from the integers 640..800 per image.
+MULTI_SCALE_AUGMENTATIONS = [
+    L(T.ResizeShortestEdge)(short_edge_length=(640, 800), max_size=1333, sample_style="range"),
+    L(T.RandomFlip)(horizontal=True),
+]

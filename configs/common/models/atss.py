@@ -1,0 +1,34 @@
+# ATSS R-50-FPN model, composed from Detectron2's FCOS config (R-50 + FPN, P3-P7 with P6/P7 from
+# P5 and a ReLU before P7, GN head) with the ATSS pieces swapped in.
+from detectron2.config import LazyCall as L
+from detectron2.model_zoo import get_config
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+from atss import ATSS, AnchorAssigner, ATSSHead
+
+model = get_config("common/models/fcos.py").model
+model._target_ = ATSS
+
+# One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride.
+model.anchor_generator = L(DefaultAnchorGenerator)(
+    sizes=[[64], [128], [256], [512], [1024]],
+    aspect_ratios=[1.0],
+    strides=[8, 16, 32, 64, 128],
+    offset=0.5,
+)
+# The switches: assigner mode ("ATSS" | "IoU" | "SSC" | "TOPK") and box coding ("BOX" | "POINT").
+model.assigner = L(AnchorAssigner)(mode="ATSS", topk=9)
+model.box_coding = "BOX"
+model.reg_loss_weight = 2.0
+
+model.head._target_ = ATSSHead
+model.head.num_anchors = 1
+model.head.box_coding = "${..box_coding}"
+model.head.use_dcn = False
+
+# Authors' inference: raw p > 0.05, top 1000 per level by p*c, class-wise NMS 0.6, 100 per image.
+model.test_score_thresh = 0.05
+model.test_topk_candidates = 1000
+model.test_nms_thresh = 0.6
+model.max_detections_per_image = 100
+model.input_format = "BGR"

@@ -1,0 +1,115 @@
+"""The ATSS head: GN conv towers, classification, box and centerness predictors, per-level scale."""
+
+import logging
+from typing import List
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from torch import Tensor, nn
+
+__all__ = ["ATSSHead", "Scale"]
+
+logger = logging.getLogger(__name__)
+
+
+class Scale(nn.Module):
+    """A learnable scalar (init 1.0) multiplying its input; one per pyramid level."""
+
+    def __init__(self, init_value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class ATSSHead(RetinaNetHead):
+    """
+    Two towers (classification, box) of ``len(conv_dims)`` x (3x3 conv, norm, ReLU), shared by
+    all levels, then
+
+    * ``cls_score``: #A·C logits (prior-probability bias, default 0.01);
+    * ``bbox_pred``: #A·4 box regression, multiplied by a learnable ``scales[l]`` per level;
+    * ``centerness``: #A·1 logits, computed on the **box** tower as in the authors' code.
+
+    Weights are normal(0, 0.01) with zero bias (RetinaNetHead's init). With ``box_coding="POINT"``
+    the box bias starts at 4, so that the initial box spans ±4 strides, the size of the 8·stride
+    anchor (authors' POINT mode). With ``use_dcn=True`` the last conv of each tower is a
+    modulated deformable conv (DCNv2), as in the authors' DCN models.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        num_anchors: int = 1,
+        conv_dims: List[int],
+        norm="GN",
+        prior_prob: float = 0.01,
+        box_coding: str = "BOX",
+        use_dcn: bool = False,
+    ):
+        """
+        Args:
+            input_shape: one ShapeSpec per level (channels must be equal).
+            num_classes: C. num_anchors: #A per location.
+            conv_dims: output channels of each tower conv.
+            norm: tower normalisation (see ``detectron2.layers.get_norm``), GN(32) by default.
+            prior_prob: initial foreground probability of every class.
+            box_coding: "BOX" or "POINT" (only changes the box-bias init here).
+            use_dcn: deformable last tower conv.
+        """
+        conv_dims = [int(c) for c in conv_dims]
+        super().__init__(
+            input_shape=list(input_shape),
+            num_classes=num_classes,
+            num_anchors=num_anchors,
+            conv_dims=conv_dims,
+            norm=norm,
+            prior_prob=prior_prob,
+        )
+        self.num_levels = len(input_shape)
+        self.centerness = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, padding=1)
+        nn.init.normal_(self.centerness.weight, std=0.01)
+        nn.init.constant_(self.centerness.bias, 0.0)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in range(self.num_levels)])
+        if box_coding == "POINT":
+            if num_anchors != 1:
+                raise ValueError("ATSSHead: POINT box coding needs one anchor per location")
+            nn.init.constant_(self.bbox_pred.bias, 4.0)
+        if use_dcn:
+            self._use_deformable_last_conv(conv_dims)
+
+    def _use_deformable_last_conv(self, conv_dims):
+        from ..layers import DeformConvWithOffset
+
+        for tower in (self.cls_subnet, self.bbox_subnet):
+            convs = [i for i, m in enumerate(tower) if isinstance(m, nn.Conv2d)]
+            last = convs[-1]
+            in_channels = tower[last].in_channels
+            dcn = DeformConvWithOffset(in_channels, conv_dims[-1], kernel_size=3, padding=1)
+            nn.init.normal_(dcn.conv.weight, std=0.01)
+            if dcn.conv.bias is not None:
+                nn.init.constant_(dcn.conv.bias, 0.0)
+            tower[last] = dcn
+
+    def forward(self, features: List[Tensor]):
+        """
+        Args:
+            features: L tensors (N, C_in, H_l, W_l), high to low resolution.
+
+        Returns:
+            logits: L tensors (N, #A·C, H_l, W_l);
+            bbox_reg: L tensors (N, #A·4, H_l, W_l), already multiplied by the level's scale;
+            centerness: L tensors (N, #A, H_l, W_l) logits.
+        """
+        assert len(features) == self.num_levels, (len(features), self.num_levels)
+        logits, bbox_reg, centerness = [], [], []
+        for feature, scale in zip(features, self.scales):
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            box_feature = self.bbox_subnet(feature)
+            bbox_reg.append(scale(self.bbox_pred(box_feature)))
+            centerness.append(self.centerness(box_feature))
+        return logits, bbox_reg, centerness
