@@ -1,1 +1,3 @@
 """atss.modeling.backbone"""
+
+from .mobilenet import *  # noqa: F403  (exports mobilenet.__all__)
