@@ -1,1 +1,20 @@
-"""atss.data"""
+"""atss.data: datasets registered with Detectron2.
+
+* :mod:`.treecrowns` — real aerial tree-crown data shipped offline by ``deepforest``
+  (``treecrowns_train/val``, ``treecrowns_xsite_train/val``); call :func:`register_all_treecrowns`.
+* :mod:`.shapes` — a small generated dataset for fast tests (``shapes_train/val``); call
+  :func:`register_all_shapes` or :func:`register_shapes`.
+"""
+
+from .cache import default_cache_root
+from .shapes import SHAPES_CLASSES, build_shapes_cache, register_all_shapes, register_shapes
+from .treecrowns import (
+    TREECROWNS_CLASSES,
+    TREECROWNS_MAX_DETS_PER_IMAGE,
+    TREECROWNS_SPLITS,
+    TreeCrownSplitParams,
+    build_treecrowns_cache,
+    find_annotated_images,
+    plan_treecrown_splits,
+    register_all_treecrowns,
+)

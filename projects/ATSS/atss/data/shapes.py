@@ -1,0 +1,265 @@
+"""A small generated detection dataset for fast tests: coloured shapes on noisy backgrounds.
+
+Each image (side lengths drawn in ``image_size``) has a smooth random background (a bilinear
+gradient between random dark corner colours) plus Gaussian noise, and 1 to ``max_shapes``
+non-overlapping bright shapes of three classes: ``rectangle``, ``ellipse``, ``triangle``.
+Shapes are drawn without anti-aliasing, one mask per shape, and each box is the tight box of its
+mask (``XYXY_ABS``, x1/y1 one past the last pixel), so boxes are exact. Shapes never touch
+(a 2-pixel gap), so no box is occluded.
+
+Everything is a function of the seed: image ``i`` uses ``numpy.random.default_rng([seed, i])``
+(so the first images do not change when ``num_images`` grows), and the same parameters give
+byte-identical COCO JSON and PNG files. The files are written under
+``<cache root>/shapes/<key>/`` (see :mod:`atss.data.cache`), ``key`` hashing the parameters.
+
+Usage::
+
+    from atss.data import register_all_shapes, register_shapes
+    register_all_shapes()                      # "shapes_train" (64 images), "shapes_val" (16)
+    register_shapes("shapes_tiny", num_images=4, seed=3, image_size=(128, 160))
+"""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from PIL import Image
+
+from .cache import build_dir_atomically, is_complete, resolve_root, write_json_atomically
+
+__all__ = [
+    "SHAPES_CLASSES",
+    "generate_shapes_image",
+    "build_shapes_cache",
+    "register_shapes",
+    "register_all_shapes",
+]
+
+logger = logging.getLogger(__name__)
+
+SHAPES_CLASSES = ["rectangle", "ellipse", "triangle"]
+# Bump when generation changes, so caches of the old generator are not reused.
+_GENERATOR_VERSION = 1
+_GAP = 2  # pixels kept free between shapes
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Dark bilinear colour gradient, float32 (H, W, 3) in [0, 110]."""
+    corners = rng.uniform(0, 110, size=(2, 2, 3)).astype(np.float32)
+    # Explicit numpy arithmetic (not cv2.resize) so the result is the same on every platform.
+    ty = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    tx = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    top = corners[0, 0] * (1 - tx) + corners[0, 1] * tx
+    bottom = corners[1, 0] * (1 - tx) + corners[1, 1] * tx
+    return top * (1 - ty) + bottom * ty
+
+
+def _draw_mask(rng: np.random.Generator, cls: int, height: int, width: int, size: int, x, y):
+    """Mask (H, W) uint8 of one shape of class ``cls`` inside the square (x, y, size)."""
+    mask = np.zeros((height, width), np.uint8)
+    if cls == 0:  # axis-aligned rectangle, aspect ratio in [1/2, 2]
+        w = int(rng.integers(size // 2, size + 1))
+        h = int(rng.integers(size // 2, size + 1))
+        cv2.rectangle(mask, (x, y), (x + w - 1, y + h - 1), 1, thickness=-1)
+    elif cls == 1:  # rotated ellipse
+        # Semi-axes <= (size - 1) // 2 keep every rotation inside the square.
+        half = (size - 1) // 2
+        axes = (int(rng.integers(size // 4, half + 1)), int(rng.integers(size // 4, half + 1)))
+        center = (x + size // 2, y + size // 2)
+        angle = float(rng.uniform(0, 180))
+        cv2.ellipse(mask, center, axes, angle, 0, 360, 1, thickness=-1, lineType=cv2.LINE_8)
+    else:  # triangle: one vertex on the top edge, two on the bottom half of the square
+        pts = np.array(
+            [
+                [x + int(rng.integers(0, size)), y],
+                [x, y + int(rng.integers(size // 2, size))],
+                [x + size - 1, y + int(rng.integers(size // 2, size))],
+            ],
+            np.int32,
+        )
+        cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8)
+    return mask
+
+
+def generate_shapes_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    max_shapes: int = 4,
+    min_size: int = 16,
+) -> dict:
+    """Render one image.
+
+    Args:
+        rng: random generator (all randomness comes from it).
+        height, width: image size.
+        max_shapes: at most this many shapes (at least 1; fewer when they do not fit).
+        min_size: smallest side of a shape's square, in pixels.
+
+    Returns:
+        dict with "image" uint8 (H, W, 3) RGB, "boxes" float64 (N, 4) XYXY_ABS exact tight
+        boxes, "classes" int64 (N,) indices into :data:`SHAPES_CLASSES`, "masks" bool (N, H, W).
+    """
+    max_size = max(min_size, int(0.45 * min(height, width)))
+    image = _background(rng, height, width)
+    boxes, classes, masks = [], [], []
+    num = int(rng.integers(1, max_shapes + 1))
+    for _ in range(num):
+        for _attempt in range(20):  # rejection sampling for non-overlapping shapes
+            size = int(rng.integers(min_size, max_size + 1))
+            x = int(rng.integers(0, width - size + 1))
+            y = int(rng.integers(0, height - size + 1))
+            if all(
+                x + size + _GAP <= b[0]
+                or b[2] + _GAP <= x
+                or y + size + _GAP <= b[1]
+                or b[3] + _GAP <= y
+                for b in boxes
+            ):
+                break
+        else:
+            continue
+        cls = int(rng.integers(0, len(SHAPES_CLASSES)))
+        color = rng.uniform(150, 255, size=3).astype(np.float32)
+        mask = _draw_mask(rng, cls, height, width, size, x, y).astype(bool)
+        ys, xs = np.nonzero(mask)
+        image[mask] = color
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        classes.append(cls)
+        masks.append(mask)
+    image += rng.normal(0, 8, size=image.shape).astype(np.float32)
+    return {
+        "image": np.clip(np.rint(image), 0, 255).astype(np.uint8),
+        "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
+        "classes": np.asarray(classes, np.int64),
+        "masks": np.asarray(masks, bool).reshape(-1, height, width),
+    }
+
+
+def _params(num_images, seed, image_size, max_shapes) -> dict:
+    lo, hi = (int(v) for v in image_size)
+    if not (32 <= lo <= hi):
+        raise ValueError(f"image_size must be (min, max) with 32 <= min <= max, got {image_size}")
+    if num_images < 1 or max_shapes < 1:
+        raise ValueError(f"num_images and max_shapes must be >= 1, got {num_images}, {max_shapes}")
+    return {
+        "generator": _GENERATOR_VERSION,
+        "num_images": int(num_images),
+        "seed": int(seed),
+        "image_size": [lo, hi],
+        "max_shapes": int(max_shapes),
+    }
+
+
+def _cache_dir(root, params: dict) -> Path:
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return resolve_root(root, "shapes") / key
+
+
+def build_shapes_cache(
+    num_images: int,
+    seed: int,
+    image_size: Tuple[int, int] = (128, 256),
+    max_shapes: int = 4,
+    root=None,
+) -> Path:
+    """Write ``images/NNNNNN.png`` and ``annotations.json`` (COCO) unless already cached.
+
+    Returns:
+        Path: the cache folder (``root`` or ``<cache root>/shapes``, then a parameter hash).
+    """
+    params = _params(num_images, seed, image_size, max_shapes)
+    lo, hi = params["image_size"]
+
+    def build(tmp_dir: Path) -> dict:
+        (tmp_dir / "images").mkdir()
+        images, anns = [], []
+        for i in range(num_images):
+            rng = np.random.default_rng([params["seed"], i])
+            height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+            out = generate_shapes_image(rng, height, width, max_shapes)
+            file_name = f"{i:06d}.png"
+            Image.fromarray(out["image"]).save(tmp_dir / "images" / file_name, compress_level=1)
+            images.append({"id": i + 1, "file_name": file_name, "height": height, "width": width})
+            for box, cls in zip(out["boxes"].tolist(), out["classes"].tolist()):
+                w, h = box[2] - box[0], box[3] - box[1]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": cls + 1,
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
+        coco = {
+            "info": {"description": "synthetic shapes, atss.data.shapes", "params": params},
+            "images": images,
+            "annotations": anns,
+            "categories": [
+                {"id": i + 1, "name": n, "supercategory": "shape"}
+                for i, n in enumerate(SHAPES_CLASSES)
+            ],
+        }
+        write_json_atomically(coco, tmp_dir / "annotations.json")
+        return {"params": params, "images": len(images), "boxes": len(anns)}
+
+    return build_dir_atomically(_cache_dir(root, params), build)
+
+
+def register_shapes(
+    name: str,
+    num_images: int,
+    seed: int,
+    image_size: Tuple[int, int] = (128, 256),
+    root: Optional[str] = None,
+    max_shapes: int = 4,
+) -> str:
+    """Generate (if not cached) and register a shapes dataset with Detectron2.
+
+    The files are written now (~10 ms per image), so ``metadata.json_file`` exists for
+    COCOEvaluator. Calling again with the same arguments is a no-op; with different
+    arguments the name is re-registered.
+
+    Returns:
+        str: ``name``.
+    """
+    folder = build_shapes_cache(num_images, seed, image_size, max_shapes, root)
+    json_file, image_root = str(folder / "annotations.json"), str(folder / "images")
+    if name in DatasetCatalog.list():
+        if getattr(MetadataCatalog.get(name), "json_file", None) == json_file:
+            return name
+        logger.info(f"Re-registering dataset {name} with {json_file}")
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    def load():
+        if not is_complete(folder):  # the cache was deleted after registration
+            build_shapes_cache(num_images, seed, image_size, max_shapes, root)
+        return load_coco_json(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(SHAPES_CLASSES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
+        evaluator_type="coco",
+        json_file=json_file,
+        image_root=image_root,
+    )
+    return name
+
+
+def register_all_shapes(root: Optional[str] = None) -> List[str]:
+    """Register ``shapes_train`` (64 images, seed 0) and ``shapes_val`` (16 images, seed 1),
+    128-256 px. Idempotent."""
+    return [
+        register_shapes("shapes_train", num_images=64, seed=0, root=root),
+        register_shapes("shapes_val", num_images=16, seed=1, root=root),
+    ]
