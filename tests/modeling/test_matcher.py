@@ -161,12 +161,51 @@ def test_invariants_1_to_5_hold_on_random_images():
             assert all_iou[a, gi] >= all_iou[a, competing].max()  # 4
         # 4 (converse): an anchor that passes for some GT is positive
         assert torch.equal(passes.any(1), matched >= 0)
+        # 8: a GT owning an anchor that passes for it with no higher-IoU passing rival
+        # gets at least one positive
+        rival_iou = torch.where(passes, all_iou, torch.tensor(-1.0))
+        for gi in range(len(gt)):
+            others = torch.cat([rival_iou[:, :gi], rival_iou[:, gi + 1 :]], dim=1)
+            best_other = others.amax(1) if others.shape[1] else torch.full((len(flat),), -1.0)
+            if bool((passes[:, gi] & (all_iou[:, gi] > best_other)).any()):
+                assert bool((matched == gi).any()), gi
         # 5: positives per GT <= candidates and <= k per level
         for gi in range(len(gt)):
             mine = matched == gi
             assert int(mine.sum()) <= cand.shape[1]
             for lvl in range(len(anchors)):
                 assert int((mine & (level_of == lvl)).sum()) <= 9
+
+
+def test_positives_per_gt_match_the_paper_statistics():
+    """§11.12: ~0.2·k·L (about 9) positives per well-separated GT, mostly on 1-2 adjacent levels."""
+    g = torch.Generator().manual_seed(11)
+    anchors, sizes, _ = grid_anchors(800, 1344)
+    level_of = torch.cat([torch.full((len(a),), i) for i, a in enumerate(anchors)])
+    counts, compact = [], 0
+    for _ in range(10):
+        gt = random_boxes(10, 800, 1344, g, min_size=24, max_size=400)
+        matched = atss_match(anchors, gt, grid_sizes=sizes)
+        for gi in range(len(gt)):
+            levels = level_of[matched == gi].unique()
+            counts.append(len(levels) and int((matched == gi).sum()))
+            compact += len(levels) <= 2 and (len(levels) < 2 or int(levels[1] - levels[0]) == 1)
+    mean = sum(counts) / len(counts)
+    assert 5 <= mean <= 14, mean
+    assert compact / len(counts) >= 0.8, compact / len(counts)
+
+
+def test_default_anchors_follow_the_paper():
+    """§11.13: H_l·W_l anchors per level, centres at ((j+0.5)s, (i+0.5)s), side 8s."""
+    anchors, sizes, n_a = grid_anchors(96, 160)
+    assert n_a == 1
+    for a, (h, w), s in zip(anchors, sizes, [8, 16, 32, 64, 128]):
+        assert len(a) == h * w
+        torch.testing.assert_close(a[:, 2:] - a[:, :2], torch.full((len(a), 2), 8.0 * s))
+        centres = ((a[:, :2] + a[:, 2:]) / 2).view(h, w, 2)
+        torch.testing.assert_close(centres[0, 0], torch.tensor([0.5 * s, 0.5 * s]))
+        if w > 1:
+            torch.testing.assert_close(centres[0, 1] - centres[0, 0], torch.tensor([s, 0.0]))
 
 
 def test_zero_gts_and_zero_anchor_levels():

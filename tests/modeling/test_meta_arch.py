@@ -190,3 +190,53 @@ def test_inference_end_to_end_returns_instances_in_input_resolution():
     inst = out[0]["instances"]
     assert inst.image_size == (256, 320) and 0 < len(inst) <= 100
     assert bool((inst.pred_boxes.tensor[:, 2] <= 320).all())
+
+
+def test_at_most_topk_candidates_per_level_enter_nms():
+    """§11.18: each level contributes at most test_topk_candidates detections."""
+    model = tiny_model(num_classes=2)
+    model.test_topk_candidates = 5
+    n = 13 * 15
+    anchors = model.anchor_generator([torch.zeros(1, 1, 13, 15)])
+    inst = model._decode_level(
+        anchors[0], torch.zeros(n, 2), torch.zeros(n, 4), torch.zeros(n, 1), (100, 120)
+    )
+    assert len(inst) == 5
+
+
+def test_losses_follow_the_authors_formulas():
+    """§11.16: cls = Σfocal / max(#pos, 1); reg = 2·Σ ctr·(1-GIoU) / Σ ctr; ctr = ΣBCE / #pos."""
+    from torch.nn import functional as F
+
+    from atss.modeling.losses import centerness_targets, focal_loss, giou
+
+    model = tiny_model()
+    inputs = make_inputs(SIZES, _boxes())
+    model.train()
+    captured = {}
+    real_losses = model.losses
+
+    def spy(*args):
+        captured["args"] = args
+        return real_losses(*args)
+
+    model.losses = spy
+    with EventStorage():
+        losses = model(inputs)
+    anchors, logits, labels, deltas, gt_boxes, ctr = captured["args"]
+    labels = torch.stack(labels)
+    pos = (labels >= 0) & (labels < 3)
+    n_pos = max(int(pos.sum()), 1)
+    logits = torch.cat(logits, 1)
+    cls = focal_loss(logits.reshape(-1, 3), labels.reshape(-1), 3, 0.25, 2.0) / n_pos
+    a = Boxes.cat(anchors).tensor[None].expand(2, -1, -1)[pos]
+    tgt = torch.stack(gt_boxes)[pos]
+    pred = model.box2box_transform.apply_deltas(torch.cat(deltas, 1)[pos], a)
+    c = centerness_targets(Boxes(a).get_centers(), tgt)
+    reg = 2.0 * ((1 - giou(pred, tgt)) * c).sum() / c.sum()
+    ctr_logit = torch.cat(ctr, 1).squeeze(2)[pos]
+    ctr_loss = F.binary_cross_entropy_with_logits(ctr_logit, c, reduction="sum") / n_pos
+    torch.testing.assert_close(losses["loss_atss_cls"], cls)
+    torch.testing.assert_close(losses["loss_atss_reg"], reg)
+    torch.testing.assert_close(losses["loss_atss_ctr"], ctr_loss)
+    assert bool((c > 0).all() & (c <= 1).all())
