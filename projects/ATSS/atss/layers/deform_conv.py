@@ -26,7 +26,47 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DeformConv", "ModulatedDeformConv", "DeformConvWithOffset"]
+__all__ = ["DeformConv", "ModulatedDeformConv", "DeformConvWithOffset", "deform_conv2d_grid_sample"]
+
+
+def deform_conv2d_grid_sample(
+    x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None
+):
+    """
+    ``torchvision.ops.deform_conv2d`` written with ``grid_sample`` and a 1x1 convolution, ops
+    that ONNX runtimes implement. Same arguments, layouts and result (bilinear sampling with
+    zeros outside the input), at a higher memory cost: (N, C·kh·kw, H_out, W_out) columns.
+    """
+    n, c, h, w = x.shape
+    out_c, c_per_group, kh, kw = weight.shape
+    k = kh * kw
+    ho, wo = offset.shape[-2], offset.shape[-1]
+    dg = offset.shape[1] // (2 * k)
+    off = offset.reshape(n, dg, k, 2, ho, wo)
+    dev, dt = x.device, x.dtype
+    ki = torch.arange(kh, device=dev, dtype=dt).repeat_interleave(kw) * dilation[0]  # (K,)
+    kj = torch.arange(kw, device=dev, dtype=dt).repeat(kh) * dilation[1]
+    oy = torch.arange(ho, device=dev, dtype=dt) * stride[0] - padding[0]
+    ox = torch.arange(wo, device=dev, dtype=dt) * stride[1] - padding[1]
+    ys = oy[None, None, None, :, None] + ki[None, None, :, None, None] + off[:, :, :, 0]
+    xs = ox[None, None, None, None, :] + kj[None, None, :, None, None] + off[:, :, :, 1]
+    # Pixel centre p maps to (2p + 1) / size - 1 with align_corners=False.
+    grid = torch.stack([(2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1], dim=-1)
+    grid = grid.reshape(n * dg, k * ho, wo, 2)
+    sampled = nn.functional.grid_sample(
+        x.reshape(n * dg, c // dg, h, w),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    ).reshape(n, dg, c // dg, k, ho, wo)
+    if mask is not None:
+        sampled = sampled * mask.reshape(n, dg, 1, k, ho, wo)
+    cols = sampled.reshape(n, c * k, ho, wo)
+    groups = c // c_per_group
+    return nn.functional.conv2d(
+        cols, weight.reshape(out_c, c_per_group * k, 1, 1), bias, groups=groups
+    )
 
 
 class _DeformConvBase(nn.Module):
@@ -104,7 +144,10 @@ class _DeformConvBase(nn.Module):
             # Under tracing the shapes are traced values and the check would become a constant.
             self._check_offset(offset, mask)
         # torchvision handles empty batches itself, so no special case as in Detectron2.
-        x = deform_conv2d(
+        # ONNX has no runnable deformable conv (DeformConv-19 has no onnxruntime kernel), so
+        # the ONNX exporter records the same computation in standard ops instead.
+        op = deform_conv2d_grid_sample if torch.onnx.is_in_onnx_export() else deform_conv2d
+        x = op(
             x,
             offset,
             self.weight,

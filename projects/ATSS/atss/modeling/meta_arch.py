@@ -288,7 +288,7 @@ def _num_gts_without_positive(matched: Tensor, num_gt: int) -> Tensor:
 
 def _clip(boxes: Tensor, image_size) -> Tensor:
     """Clip (R, 4) XYXY boxes to (height, width); sizes may be tensors while tracing."""
-    h, w = image_size
+    h, w = image_size[0], image_size[1]  # indexing, not iteration: no TracerWarning
     x = boxes[:, 0::2].clamp(min=0, max=w)
     y = boxes[:, 1::2].clamp(min=0, max=h)
     return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)

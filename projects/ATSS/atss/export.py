@@ -1,0 +1,85 @@
+"""
+Export an ATSS model through Detectron2's tracing: TorchScript (``torch.jit.trace``) and ONNX.
+
+The traced graph takes the images as (3, H, W) float tensors in the model's input format
+(0-255, ``model.input_format`` channel order), one per image, and returns per image
+``(pred_boxes (R, 4) XYXY, pred_classes (R,) int64, scores (R,), image_size (2,))`` flattened
+into one tuple, in the resolution of the input. The batch size (number of images) is frozen at
+trace time; the resolution is not (anchors are generated from the feature shapes).
+Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 or atss.
+"""
+
+import os
+from typing import List, Sequence
+
+import torch
+from detectron2.export import TracingAdapter
+from torch import Tensor, nn
+
+__all__ = ["OUTPUT_NAMES", "build_traceable", "export_torchscript", "export_onnx"]
+
+# Per image, in the order TracingAdapter flattens an Instances (fields sorted, then image size).
+OUTPUT_NAMES = ("pred_boxes", "pred_classes", "scores", "image_size")
+
+
+def _instances_only(model, *images):
+    outputs = model([{"image": img} for img in images])
+    return [out["instances"] for out in outputs]
+
+
+def build_traceable(model: nn.Module, images: Sequence[Tensor]) -> TracingAdapter:
+    """
+    Wrap a model (eval mode) so that it maps a tuple of image tensors to a tuple of tensors.
+
+    Args:
+        model: an ATSS model (or any Detectron2 dense detector).
+        images: sample inputs, (3, H, W) each; their number fixes the batch size.
+    """
+    model.eval()
+    adapter = TracingAdapter(model, tuple(images), inference_func=_instances_only)
+    # TracingAdapter is an nn.Module created in training mode; tracing restores the mode of
+    # the module it traces, which would put the wrapped model back in training mode.
+    adapter.eval()
+    return adapter
+
+
+def export_torchscript(model: nn.Module, images: Sequence[Tensor], path: str):
+    """Trace ``model`` on ``images`` and save the TorchScript module to ``path``."""
+    adapter = build_traceable(model, images)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    traced.save(path)
+    return traced
+
+
+def export_onnx(model: nn.Module, images: Sequence[Tensor], path: str, opset: int = 16):
+    """Export ``model`` to ONNX (``opset`` >= 16) with dynamic image height and width."""
+    if opset < 16:
+        raise ValueError(f"export_onnx: opset {opset} < 16 is not supported")
+    adapter = build_traceable(model, images)
+    n = len(images)
+    input_names = [f"image{i}" for i in range(n)]
+    output_names = [f"{name}{i}" for i in range(n) for name in OUTPUT_NAMES]
+    dynamic: dict = {name: {1: f"height{i}", 2: f"width{i}"} for i, name in enumerate(input_names)}
+    for name in output_names:
+        if not name.startswith("image_size"):
+            dynamic[name] = {0: "detections"}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            adapter,
+            adapter.flattened_inputs,
+            path,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+        )
+    return output_names
+
+
+def split_outputs(flat: Sequence[Tensor]) -> List[dict]:
+    """Group the flat outputs of an exported model into one dict per image."""
+    k = len(OUTPUT_NAMES)
+    return [dict(zip(OUTPUT_NAMES, flat[i : i + k])) for i in range(0, len(flat), k)]

@@ -1,0 +1,103 @@
+"""
+Export an ATSS LazyConfig model to TorchScript (tracing) or ONNX.
+
+    .venv/bin/python scripts/export_model.py --config-file configs/COCO/atss_R_50_FPN_1x.py \
+        --format torchscript --output output/export [--sample-image img.jpg | --sample-size 800 1216] \
+        [--batch-size 1] [--device cpu] [--weights model_final.pth] [config overrides]
+
+The exported model takes (3, H, W) float images (0-255, the config's channel order) and returns
+per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. The batch size is
+fixed at export; H and W are not. To export for a GPU, run with `--device cuda`: the trace then
+holds CUDA tensors and must be run on a GPU.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+
+from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Export an ATSS model by tracing.")
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", default="", help="trained checkpoint (.pth) to export")
+    parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--sample-image", nargs="*", default=[], help="image file(s) to trace")
+    parser.add_argument("--sample-size", type=int, nargs=2, default=[800, 1216], metavar="H W")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per call (frozen)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--opset", type=int, default=16)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
+    return parser.parse_args(argv)
+
+
+def load_model(config_file, opts, device, weights=""):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+    model = instantiate(cfg.model).to(device).eval()
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"--weights: no such file: {weights}")
+        DetectionCheckpointer(model).load(weights)
+    else:
+        print("warning: no --weights given; exporting randomly initialised weights")
+    return model
+
+
+def sample_images(args, input_format):
+    if not args.sample_image:
+        g = torch.Generator().manual_seed(0)
+        h, w = args.sample_size
+        return [torch.rand(3, h, w, generator=g) * 255 for _ in range(args.batch_size)]
+    from detectron2.data.detection_utils import read_image
+
+    images = []
+    for path in args.sample_image:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--sample-image: no such file: {path}")
+        img = read_image(path, format=input_format)
+        images.append(torch.as_tensor(img.astype("float32").transpose(2, 0, 1)))
+    if len(images) != args.batch_size:
+        raise ValueError(f"{len(images)} sample images for --batch-size {args.batch_size}")
+    return images
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model = load_model(args.config_file, args.opts, args.device, args.weights)
+    images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
+    ext = "ts" if args.format == "torchscript" else "onnx"
+    path = os.path.join(args.output, f"model.{ext}")
+    if args.format == "torchscript":
+        export_torchscript(model, images, path)
+        how = (
+            "import torch, torchvision  # torchvision registers the NMS op\n"
+            f"model = torch.jit.load({path!r})\n"
+            f"outputs = model(*images)  # {args.batch_size} x (3, H, W) float, 0-255, "
+            f"{model.input_format}\n"
+        )
+    else:
+        names = export_onnx(model, images, path, opset=args.opset)
+        how = (
+            "import onnxruntime\n"
+            f"sess = onnxruntime.InferenceSession({path!r})\n"
+            "outputs = sess.run(None, {'image0': image})  # (3, H, W) float32 numpy\n"
+            f"# outputs: {names}\n"
+        )
+    print(f"wrote {path}")
+    print(f"outputs per image: {OUTPUT_NAMES}")
+    print("run it with:\n" + how)
+    return path
+
+
+if __name__ == "__main__":
+    main()

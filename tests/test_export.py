@@ -1,0 +1,153 @@
+"""Export through Detectron2's tracing: TorchScript and ONNX match the eager model."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+
+from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript, split_outputs
+from tests.atss_testing import make_inputs, tiny_model
+
+TRACE_SIZE = (136, 168)
+TEST_SIZES = [(200, 264), (152, 136)]  # other resolutions than the traced one
+
+
+def _images(sizes, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) * 255 for h, w in sizes]
+
+
+@functools.lru_cache(maxsize=None)
+def _briefly_trained(use_dcn=False):
+    """A tiny model fitted for a few steps on one batch, so that it has real detections."""
+    model = tiny_model(**{"head.use_dcn": use_dcn})
+    boxes = [torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])] * 2
+    inputs = make_inputs([TRACE_SIZE, TRACE_SIZE], boxes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    model.train()
+    for _ in range(8):
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "dcn"])
+def models(request):
+    untrained = tiny_model(**{"head.use_dcn": request.param}).eval()
+    untrained.test_score_thresh = 0.0  # random weights: keep candidates to compare
+    return {"untrained": untrained, "trained": _briefly_trained(request.param)}
+
+
+def _eager(model, images):
+    with torch.no_grad():
+        return [out["instances"] for out in model([{"image": x} for x in images])]
+
+
+def _np(x):
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _assert_close(outputs, expected):
+    assert len(outputs) == len(expected)
+    for out, inst in zip(outputs, expected):
+        assert len(inst) > 0
+        np.testing.assert_allclose(
+            _np(out["pred_boxes"]), inst.pred_boxes.tensor.numpy(), atol=1e-4, rtol=0
+        )
+        np.testing.assert_allclose(_np(out["scores"]), inst.scores.numpy(), atol=1e-4, rtol=0)
+        assert np.array_equal(_np(out["pred_classes"]), inst.pred_classes.numpy())
+
+
+RUNNER = textwrap.dedent("""
+    import sys, torch, torchvision  # torchvision registers the NMS op
+    model = torch.jit.load(sys.argv[1])
+    with torch.no_grad():
+        outs = [[t.clone() for t in model(*images)] for images in torch.load(sys.argv[2])]
+    torch.save(outs, sys.argv[3])
+    assert "atss" not in sys.modules and "detectron2" not in sys.modules
+    """)
+
+
+@pytest.mark.parametrize("which", ["untrained", "trained"])
+def test_torchscript_matches_eager_in_a_process_without_atss(models, which, tmp_path):
+    """Traced, saved, loaded without atss/detectron2: same boxes/scores/classes at new sizes."""
+    model = models[which]
+    path = str(tmp_path / "model.ts")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_torchscript(model, _images([TRACE_SIZE]), path)
+    ours = [w for w in caught if "torch.jit" in str(w.category) and "/atss/" in w.filename]
+    assert not ours, [str(w.message) for w in ours]  # no TracerWarning from our code
+    assert not model.training
+    batches = [_images([size], seed=size[0]) for size in TEST_SIZES]
+    torch.save(batches, tmp_path / "in.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-c", RUNNER, path, str(tmp_path / "in.pt"), str(tmp_path / "o.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for images, flat in zip(batches, torch.load(tmp_path / "o.pt")):
+        _assert_close(split_outputs(flat), _eager(model, images))
+
+
+@pytest.mark.parametrize("which", ["untrained", "trained"])
+def test_onnx_matches_eager_in_onnxruntime(models, which, tmp_path):
+    """ONNX (opset 16) in onnxruntime: same detections as eager at new sizes."""
+    import onnxruntime
+
+    model = models[which]
+    path = str(tmp_path / "model.onnx")
+    names = export_onnx(model, _images([TRACE_SIZE]), path, opset=16)
+    assert names == [n + "0" for n in OUTPUT_NAMES]
+    sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for size in TEST_SIZES:
+        images = _images([size], seed=size[0])
+        flat = sess.run(None, {"image0": images[0].numpy()})
+        _assert_close(split_outputs(flat), _eager(model, images))
+
+
+def test_batch_of_two_is_frozen_and_matches(tmp_path):
+    """A batch-2 trace runs two images of new sizes and matches eager for both."""
+    model = _briefly_trained()
+    traced = export_torchscript(model, _images([TRACE_SIZE, TRACE_SIZE]), str(tmp_path / "b.ts"))
+    images = _images(TEST_SIZES, seed=7)
+    flat = torch.jit.load(str(tmp_path / "b.ts"))(*images)
+    assert len(flat) == 2 * len(OUTPUT_NAMES) and traced is not None
+    _assert_close(split_outputs(flat), _eager(model, images))
+
+
+def test_export_script_writes_a_loadable_model(tmp_path):
+    """scripts/export_model.py on the R-50 config writes a model and says how to run it."""
+    cmd = [
+        sys.executable,
+        "scripts/export_model.py",
+        "--config-file",
+        "configs/COCO/atss_R_50_FPN_1x.py",
+        "--format",
+        "torchscript",
+        "--output",
+        str(tmp_path),
+        "--sample-size",
+        "160",
+        "192",
+        "model.test_score_thresh=0.0",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "torch.jit.load" in run.stdout
+    flat = torch.jit.load(str(tmp_path / "model.ts"))(torch.rand(3, 224, 160) * 255)
+    assert flat[0].shape[1] == 4 and flat[3].tolist() == [224, 160]
