@@ -2,8 +2,9 @@
 Export an ATSS LazyConfig model to TorchScript (tracing) or ONNX.
 
     .venv/bin/python scripts/export_model.py --config-file configs/COCO/atss_R_50_FPN_1x.py \
-        --format torchscript --output output/export [--sample-image img.jpg | --sample-size 800 1216] \
-        [--batch-size 1] [--device cpu] [--weights model_final.pth] [config overrides]
+        --format torchscript --output output/export --weights model_final.pth \
+        [--sample-image img.jpg | --sample-size 800 1216] [--batch-size 1] [--device cpu] \
+        [config overrides]
 
 The exported model takes (3, H, W) float images (0-255, the config's channel order) and returns
 per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. The batch size is

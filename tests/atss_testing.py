@@ -36,18 +36,22 @@ def random_boxes(n, height, width, generator, min_size=2.0, max_size=None, borde
     return boxes
 
 
-def tiny_model_cfg(num_classes=3, **model_overrides):
-    """The R-50 ATSS config shrunk to a ResNet-18 FPN with 32 channels and a 2-conv head."""
+def tiny_model_cfg(num_classes=3, channels=32, **model_overrides):
+    """
+    The R-50 ATSS config shrunk to a ResNet-18 FPN with ``channels`` channels and a 2-conv head.
+    With 32 channels GroupNorm(32) has one value per group on a 1x1 map (P7 of inputs <= 128 px),
+    which torch refuses: use 64 channels for such inputs (real configs have 128-256).
+    """
     cfg = LazyConfig.load(R50_CONFIG)
     m = cfg.model
     m.num_classes = num_classes
     m.backbone.bottom_up.stages.depth = 18
     del m.backbone.bottom_up.stages.stride_in_1x1  # BasicBlock (R-18) has no such option
     m.backbone.bottom_up.freeze_at = 0
-    m.backbone.out_channels = 32
-    m.backbone.top_block.in_channels = 32
-    m.head.input_shape = [ShapeSpec(channels=32)] * 5
-    m.head.conv_dims = [32, 32]
+    m.backbone.out_channels = channels
+    m.backbone.top_block.in_channels = channels
+    m.head.input_shape = [ShapeSpec(channels=channels)] * 5
+    m.head.conv_dims = [channels, channels]
     for k, v in model_overrides.items():
         node, *path = k.split(".")
         target = m
@@ -57,9 +61,9 @@ def tiny_model_cfg(num_classes=3, **model_overrides):
     return cfg
 
 
-def tiny_model(num_classes=3, **model_overrides):
+def tiny_model(num_classes=3, channels=32, **model_overrides):
     torch.manual_seed(0)
-    return instantiate(tiny_model_cfg(num_classes, **model_overrides).model)
+    return instantiate(tiny_model_cfg(num_classes, channels, **model_overrides).model)
 
 
 def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):

@@ -240,3 +240,43 @@ def test_losses_follow_the_authors_formulas():
     torch.testing.assert_close(losses["loss_atss_reg"], reg)
     torch.testing.assert_close(losses["loss_atss_ctr"], ctr_loss)
     assert bool((c > 0).all() & (c <= 1).all())
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["empty_list", "grayscale", "rgba", "tiny", "odd_sides", "large"],
+)
+def test_inference_inputs_give_valid_results(case):
+    """Empty list, 1/4-channel, smaller-than-stride, odd-sized and large images all decode."""
+    model = tiny_model(channels=64)  # GN(32) needs >1 value per group on 1x1 maps
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    if case == "empty_list":
+        with torch.no_grad():
+            assert model([]) == []
+        return
+    shape = {
+        "grayscale": (1, 150, 170),
+        "rgba": (4, 150, 170),
+        "tiny": (3, 20, 17),
+        "odd_sides": (3, 157, 211),
+        "large": (3, 1400, 1900),
+    }[case]
+    img = torch.randint(0, 256, shape, generator=g).float()
+    model.test_score_thresh = 0.0
+    with torch.no_grad():
+        inst = model([{"image": img}])[0]["instances"]
+    h, w = shape[1:]
+    assert inst.image_size == (h, w) and len(inst) <= 100
+    b = inst.pred_boxes.tensor
+    assert bool(torch.isfinite(b).all() & (b[:, 2] <= w).all() & (b[:, 3] <= h).all())
+    assert bool(((inst.scores >= 0) & (inst.scores <= 1)).all())
+
+
+def test_bad_image_shapes_fail_clearly():
+    """A 2-channel or 2-D image is refused with a message naming the shape."""
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="2 channels"):
+        model([{"image": torch.zeros(2, 64, 64)}])
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        model([{"image": torch.zeros(64, 64)}])

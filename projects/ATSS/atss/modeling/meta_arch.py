@@ -105,9 +105,37 @@ class ATSS(DenseDetector):
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        if len(batched_inputs) == 0:
+            if self.training:
+                raise ValueError("ATSS: training needs at least one image, got an empty list")
+            return []
         if self.training and not torch.jit.is_tracing():
             _check_finite_boxes(batched_inputs)
         return super().forward(batched_inputs)
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]):
+        """
+        Normalise, pad and batch the images. Grayscale (1-channel) images are repeated to three
+        channels and a 4th (alpha) channel is dropped, so any image decodes to valid results.
+        """
+        if torch.jit.is_tracing():  # exported graphs take images in the model's format
+            return super().preprocess_image(batched_inputs)
+        channels = len(self.pixel_mean)
+        inputs = []
+        for x in batched_inputs:
+            img = x["image"]
+            if img.dim() != 3:
+                raise ValueError(f"ATSS: image must be (C, H, W), got shape {tuple(img.shape)}")
+            if img.shape[0] == 1 and channels != 1:
+                x = {**x, "image": img.expand(channels, -1, -1)}
+            elif img.shape[0] == channels + 1:
+                x = {**x, "image": img[:channels]}
+            elif img.shape[0] != channels:
+                raise ValueError(
+                    f"ATSS: image has {img.shape[0]} channels, the model expects {channels}"
+                )
+            inputs.append(x)
+        return super().preprocess_image(inputs)
 
     def forward_training(self, images, features, predictions, gt_instances):
         logits, deltas, ctr = self._transpose_dense_predictions(
