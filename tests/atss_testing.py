@@ -42,7 +42,7 @@ def tiny_model_cfg(num_classes=3, **model_overrides):
     m = cfg.model
     m.num_classes = num_classes
     m.backbone.bottom_up.stages.depth = 18
-    m.backbone.bottom_up.stages.stride_in_1x1 = True
+    del m.backbone.bottom_up.stages.stride_in_1x1  # BasicBlock has no such option
     m.backbone.bottom_up.freeze_at = 0
     m.backbone.out_channels = 32
     m.backbone.top_block.in_channels = 32
