@@ -8,9 +8,11 @@ from .modeling import (  # noqa: E402
     ATSS,
     AnchorAssigner,
     ATSSHead,
+    ATSSWithTTA,
     PointBoxTransform,
     atss_match,
     build_box_transform,
+    build_tta_model,
 )
 
 __version__ = "0.1.0"

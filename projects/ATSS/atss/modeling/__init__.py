@@ -5,3 +5,4 @@ from .box_coding import PointBoxTransform, build_box_transform
 from .head import ATSSHead, Scale
 from .matcher import atss_match
 from .meta_arch import ATSS
+from .tta import ATSSWithTTA, batched_box_voting, box_voting, build_tta_model

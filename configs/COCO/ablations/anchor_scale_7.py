@@ -1,0 +1,5 @@
+# Ablation (paper: anchor scale 5..9, R-50 1x): one square anchor of side 7 x stride per location
+# (the base config uses 8).
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
+
+model.anchor_generator.sizes = [[7 * s] for s in model.anchor_generator.strides]

@@ -1,0 +1,6 @@
+# Ablation (paper: box vs point regression, R-50 1x): POINT coding (anchor-free: l, t, r, b / stride
+# from the anchor centre) with IoU assignment.
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
+
+model.box_coding = "POINT"
+model.assigner.mode = "IoU"

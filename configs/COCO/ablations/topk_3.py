@@ -1,0 +1,5 @@
+# Ablation (paper: k in 3..19, R-50 1x): ATSS with k = 3 candidates per level. Any other k:
+# `--config-file configs/COCO/atss_R_50_FPN_1x.py model.assigner.topk=K`.
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
+
+model.assigner.topk = 3

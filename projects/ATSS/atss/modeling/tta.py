@@ -1,0 +1,417 @@
+"""
+Test-time augmentation (TTA) for ATSS, as the authors ran it for their best COCO result
+(ATSS_dcnv2_X_101_64x4d_FPN_2x + multi-scale test, 50.7 AP on test-dev).
+
+:class:`ATSSWithTTA` wraps a trained detector (any Detectron2 dense detector whose ``forward``
+takes a list of dataset dicts) and, per image:
+
+1. runs it on the test scale (shorter side 800, longer side at most 1333) and on its
+   horizontal flip, without any box filter;
+2. runs it on each extra shorter side in ``min_sizes`` (default 400 ... 1800), and on each
+   one's flip, with the longer side capped at ``max_size`` (3000), or at the test maximum (1333)
+   for scales smaller than the test scale; each of these runs keeps only boxes whose area, in
+   that run's input pixels, lies strictly between min² and max² of its ``size_ranges`` entry;
+3. maps every box back to the original image (un-flip, rescale, clip);
+4. merges all runs per class with score-weighted box voting (:func:`batched_box_voting`):
+   repeatedly take the highest-scoring remaining box; every remaining box of its class with
+   IoU >= 0.66 joins its cluster; a cluster of one box is kept as it is, a larger cluster becomes
+   one box, the score-weighted mean of its members, with the highest member score; with
+   ``merge_type="soft-vote"`` each member of a merged cluster is also kept as it was, with score
+   score·(1 - IoU with the cluster's top box), when that is >= 0.05;
+5. keeps the ``max_detections_per_image`` highest scores (1000, the authors' cap; COCO's
+   evaluation then takes at most 100 per image and category).
+
+Each run uses the wrapped model's own inference (class-wise NMS, its per-image cap), as the
+authors' code does when voting is enabled.
+
+Deviations from the authors' code, all in line with Detectron2's continuous box convention:
+areas and IoUs use widths x2 - x1 (the authors add 1 pixel), and the final cap is an exact
+top-k (the authors keep ties at the k-th score).
+
+Images: the runs are resized from the image in the input dict to sizes computed from the
+*original* size (``height``, ``width``). Detectron2's test loader hands over an image already
+resized to 800: the 800 runs then reuse it exactly, the other scales are resampled from it.
+For the authors' protocol (every scale resized from the original image) build the test loader
+without resizing (``dataloader.test.mapper.augmentations=[]``), as
+``configs/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta.py`` does.
+
+Switch: ``test.aug.enabled=True`` in a config that imports ``configs/common/tta.py`` (all COCO
+configs do); a training script calls :func:`build_tta_model` on the model it evaluates.
+"""
+
+import logging
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.data.detection_utils import read_image
+from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "ATSSWithTTA",
+    "build_tta_model",
+    "box_voting",
+    "batched_box_voting",
+    "size_filter",
+    "boxes_to_original",
+    "TTA_MIN_SIZES",
+    "TTA_SIZE_RANGES",
+]
+
+logger = logging.getLogger(__name__)
+
+# The authors' extra test scales and, per scale, the allowed (min, max) box side (sqrt area);
+# 10000 stands for "no upper limit".
+TTA_MIN_SIZES = (400, 500, 600, 640, 700, 900, 1000, 1100, 1200, 1300, 1400, 1800)
+TTA_SIZE_RANGES = (
+    (96, 10000),
+    (96, 10000),
+    (64, 10000),
+    (64, 10000),
+    (64, 10000),
+    (0, 10000),
+    (0, 10000),
+    (0, 256),
+    (0, 256),
+    (0, 192),
+    (0, 192),
+    (0, 96),
+)
+MERGE_TYPES = ("soft-vote", "vote")
+
+
+class _Run(NamedTuple):
+    """One forward pass of the TTA: shorter side, longer-side cap, flip, box-size filter."""
+
+    short_edge: int
+    max_size: int
+    hflip: bool
+    size_range: Optional[Tuple[float, float]]
+
+
+# ----------------------------------------------------------------------------- pure functions
+def size_filter(boxes: Tensor, size_range: Tuple[float, float]) -> Tensor:
+    """
+    Args:
+        boxes: (R, 4) XYXY.
+        size_range: (min, max) box side: keep min² < area < max² (strict, as the authors).
+
+    Returns:
+        (R,) bool mask of the boxes to keep.
+    """
+    lo, hi = float(size_range[0]), float(size_range[1])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return (area > lo * lo) & (area < hi * hi)
+
+
+def boxes_to_original(
+    boxes: Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int], hflip: bool
+) -> Tensor:
+    """
+    Map (R, 4) XYXY boxes predicted on a (possibly flipped) resized input back to the original
+    image, then clip them to it.
+
+    Args:
+        input_size: (h, w) of the network input (the resized image, before padding).
+        original_size: (H, W) of the original image.
+        hflip: the input was flipped horizontally after resizing.
+    """
+    h, w = input_size
+    height, width = original_size
+    boxes = boxes.clone()
+    if hflip:
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    # The same arithmetic as Detectron2's detector_postprocess (Boxes.scale, then clip).
+    out = Boxes(boxes)
+    out.scale(width / w, height / h)
+    out.clip((height, width))
+    return out.tensor
+
+
+def _greedy_clusters(member: Tensor) -> Tensor:
+    """
+    Greedy clustering of boxes sorted by decreasing score: box i, if still free, leads a cluster
+    of every free box j with member[i, j]. Returns each box's leader index. The only sequential
+    part of box voting; it runs on a boolean matrix (numpy), O(#clusters) vector steps.
+    """
+    m = member.cpu().numpy()
+    n = m.shape[0]
+    leader = np.full(n, -1, dtype=np.int64)
+    for i in range(n):
+        if leader[i] >= 0:
+            continue
+        free = m[i] & (leader < 0)
+        free[i] = True
+        leader[free] = i
+    return torch.from_numpy(leader).to(member.device)
+
+
+def box_voting(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.66,
+    soft: bool = True,
+    soft_score_threshold: float = 0.05,
+) -> Tuple[Tensor, Tensor]:
+    """
+    Score-weighted box voting of boxes of one class (the authors' ``soft_bbox_vote`` and, with
+    ``soft=False``, ``bbox_vote``), see the module docstring.
+
+    Args:
+        boxes: (N, 4) XYXY; scores: (N,) in [0, 1].
+        iou_threshold: IoU with the cluster's top box from which a box joins the cluster (>=).
+        soft: keep the members of merged clusters with score·(1 - IoU) (soft-vote).
+        soft_score_threshold: minimum decayed score of those kept members.
+
+    Returns:
+        boxes (M, 4), scores (M,), sorted by decreasing score.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"box_voting: iou_threshold must be in (0, 1], got {iou_threshold}")
+    if len(boxes) == 0:
+        return boxes.new_zeros((0, 4)), scores.new_zeros(0)
+    scores, order = scores.sort(descending=True, stable=True)
+    boxes = boxes[order]
+    n = len(boxes)
+    iou = pairwise_iou(Boxes(boxes), Boxes(boxes))
+    idx = torch.arange(n, device=boxes.device)
+    iou[idx, idx] = 1.0  # a box always belongs to its own cluster, even a degenerate one
+    leader = _greedy_clusters(iou >= iou_threshold)
+
+    leaders, cluster = torch.unique(leader, return_inverse=True)  # leaders in score order
+    k = len(leaders)
+    size = torch.bincount(cluster, minlength=k)
+    weight_sum = scores.new_zeros(k).index_add_(0, cluster, scores)
+    weighted = boxes.new_zeros((k, 4)).index_add_(0, cluster, boxes * scores[:, None])
+    plain_mean = boxes.new_zeros((k, 4)).index_add_(0, cluster, boxes) / size[:, None]
+    merged = torch.where(
+        weight_sum[:, None] > 0, weighted / weight_sum.clamp(min=1e-30)[:, None], plain_mean
+    )
+    # Single-box clusters are kept bit-exact; a cluster's score is its top (first) box's score.
+    merged = torch.where(size[:, None] == 1, boxes[leaders], merged)
+    out_boxes, out_scores = [merged], [scores[leaders]]
+
+    if soft:
+        decayed = scores * (1.0 - iou[leader, idx])
+        keep = (size[cluster] > 1) & (decayed >= soft_score_threshold)
+        out_boxes.append(boxes[keep])
+        out_scores.append(decayed[keep])
+    out_boxes, out_scores = torch.cat(out_boxes), torch.cat(out_scores)
+    out_scores, order = out_scores.sort(descending=True, stable=True)
+    return out_boxes[order], out_scores
+
+
+def batched_box_voting(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    iou_threshold: float = 0.66,
+    soft: bool = True,
+    soft_score_threshold: float = 0.05,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    :func:`box_voting` per class (boxes of different classes never interact).
+
+    Returns:
+        boxes (M, 4), scores (M,), classes (M,), sorted by decreasing score.
+    """
+    out_b, out_s, out_c = [boxes.new_zeros((0, 4))], [scores.new_zeros(0)], [classes.new_zeros(0)]
+    for c in torch.unique(classes):
+        mask = classes == c
+        b, s = box_voting(boxes[mask], scores[mask], iou_threshold, soft, soft_score_threshold)
+        out_b.append(b)
+        out_s.append(s)
+        out_c.append(torch.full_like(s, int(c), dtype=classes.dtype))
+    b, s, c = torch.cat(out_b), torch.cat(out_s), torch.cat(out_c)
+    s, order = s.sort(descending=True, stable=True)
+    return b[order], s, c[order]
+
+
+# ----------------------------------------------------------------------------- the wrapper
+class ATSSWithTTA(nn.Module):
+    """
+    A detector with the authors' multi-scale + flip test-time augmentation and box voting (see
+    the module docstring). Like Detectron2's ``GeneralizedRCNNWithTTA``: call it with a list of
+    dataset dicts ("image" as a CHW tensor, or "file_name"; "height"/"width" of the original
+    image); returns one ``{"instances": Instances}`` per image, in original-image coordinates.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        test_size: int = 800,
+        test_max_size: int = 1333,
+        flip: bool = True,
+        min_sizes: Sequence[int] = TTA_MIN_SIZES,
+        max_size: int = 3000,
+        scale_flip: bool = True,
+        size_ranges: Optional[Sequence[Sequence[float]]] = TTA_SIZE_RANGES,
+        merge_type: str = "soft-vote",
+        vote_iou_threshold: float = 0.66,
+        soft_score_threshold: float = 0.05,
+        max_detections_per_image: int = 1000,
+        batch_size: int = 2,
+    ):
+        """
+        Args:
+            model: the detector; it is run in eval mode on lists of ``{"image": tensor}``.
+            test_size, test_max_size: the single-scale test resize (800, 1333), run unfiltered.
+            flip: also run the horizontally flipped test-scale image.
+            min_sizes: extra shorter sides.
+            max_size: longer-side cap for extra scales >= ``test_size`` (3000); smaller scales
+                use ``test_max_size``.
+            scale_flip: also run every extra scale flipped.
+            size_ranges: per extra scale, (min, max) box side kept (area in (min², max²)),
+                or None for no filter.
+            merge_type: "soft-vote" (the authors' choice) or "vote".
+            vote_iou_threshold: IoU from which boxes are merged (0.66).
+            soft_score_threshold: minimum decayed score of soft-vote members (0.05).
+            max_detections_per_image: cap after merging (1000 as the authors).
+            batch_size: runs of the same input size (a scale and its flip) per forward pass.
+        """
+        super().__init__()
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        self.model = model
+        # Mirror the model's mode without touching it (a training model wrapped for a periodic
+        # evaluation must stay in training mode; inference_on_dataset switches both to eval).
+        self.training = model.training
+        min_sizes = [int(s) for s in min_sizes]
+        if size_ranges is not None:
+            size_ranges = [tuple(float(v) for v in r) for r in size_ranges]
+            if len(size_ranges) != len(min_sizes):
+                raise ValueError(
+                    f"ATSSWithTTA: {len(size_ranges)} size_ranges for {len(min_sizes)} min_sizes"
+                )
+        if merge_type not in MERGE_TYPES:
+            raise ValueError(f"ATSSWithTTA: merge_type must be one of {MERGE_TYPES}")
+        runs = [_Run(int(test_size), int(test_max_size), False, None)]
+        if flip:
+            runs.append(_Run(int(test_size), int(test_max_size), True, None))
+        for i, s in enumerate(min_sizes):
+            cap = int(test_max_size) if s < int(test_size) else int(max_size)
+            rng = None if size_ranges is None else size_ranges[i]
+            runs.append(_Run(s, cap, False, rng))
+            if scale_flip:
+                runs.append(_Run(s, cap, True, rng))
+        self.runs = runs
+        self.merge_type = merge_type
+        self.vote_iou_threshold = float(vote_iou_threshold)
+        self.soft_score_threshold = float(soft_score_threshold)
+        self.max_detections_per_image = int(max_detections_per_image)
+        self.batch_size = max(1, int(batch_size))
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        if self.training:
+            raise RuntimeError("ATSSWithTTA is for inference; call .eval() first")
+        with torch.no_grad():
+            return [{"instances": self._inference_one_image(x)} for x in batched_inputs]
+
+    # ------------------------------------------------------------------------------ helpers
+    def _read_image(self, inp: Dict) -> Tensor:
+        if "image" in inp:
+            return inp["image"]
+        fmt = getattr(self.model, "input_format", None) or "BGR"
+        img = read_image(inp["file_name"], format=fmt)
+        return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+    @staticmethod
+    def _resize(image: Tensor, size: Tuple[int, int]) -> Tensor:
+        """CHW image resized like Detectron2's test mapper (PIL bilinear for uint8)."""
+        h, w = image.shape[-2:]
+        if (h, w) == tuple(size):
+            return image
+        tfm = ResizeTransform(h, w, size[0], size[1], Image.BILINEAR)
+        out = tfm.apply_image(image.permute(1, 2, 0).cpu().numpy())
+        if out.ndim == 2:
+            out = out[:, :, None]
+        return torch.as_tensor(np.ascontiguousarray(out.transpose(2, 0, 1))).to(image.device)
+
+    def _inference_one_image(self, inp: Dict) -> Instances:
+        image = self._read_image(inp)
+        original = (int(inp.get("height", image.shape[-2])), int(inp.get("width", image.shape[-1])))
+        resized = {}  # one resized image per distinct input size; flips are made per batch
+        jobs = []  # (run, input size)
+        for run in self.runs:
+            size = ResizeShortestEdge.get_output_shape(*original, run.short_edge, run.max_size)
+            if size not in resized:
+                resized[size] = self._resize(image, size)
+            jobs.append((run, size))
+
+        boxes, scores, classes = [], [], []
+        start = 0
+        while start < len(jobs):
+            # Batch only runs of one input size, so that padding never differs from a lone run.
+            end = start + 1
+            while (
+                end < len(jobs) and end - start < self.batch_size and jobs[end][1] == jobs[start][1]
+            ):
+                end += 1
+            inputs = [
+                {"image": resized[size].flip(-1) if run.hflip else resized[size]}
+                for run, size in jobs[start:end]
+            ]
+            outputs = self.model(inputs)
+            for (run, size), out in zip(jobs[start:end], outputs):
+                inst = out["instances"]
+                b = inst.pred_boxes.tensor
+                keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
+                if run.size_range is not None:
+                    keep = size_filter(b, run.size_range)
+                b = boxes_to_original(b[keep], size, original, run.hflip)
+                nonempty = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                boxes.append(b[nonempty])
+                scores.append(inst.scores[keep][nonempty])
+                classes.append(inst.pred_classes[keep][nonempty])
+            start = end
+
+        b, s, c = batched_box_voting(
+            torch.cat(boxes),
+            torch.cat(scores),
+            torch.cat(classes),
+            self.vote_iou_threshold,
+            self.merge_type == "soft-vote",
+            self.soft_score_threshold,
+        )
+        k = self.max_detections_per_image
+        result = Instances(original)
+        result.pred_boxes = Boxes(b[:k])
+        result.pred_boxes.clip(original)  # averages of clipped boxes may round past the edge
+        result.scores = s[:k]
+        result.pred_classes = c[:k]
+        return result
+
+
+def build_tta_model(cfg, model: nn.Module) -> nn.Module:
+    """
+    The model to evaluate: ``model`` itself, or ``ATSSWithTTA(model, **params)`` when the
+    config switch ``cfg.test.aug.enabled`` is true (params: the other keys of ``cfg.test.aug``,
+    see ``configs/common/tta.py``). A DistributedDataParallel model is unwrapped first.
+    Configs without a ``test.aug`` node get the model unchanged.
+    """
+    aug = None
+    test = cfg.get("test", None) if hasattr(cfg, "get") else None
+    if test is not None and hasattr(test, "get"):
+        aug = test.get("aug", None)
+    if aug is None or not aug.get("enabled", False):
+        return model
+    params = _to_container(aug)
+    params.pop("enabled", None)
+    logger.info("Test-time augmentation on: %s", params)
+    return ATSSWithTTA(model, **params)
+
+
+def _to_container(node):
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(node, DictConfig):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with detectron2
+        pass
+    return dict(node)

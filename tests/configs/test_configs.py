@@ -1,0 +1,315 @@
+"""
+Every LazyConfig file under configs/ loads and its model instantiates; the COCO model zoo has the
+authors' recipes (backbone, DCN placement, pixel normalisation, checkpoint, schedule, multi-scale
+training); the ablation configs change only what they claim to and their head matches their
+anchors.
+
+Backbones are instantiated on the "meta" device (no memory, no weight init: an X-101 costs
+~1 s to initialise on this CPU), the rest of the model on the CPU. Nothing is downloaded and no
+dataset is touched: the train/test loaders are checked as config structure, their mappers and
+augmentations are instantiated.
+"""
+
+import copy
+import functools
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint.catalog import ModelCatalog
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import transforms as T
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.utils.events import EventStorage
+
+from atss import ATSS
+from atss.modeling.backbone import DeformBottleneckBlock
+from atss.modeling.tta import ATSSWithTTA, build_tta_model
+from tests.atss_testing import make_inputs
+
+ALL_CONFIGS = sorted(glob.glob("configs/**/*.py", recursive=True))
+COCO_CONFIGS = [f for f in ALL_CONFIGS if f.startswith("configs/COCO/")]
+ABLATIONS = [f for f in COCO_CONFIGS if "/ablations/" in f]
+
+NO = (False, False, False, False)
+RES3_5 = (False, True, True, True)
+RES4_5 = (False, False, True, True)
+MSRA_STD = [1.0, 1.0, 1.0]
+X32_STD = [57.375, 57.120, 58.395]
+# config: (depth, groups, width, stride_in_1x1, DCN per stage, pixel_std, checkpoint, max_iter, MS)
+ZOO = {
+    "atss_R_50_FPN_1x": (50, 1, 64, True, NO, MSRA_STD, "MSRA/R-50", 90000, False),
+    "atss_dcnv2_R_50_FPN_1x": (50, 1, 64, True, RES3_5, MSRA_STD, "MSRA/R-50", 90000, False),
+    "atss_R_101_FPN_2x_ms": (101, 1, 64, True, NO, MSRA_STD, "MSRA/R-101", 180000, True),
+    "atss_dcnv2_R_101_FPN_2x_ms": (101, 1, 64, True, RES3_5, MSRA_STD, "MSRA/R-101", 180000, True),
+    "atss_X_101_32x8d_FPN_2x_ms": (
+        101,
+        32,
+        8,
+        False,
+        NO,
+        X32_STD,
+        "FAIR/X-101-32x8d",
+        180000,
+        True,
+    ),
+    "atss_dcnv2_X_101_32x8d_FPN_2x_ms": (
+        *(101, 32, 8, False, RES4_5, X32_STD, "FAIR/X-101-32x8d", 180000, True),
+    ),
+    "atss_X_101_64x4d_FPN_2x_ms": (
+        101,
+        64,
+        4,
+        False,
+        NO,
+        MSRA_STD,
+        "FAIR/X-101-64x4d",
+        180000,
+        True,
+    ),
+    "atss_dcnv2_X_101_64x4d_FPN_2x_ms": (
+        *(101, 64, 4, False, RES4_5, MSRA_STD, "FAIR/X-101-64x4d", 180000, True),
+    ),
+    "atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta": (
+        *(101, 64, 4, False, RES4_5, MSRA_STD, "FAIR/X-101-64x4d", 180000, True),
+    ),
+}
+# Backbone parameters (FrozenBN affine terms are buffers), Detectron2 yacs builds (notes §7.1).
+BACKBONE_PARAMS_M = {(50, 1): 23.45, (101, 1): 42.39, (101, 32): 86.54, (101, 64): 81.20}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Many tiny ops: 2 OpenMP threads on a shared 2-core machine mostly wait on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _name(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _cfg(path):
+    """The loaded config (cached: treat as read-only)."""
+    return LazyConfig.load(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(path):
+    """
+    The config's model with everything on the meta device except the anchor generator (the model
+    reads its anchor side at construction). Cached: built once per config for all tests.
+    """
+    model_cfg = copy.deepcopy(_cfg(path).model)
+    model_cfg.anchor_generator = instantiate(model_cfg.anchor_generator)
+    with torch.device("meta"):
+        return instantiate(model_cfg)
+
+
+def test_the_zoo_table_covers_every_coco_config():
+    zoo = {f for f in COCO_CONFIGS if "/ablations/" not in f}
+    assert {_name(f) for f in zoo} == set(ZOO)
+    assert len(ABLATIONS) >= 15
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=_name)
+def test_every_config_loads_and_instantiates(path):
+    cfg = _cfg(path)
+    assert len(cfg) > 0
+    if "model" not in cfg:  # a common piece without a model (data, optimizer, schedule, TTA)
+        return
+    model = _model(path)
+    assert isinstance(model, ATSS)
+    # The head's outputs must match the anchors per location and the classes.
+    num_cell = model.anchor_generator.num_cell_anchors
+    assert len(set(num_cell)) == 1
+    a = num_cell[0]
+    assert model.head.cls_score.out_channels == a * model.num_classes
+    assert model.head.bbox_pred.out_channels == a * 4
+    assert model.head.centerness.out_channels == a
+    assert len(model.head.scales) == len(model.head_in_features) == 5
+
+
+@pytest.mark.parametrize("path", COCO_CONFIGS, ids=_name)
+def test_coco_configs_have_the_training_pieces(path):
+    cfg = _cfg(path)
+    assert set(cfg) >= {"model", "dataloader", "optimizer", "lr_multiplier", "train", "test"}
+    # Optimiser: the authors' SGD (bias LR x2, no bias weight decay) on the meta model.
+    opt_cfg = copy.deepcopy(cfg.optimizer)
+    opt_cfg.params.model = _model(path)
+    opt = instantiate(opt_cfg)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.01
+    assert {g["lr"] for g in opt.param_groups} == {0.01, 0.02}
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups if g["lr"] == 0.02)
+    # Schedule: constant warmup 1/3 for 500 iterations, then x0.1 at 2/3 and 8/9 of training.
+    sched = instantiate(cfg.lr_multiplier)
+    n = cfg.train.max_iter
+    steps = (60000, 80000) if n == 90000 else (120000, 160000)
+    assert sched(0.0) == pytest.approx(1 / 3) and sched(499 / n) == pytest.approx(1 / 3)
+    assert sched(500 / n) == pytest.approx(1.0) and sched((steps[0] - 1) / n) == pytest.approx(1.0)
+    assert sched(steps[0] / n) == pytest.approx(0.1) and sched(steps[1] / n) == pytest.approx(0.01)
+    # Data: 16 images per batch; the loaders are only inspected (COCO is not on this machine).
+    assert cfg.dataloader.train.total_batch_size == 16
+    assert cfg.dataloader.train.dataset.names == "coco_2017_train"
+    assert cfg.dataloader.train.mapper.use_instance_mask is False
+    augs = instantiate(cfg.dataloader.train.mapper.augmentations)
+    assert isinstance(augs[0], T.ResizeShortestEdge) and isinstance(augs[1], T.RandomFlip)
+    assert augs[0].max_size == 1333
+    instantiate(cfg.dataloader.test.mapper)
+    assert cfg.model.backbone.bottom_up.freeze_at == 2
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_configs_follow_the_authors_recipes(name):
+    depth, groups, width, s1x1, dcn, std, ckpt, max_iter, ms = ZOO[name]
+    cfg = _cfg(f"configs/COCO/{name}.py")
+    model = _model(f"configs/COCO/{name}.py")
+    bottom_up = model.backbone.bottom_up
+
+    # Backbone: the right blocks, grouped 3x3 convs and DCN stages, and parameter count.
+    for i, stage in enumerate(["res2", "res3", "res4", "res5"]):
+        blocks = list(getattr(bottom_up, stage).children())
+        cls = DeformBottleneckBlock if dcn[i] else BottleneckBlock
+        assert all(type(b) is cls for b in blocks), (stage, {type(b) for b in blocks})
+        assert blocks[0].conv2.groups == groups
+        assert blocks[0].conv2.out_channels == groups * width * 2**i
+        if i > 0:  # MSRA ResNets downsample in the 1x1 conv, ResNeXts in the 3x3 conv
+            assert (tuple(blocks[0].conv1.stride) == (2, 2)) == s1x1
+            assert (tuple(blocks[0].conv2.stride) == (2, 2)) == (not s1x1)
+    assert sum(len(list(getattr(bottom_up, s).children())) for s in bottom_up.stage_names) == (
+        16 if depth == 50 else 33
+    )
+    if not any(dcn):
+        params = sum(p.numel() for p in bottom_up.parameters()) / 1e6
+        assert params == pytest.approx(BACKBONE_PARAMS_M[(depth, groups)], abs=0.01)
+    # DCNv2, 1 deformable group: offsets (18) + mask (9) per block; DCN in both head towers.
+    for stage in bottom_up.stage_names:
+        for b in getattr(bottom_up, stage).children():
+            if isinstance(b, DeformBottleneckBlock):
+                assert b.deform_modulated and b.conv2_offset.out_channels == 27
+    assert model.head.cls_subnet[-3].__class__.__name__ == (
+        "DeformConvWithOffset" if any(dcn) else "Conv2d"
+    )
+    assert model.head.bbox_subnet[-3].__class__.__name__ == (
+        "DeformConvWithOffset" if any(dcn) else "Conv2d"
+    )
+    assert cfg.model.head.use_dcn == any(dcn)
+
+    # Input normalisation and checkpoint of the backbone's ImageNet weights.
+    assert list(cfg.model.pixel_std) == pytest.approx(std) and model.pixel_std.shape == (3, 1, 1)
+    assert list(cfg.model.pixel_mean) == pytest.approx([103.530, 116.280, 123.675])
+    assert model.input_format == "BGR" and cfg.dataloader.train.mapper.image_format == "BGR"
+    init = cfg.train.init_checkpoint
+    if ckpt == "FAIR/X-101-64x4d":  # no Detectron2-format file: the Caffe2 one via the catalog
+        assert init == "catalog://ImageNetPretrained/FAIR/X-101-64x4d"
+        assert ModelCatalog.get("ImageNetPretrained/" + ckpt).endswith("FBResNeXt/X-101-64x4d.pkl")
+    else:
+        assert init == f"detectron2://ImageNetPretrained/{ckpt}.pkl"
+
+    # Schedule and training scales.
+    assert cfg.train.max_iter == max_iter
+    assert cfg.lr_multiplier.scheduler.num_updates == max_iter
+    resize = cfg.dataloader.train.mapper.augmentations[0]
+    if ms:
+        assert tuple(resize.short_edge_length) == (640, 800) and resize.sample_style == "range"
+    else:
+        assert resize.short_edge_length == 800
+    test_resize = cfg.dataloader.test.mapper.augmentations
+    assert cfg.test.aug.enabled == name.endswith("_tta")
+    if name.endswith("_tta"):
+        assert len(test_resize) == 0  # the TTA wrapper resizes the original image itself
+    else:
+        assert test_resize[0].short_edge_length == 800 and test_resize[0].max_size == 1333
+
+
+def test_tta_switch_wraps_the_model_only_when_on():
+    base = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
+    model = _model("configs/COCO/atss_R_50_FPN_1x.py")
+    assert build_tta_model(base, model) is model
+    on = LazyConfig.apply_overrides(base, ["test.aug.enabled=True", "test.aug.flip=False"])
+    tta = build_tta_model(on, model)
+    assert isinstance(tta, ATSSWithTTA) and len(tta.runs) == 1 + 2 * 12
+    tta_cfg = _cfg("configs/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta.py")
+    assert isinstance(build_tta_model(tta_cfg, model), ATSSWithTTA)
+
+
+# Ablations: base = atss_R_50_FPN_1x (ATSS, k = 9, one 8-stride square anchor, BOX coding).
+ABLATION_EXPECTED = {
+    "topk_3": dict(topk=3),
+    "topk_19": dict(topk=19),
+    **{
+        f"anchor_scale_{s}": dict(sizes=[[s * x] for x in (8, 16, 32, 64, 128)])
+        for s in (5, 6, 7, 9)
+    },
+    "anchor_ratio_1to4": dict(ratios=[0.25]),
+    "anchor_ratio_1to2": dict(ratios=[0.5]),
+    "anchor_ratio_2to1": dict(ratios=[2.0]),
+    "anchor_ratio_4to1": dict(ratios=[4.0]),
+    "anchors_9_ATSS": dict(num_anchors=9, ratios=[0.5, 1.0, 2.0]),
+    "anchors_9_IoU": dict(num_anchors=9, ratios=[0.5, 1.0, 2.0], mode="IoU"),
+    "assigner_IoU": dict(mode="IoU"),
+    "assigner_SSC": dict(mode="SSC"),
+    "assigner_TOPK": dict(mode="TOPK"),
+    "point_ATSS": dict(coding="POINT"),
+    "point_IoU": dict(coding="POINT", mode="IoU"),
+    "point_SSC": dict(coding="POINT", mode="SSC"),
+}
+
+
+def test_every_ablation_is_listed():
+    assert {_name(f) for f in ABLATIONS} == set(ABLATION_EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_EXPECTED))
+def test_ablations_change_only_their_switch(name):
+    exp = dict(
+        topk=9, sizes=[[64], [128], [256], [512], [1024]], ratios=[1.0], num_anchors=1, mode="ATSS"
+    )
+    exp["coding"] = "BOX"
+    exp.update(ABLATION_EXPECTED[name])
+    cfg = _cfg(f"configs/COCO/ablations/{name}.py")
+    m = cfg.model
+    assert m.assigner.topk == exp["topk"] and m.assigner.mode == exp["mode"]
+    assert m.box_coding == exp["coding"]
+    assert m.head.num_anchors == exp["num_anchors"]
+    assert list(m.anchor_generator.aspect_ratios) == exp["ratios"]
+    if name.startswith("anchors_9"):
+        assert [len(s) for s in m.anchor_generator.sizes] == [3] * 5
+        assert m.anchor_generator.sizes[0][2] == pytest.approx(32 * 2 ** (2 / 3))
+    else:
+        assert [list(s) for s in m.anchor_generator.sizes] == exp["sizes"]
+    # Everything else is the R-50 1x reference.
+    assert cfg.train.max_iter == 90000
+    assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert cfg.dataloader.train.mapper.augmentations[0].short_edge_length == 800
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_EXPECTED))
+def test_ablations_train_and_infer_with_a_small_backbone(name):
+    """The ablation's switches (anchors, assigner, coding) on an R-18 with a 64-channel FPN."""
+    cfg = copy.deepcopy(_cfg(f"configs/COCO/ablations/{name}.py"))
+    m = cfg.model
+    m.num_classes = 3
+    m.backbone.bottom_up.stages.depth = 18
+    m.backbone.bottom_up.stages.pop("stride_in_1x1", None)  # BasicBlock has no such option
+    m.backbone.out_channels = 64
+    m.backbone.top_block.in_channels = 64
+    m.head.input_shape = [ShapeSpec(channels=64)] * 5
+    m.head.conv_dims = [64]
+    torch.manual_seed(0)
+    model = instantiate(m)
+    boxes = [torch.tensor([[8.0, 6.0, 60.0, 50.0], [70.0, 20.0, 120.0, 90.0]])]
+    inputs = make_inputs([(96, 128)], boxes, num_classes=3)
+    with EventStorage():
+        losses = model(inputs)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": inputs[0]["image"]}])
+    assert out["instances"].image_size == (96, 128)

@@ -1,0 +1,349 @@
+"""
+Tests of ``atss.modeling.tta``: box voting as pure functions (against a slow loop written from
+the authors' description), the box mapping and size filter, and the TTA wrapper on a fake
+detector (exact geometry) and on a tiny ATSS model (single-scale equivalence, valid output).
+"""
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig
+from detectron2.data.transforms import HFlipTransform, ResizeTransform, TransformList
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from atss.modeling.tta import (
+    TTA_MIN_SIZES,
+    ATSSWithTTA,
+    batched_box_voting,
+    box_voting,
+    boxes_to_original,
+    build_tta_model,
+    size_filter,
+)
+from tests.atss_testing import make_inputs, tiny_model
+
+TTA_CONFIG = "configs/common/tta.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Many tiny ops: 2 OpenMP threads on a shared 2-core machine mostly wait on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------ reference
+def _iou(a, b):
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if inter > 0 else 0.0
+
+
+def _reference_voting(boxes, scores, thr=0.66, soft=True, soft_thr=0.05):
+    """The authors' (soft_)bbox_vote restated as a plain loop, continuous IoU, float64."""
+    dets = sorted(zip(scores.tolist(), boxes.tolist()), key=lambda d: -d[0])
+    out = []
+    while dets:
+        top = dets[0][1]
+        ious = [_iou(top, b) for _, b in dets]
+        ious[0] = 1.0
+        members = [(d, o) for d, o in zip(dets, ious) if o >= thr]
+        dets = [d for d, o in zip(dets, ious) if o < thr]
+        if len(members) == 1:
+            out.append((members[0][0][0], members[0][0][1]))
+            continue
+        wsum = sum(s for (s, _), _ in members)
+        merged = [sum(s * b[i] for (s, b), _ in members) / wsum for i in range(4)]
+        out.append((max(s for (s, _), _ in members), merged))
+        if soft:
+            for (s, b), o in members:
+                if s * (1 - o) >= soft_thr:
+                    out.append((s * (1 - o), b))
+    out.sort(key=lambda d: -d[0])
+    boxes = torch.tensor([b for _, b in out], dtype=torch.float64).reshape(-1, 4)
+    return boxes, torch.tensor([s for s, _ in out], dtype=torch.float64)
+
+
+def _clustered_boxes(n, generator, num_clusters=6):
+    """Random boxes jittered around a few centres, so that clusters of every size appear."""
+    centres = torch.rand(num_clusters, 2, generator=generator) * 200
+    sizes = 20 + torch.rand(num_clusters, 2, generator=generator) * 60
+    pick = torch.randint(0, num_clusters, (n,), generator=generator)
+    ctr = centres[pick] + torch.randn(n, 2, generator=generator) * 4
+    wh = sizes[pick] * (1 + 0.15 * torch.randn(n, 2, generator=generator)).clamp(min=0.3)
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1)
+    scores = 0.05 + 0.95 * torch.rand(n, generator=generator)
+    return boxes, scores
+
+
+# ------------------------------------------------------------------------------ box voting
+def test_identical_duplicates_vote_to_one_box_with_the_same_score():
+    box = torch.tensor([[10.0, 20.0, 50.0, 80.0]])
+    for soft in (True, False):
+        b, s = box_voting(box.repeat(5, 1), torch.full((5,), 0.7), soft=soft)
+        assert b.shape == (1, 4) and s.shape == (1,)
+        torch.testing.assert_close(b, box)
+        torch.testing.assert_close(s, torch.tensor([0.7]))
+
+
+def test_two_overlapping_boxes_merge_by_score_and_soft_keep_the_other():
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100.0, 80.0]])  # IoU 0.8
+    scores = torch.tensor([0.9, 0.6])
+    b, s = box_voting(boxes, scores, iou_threshold=0.66, soft=True, soft_score_threshold=0.05)
+    merged = (0.9 * boxes[0] + 0.6 * boxes[1]) / 1.5
+    torch.testing.assert_close(b, torch.stack([merged, boxes[1]]))
+    torch.testing.assert_close(s, torch.tensor([0.9, 0.6 * (1 - 0.8)]))
+    # Plain voting drops the merged-away box; a high soft threshold does too.
+    b, s = box_voting(boxes, scores, soft=False)
+    torch.testing.assert_close(b, merged[None])
+    b, s = box_voting(boxes, scores, soft=True, soft_score_threshold=0.2)
+    assert len(b) == 1
+
+
+def test_boxes_below_the_vote_threshold_and_other_classes_stay_apart():
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100.0, 60.0]])  # IoU 0.6
+    scores = torch.tensor([0.5, 0.8])
+    b, s = box_voting(boxes, scores)
+    torch.testing.assert_close(b, boxes.flip(0))
+    torch.testing.assert_close(s, scores.flip(0))
+    same = torch.tensor([[5.0, 5.0, 50.0, 50.0]] * 2)
+    b, s, c = batched_box_voting(same, torch.tensor([0.3, 0.4]), torch.tensor([2, 7]))
+    assert c.tolist() == [7, 2] and s.tolist() == pytest.approx([0.4, 0.3])
+    torch.testing.assert_close(b, same)
+
+
+def test_empty_and_single_inputs():
+    b, s = box_voting(torch.zeros(0, 4), torch.zeros(0))
+    assert b.shape == (0, 4) and s.shape == (0,)
+    b, s, c = batched_box_voting(
+        torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    )
+    assert b.shape == (0, 4) and s.shape == (0,) and c.shape == (0,)
+    one = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    b, s = box_voting(one, torch.tensor([0.2]))
+    assert torch.equal(b, one) and s.tolist() == pytest.approx([0.2])
+    with pytest.raises(ValueError):
+        box_voting(one, torch.tensor([0.2]), iou_threshold=0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("soft", [True, False])
+def test_box_voting_matches_the_reference_loop(seed, soft):
+    g = torch.Generator().manual_seed(seed)
+    boxes, scores = _clustered_boxes(120, g)
+    b, s = box_voting(boxes, scores, 0.66, soft, 0.05)
+    rb, rs = _reference_voting(boxes.double(), scores.double(), 0.66, soft, 0.05)
+    assert len(b) < len(boxes)  # something was merged
+    assert torch.all(s[:-1] >= s[1:])
+    torch.testing.assert_close(s.double(), rs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.double(), rb, rtol=1e-5, atol=1e-3)
+
+
+def test_batched_box_voting_is_per_class_voting():
+    g = torch.Generator().manual_seed(7)
+    boxes, scores = _clustered_boxes(150, g, num_clusters=4)
+    classes = torch.randint(0, 3, (150,), generator=g)
+    b, s, c = batched_box_voting(boxes, scores, classes)
+    assert torch.all(s[:-1] >= s[1:])
+    for k in range(3):
+        rb, rs = box_voting(boxes[classes == k], scores[classes == k])
+        torch.testing.assert_close(s[c == k], rs)
+        torch.testing.assert_close(b[c == k], rb)
+
+
+# ------------------------------------------------------------------------------ geometry
+def test_size_filter_is_strict_on_areas():
+    boxes = torch.tensor([[0, 0, 96, 96], [0, 0, 97, 96], [0, 0, 10, 10], [0, 0, 300, 300.0]])
+    assert size_filter(boxes, (96, 10000)).tolist() == [False, True, False, True]
+    assert size_filter(boxes, (0, 256)).tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_boxes_to_original_inverts_resize_and_flip(hflip):
+    height, width, h, w = 375, 500, 600, 800
+    tfms = [ResizeTransform(height, width, h, w)] + ([HFlipTransform(w)] if hflip else [])
+    original = np.array([[10.0, 20.0, 200.0, 300.0], [0.0, 0.0, 500.0, 375.0]])
+    on_input = TransformList(tfms).apply_box(original)
+    back = boxes_to_original(
+        torch.tensor(on_input, dtype=torch.float32), (h, w), (height, width), hflip
+    )
+    np.testing.assert_allclose(back.numpy(), original, atol=1e-3)
+
+
+class _SquareDetector(nn.Module):
+    """Fake detector: one box around the pixels > 128 of channel 0, in its input's coordinates."""
+
+    input_format = "BGR"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, batched_inputs):
+        out = []
+        for x in batched_inputs:
+            img = x["image"]
+            self.calls.append((tuple(img.shape[-2:]), "height" in x))
+            ys, xs = torch.nonzero(img[0] > 128, as_tuple=True)
+            inst = Instances(tuple(img.shape[-2:]))
+            inst.pred_boxes = Boxes(
+                torch.tensor(
+                    [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32
+                )
+            )
+            inst.scores = torch.tensor([0.9])
+            inst.pred_classes = torch.tensor([1])
+            out.append({"instances": inst})
+        return out
+
+
+def _square_image(height=120, width=160, box=(100, 30, 140, 70)):
+    img = torch.zeros(3, height, width, dtype=torch.uint8)
+    x1, y1, x2, y2 = box
+    img[:, y1:y2, x1:x2] = 255
+    return img
+
+
+def test_tta_maps_every_scale_and_flip_back_onto_the_object():
+    model = _SquareDetector().eval()
+    tta = ATSSWithTTA(
+        model,
+        test_size=120,
+        test_max_size=400,
+        min_sizes=[60, 90, 240],
+        max_size=1000,
+        size_ranges=None,
+        merge_type="vote",
+    ).eval()
+    (out,) = tta([{"image": _square_image(), "height": 120, "width": 160}])
+    inst = out["instances"]
+    # 8 runs of an asymmetric object (left/right flips included) vote for one box on the square.
+    assert len(model.calls) == 8 and not any(has_hw for _, has_hw in model.calls)
+    assert sorted({s for s, _ in model.calls}) == [(60, 80), (90, 120), (120, 160), (240, 320)]
+    assert len(inst) == 1 and inst.image_size == (120, 160)
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([[100.0, 30.0, 140.0, 70.0]]), atol=1.5, rtol=0
+    )
+    assert inst.scores.tolist() == pytest.approx([0.9])
+
+
+def test_tta_size_filters_and_max_sizes_follow_the_authors_rules():
+    model = _SquareDetector().eval()
+    # Square of side 40 at the test scale: at shorter side 60 it is 20 px, at 240 it is 80 px.
+    tta = ATSSWithTTA(
+        model,
+        test_size=120,
+        test_max_size=150,
+        flip=False,
+        min_sizes=[60, 240],
+        max_size=1000,
+        scale_flip=False,
+        size_ranges=[[30, 10000], [0, 64]],
+    ).eval()
+    (out,) = tta([{"image": _square_image(), "height": 120, "width": 160}])
+    # Small scales use the test max size (150 -> 60x80 fits), larger ones max_size.
+    assert [s for s, _ in model.calls] == [(113, 150), (60, 80), (240, 320)]
+    # Both extra-scale boxes were filtered out: only the test-scale box is left.
+    assert len(out["instances"]) == 1
+
+
+def test_tta_on_an_original_size_image_resizes_it_like_the_test_mapper():
+    model = _SquareDetector().eval()
+    tta = ATSSWithTTA(model, test_size=240, min_sizes=[], size_ranges=None, flip=False).eval()
+    img = _square_image()
+    (out,) = tta([{"image": img, "height": 120, "width": 160}])
+    assert model.calls[0][0] == (240, 320)
+    torch.testing.assert_close(
+        out["instances"].pred_boxes.tensor,
+        torch.tensor([[100.0, 30.0, 140.0, 70.0]]),
+        atol=1.0,
+        rtol=0,
+    )
+
+
+# ------------------------------------------------------------------------------ real model
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    # prior_prob 0.3: the untrained model then has detections above the 0.05 threshold.
+    return tiny_model(num_classes=3, **{"head.prior_prob": 0.3}).eval()
+
+
+# The tiny model's head has GN with one channel per group: every input needs P7 (stride 128) to
+# have 2 cells, i.e. a longer side > 128.
+def _test_input(original=(72, 108), resized=(96, 144)):
+    (inp,) = make_inputs([resized], [torch.zeros(0, 4)], seed=3)
+    del inp["instances"]
+    inp["height"], inp["width"] = original
+    return inp
+
+
+def test_single_scale_tta_equals_the_model(detector):
+    inp = _test_input()
+    tta = ATSSWithTTA(
+        detector, test_size=96, test_max_size=1333, flip=False, min_sizes=[], size_ranges=None
+    ).eval()
+    (plain,) = detector([inp])
+    (aug,) = tta([inp])
+    p, a = plain["instances"], aug["instances"]
+    assert len(p) > 0 and len(a) == len(p) and a.image_size == p.image_size == (72, 108)
+
+    def rows(x):
+        t = torch.cat([x.scores[:, None], x.pred_classes[:, None].float(), x.pred_boxes.tensor], 1)
+        return sorted(t.tolist())
+
+    assert rows(a) == rows(p)
+
+
+def test_full_tta_returns_valid_capped_boxes(detector):
+    inp = _test_input()
+    cap = 25
+    tta = ATSSWithTTA(
+        detector,
+        test_size=96,
+        test_max_size=150,
+        min_sizes=[88, 112, 128],
+        max_size=200,
+        size_ranges=[[0, 10000], [0, 10000], [0, 64]],
+        max_detections_per_image=cap,
+        batch_size=2,
+    ).eval()
+    (out,) = tta([inp])
+    inst = out["instances"]
+    b = inst.pred_boxes.tensor
+    assert 0 < len(inst) <= cap and inst.image_size == (72, 108)
+    assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 1] >= 0)
+    assert torch.all(b[:, 2] <= 108) and torch.all(b[:, 3] <= 72)
+    assert torch.all(b[:, 2] > b[:, 0]) and torch.all(b[:, 3] > b[:, 1])
+    assert torch.all((inst.scores > 0) & (inst.scores <= 1))
+    assert torch.all(inst.scores[:-1] >= inst.scores[1:])
+    assert set(inst.pred_classes.tolist()) <= {0, 1, 2}
+    with pytest.raises(RuntimeError):
+        tta.train()([inp])
+    tta.eval()
+
+
+# ------------------------------------------------------------------------------ config switch
+def test_build_tta_model_follows_the_config_switch():
+    cfg = LazyConfig.load(TTA_CONFIG)
+    model = _SquareDetector()
+    assert build_tta_model(cfg, model) is model  # off by default
+    assert build_tta_model(LazyConfig.load("configs/common/optim.py"), model) is model
+    cfg = LazyConfig.apply_overrides(cfg, ["test.aug.enabled=True"])
+    model.train()
+    tta = build_tta_model(cfg, model)
+    assert isinstance(tta, ATSSWithTTA) and tta.model is model
+    assert tta.training and model.training  # wrapping leaves the mode alone
+    assert not build_tta_model(cfg, model.eval()).training
+    # The authors' 26 runs: 800 (+flip) unfiltered, then 12 scales (+flips) with filters.
+    assert len(tta.runs) == 2 + 2 * len(TTA_MIN_SIZES)
+    assert tta.runs[0] == (800, 1333, False, None) and tta.runs[1] == (800, 1333, True, None)
+    assert tta.runs[2] == (400, 1333, False, (96.0, 10000.0))
+    assert tta.runs[-1] == (1800, 3000, True, (0.0, 96.0))
+    assert tta.max_detections_per_image == 1000 and tta.vote_iou_threshold == 0.66
+    assert tta.merge_type == "soft-vote"
