@@ -1,0 +1,18 @@
+# ATSS R-50-FPN 1x with the authors' published weights (sfzhang15/ATSS, ATSS_R_50_FPN_1x.pth,
+# 39.3 AP on COCO minival), converted with
+#   python scripts/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
+#       output/converted/ATSS_R_50_FPN_1x.pth \
+#       --config-file configs/COCO/converted/atss_R_50_FPN_1x_authors.py
+# What this mirrors (see projects/ATSS/README.md, "Using published weights"): maskrcnn-benchmark's
+# input normalisation (BGR, 0-255, their Caffe2 mean, std 1), MSRA R-50 (stride in the 1x1
+# conv), FrozenBN, anchor centres at (i + 0.5) * stride, ReLU before P7: the base config already
+# has all of it except the mean, which differs from Detectron2's MSRA mean by ~0.5 per channel.
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+
+model.pixel_mean = [102.9801, 115.9465, 122.7717]
+model.pixel_std = [1.0, 1.0, 1.0]
+model.input_format = "BGR"
+model.anchor_generator.offset = 0.5
+model.backbone.bottom_up.stages.stride_in_1x1 = True
+
+train.init_checkpoint = "output/converted/ATSS_R_50_FPN_1x.pth"

@@ -1,0 +1,465 @@
+"""
+Converters from the two published families of ATSS checkpoints to this project's state dict.
+
+``"authors"``: the maskrcnn-benchmark checkpoints of ``sfzhang15/ATSS`` (``ATSS_R_50_FPN_1x.pth``,
+``ATSS_dcnv2_X_101_64x4d_FPN_2x.pth``, ...). Nesting and names, as read in that repository:
+
+* ``{"model": state_dict, ...}`` (``atss_core/utils/checkpoint.py``: ``Checkpointer.save``);
+  the state dict of the DDP-wrapped training model, so keys may start with ``module.``.
+* backbone ``backbone.body.*`` (``modeling/backbone/resnet.py``): ``stem.conv1`` + ``stem.bn1``;
+  ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0`` (1x1 conv) +
+  ``downsample.1`` (norm). Norms are maskrcnn-benchmark's FrozenBatchNorm2d: buffers
+  ``weight, bias, running_mean, running_var``, applied as ``w / sqrt(var)`` **without eps**.
+  Deformable ``conv2`` is a ``DFConv2d`` (``layers/misc.py``): ``conv2.offset`` (regular conv
+  with bias predicting 27 channels: 18 offsets then 9 mask logits) + ``conv2.conv``
+  (``ModulatedDeformConv``, ``weight`` only in the backbone).
+* FPN ``backbone.fpn.*`` (``modeling/backbone/backbone.py``, ``fpn.py``): built with
+  ``in_channels_list=[0, 512, 1024, 2048]`` and 1-based names, so the skipped res2 slot is 1 and
+  ``fpn_inner2/3/4`` + ``fpn_layer2/3/4`` belong to res3/res4/res5; ``top_blocks.p6/p7`` (P6 on
+  P5 because ``USE_C5 False``, ReLU before P7).
+* head ``rpn.head.*`` (``modeling/rpn/atss/atss.py``): ``cls_tower`` / ``bbox_tower`` are
+  ``nn.Sequential`` of [conv (bias), GroupNorm(32), ReLU] x 4 (conv at 0, 3, 6, 9; in DCN models
+  the conv at 9 is a ``DFConv2d`` with ``offset`` and a biased ``conv``); ``cls_logits``
+  (C = 80 channels, sigmoid, no background), ``bbox_pred`` (4), ``centerness`` (1, on the box
+  tower); ``scales.{0..4}.scale`` of shape (1,). ``rpn.anchor_generator.cell_anchors.*``
+  buffers are dropped (our anchor generator computes its own).
+
+``"mmdet"``: mmdetection's ATSS checkpoints (``atss_r50_fpn_1x_coco_20200209-985f7bd0.pth``, ...):
+
+* ``{"state_dict": state_dict, "meta": ...}`` (mmcv ``save_checkpoint``).
+* backbone ``backbone.*`` (``mmdet/models/backbones/resnet.py``, style "pytorch"): ``conv1`` +
+  ``bn1``; ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0/1``; BatchNorm with
+  ``num_batches_tracked`` (dropped).
+* neck ``neck.*`` (``mmdet/models/necks/fpn.py``, ``start_level=1``): ``lateral_convs.{0,1,2}``
+  and ``fpn_convs.{0,1,2}`` for res3..res5, then ``fpn_convs.3`` (P6, on P5) and
+  ``fpn_convs.4`` (P7, **no ReLU** before it); each a ``ConvModule`` holding ``conv``.
+* head ``bbox_head.*`` (``mmdet/models/dense_heads/atss_head.py``): ``cls_convs.{0..3}`` /
+  ``reg_convs.{0..3}`` are ``ConvModule`` s with ``conv`` (**no bias**: mmcv drops it when a norm
+  follows) and ``gn``; ``atss_cls`` (80), ``atss_reg`` (4), ``atss_centerness`` (1),
+  ``scales.{0..4}.scale`` (0-d).
+
+Our names (Detectron2): ``backbone.bottom_up.stem.conv1`` (+ ``.norm``),
+``backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}`` / ``shortcut`` (+ ``.norm``), deformable
+``conv2`` + ``conv2_offset``; ``backbone.fpn_lateral{3,4,5}``, ``backbone.fpn_output{3,4,5}``,
+``backbone.top_block.p6/p7``; ``head.cls_subnet`` / ``head.bbox_subnet`` [conv, GN, ReLU] x 4
+(DCN: ``conv_offset`` + ``conv``), ``head.cls_score``, ``head.bbox_pred``, ``head.centerness``,
+``head.scales.{l}.scale`` (0-d).
+
+The converters only rename (and fix the few value conventions listed in the functions); they
+do not need the model. :func:`check_against_model` compares a converted state dict with a model.
+The conventions a config must mirror to *run* the converted weights (anchor offset, pixel
+mean/std, channel order, stride_in_1x1, ...) are in ``projects/ATSS/README.md``, "Using published
+weights", and in ``configs/COCO/converted/``.
+"""
+
+import logging
+import os
+import re
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "AUTHORS",
+    "MMDET",
+    "FORMATS",
+    "read_checkpoint",
+    "detect_format",
+    "convert_authors_state_dict",
+    "convert_mmdet_state_dict",
+    "convert_state_dict",
+    "convert_checkpoint",
+    "check_against_model",
+    "format_report",
+]
+
+logger = logging.getLogger(__name__)
+
+AUTHORS = "authors"
+MMDET = "mmdet"
+FORMATS = (AUTHORS, MMDET)
+
+# Detectron2's FrozenBatchNorm2d computes w / sqrt(var + eps) with this eps.
+_D2_FROZEN_BN_EPS = 1e-5
+_NORM_FIELDS = r"(weight|bias|running_mean|running_var)"
+
+# A rule maps a source key (full match) to our key: (pattern, function of the match).
+Rule = Tuple[re.Pattern, Callable[[re.Match], str]]
+
+
+def _rule(pattern: str, target: Callable[[re.Match], str]) -> Rule:
+    return re.compile(pattern), target
+
+
+def _res(m, i=1):
+    # ResNet stage: maskrcnn-benchmark / mmdet "layer1".."layer4" are Detectron2's "res2".."res5".
+    return f"backbone.bottom_up.res{int(m.group(i)) + 1}.{m.group(i + 1)}"
+
+
+_AUTHORS_RULES: List[Rule] = [
+    # ---- backbone.body: ResNet / ResNeXt (FrozenBN), optionally DCNv2 in conv2.
+    _rule(r"backbone\.body\.stem\.conv1\.weight", lambda m: "backbone.bottom_up.stem.conv1.weight"),
+    _rule(
+        rf"backbone\.body\.stem\.bn1\.{_NORM_FIELDS}",
+        lambda m: f"backbone.bottom_up.stem.conv1.norm.{m.group(1)}",
+    ),
+    _rule(
+        r"backbone\.body\.layer(\d)\.(\d+)\.conv([123])\.weight",
+        lambda m: f"{_res(m)}.conv{m.group(3)}.weight",
+    ),
+    _rule(
+        r"backbone\.body\.layer(\d)\.(\d+)\.conv2\.conv\.weight",
+        lambda m: f"{_res(m)}.conv2.weight",
+    ),
+    _rule(
+        r"backbone\.body\.layer(\d)\.(\d+)\.conv2\.offset\.(weight|bias)",
+        lambda m: f"{_res(m)}.conv2_offset.{m.group(3)}",
+    ),
+    _rule(
+        rf"backbone\.body\.layer(\d)\.(\d+)\.bn([123])\.{_NORM_FIELDS}",
+        lambda m: f"{_res(m)}.conv{m.group(3)}.norm.{m.group(4)}",
+    ),
+    _rule(
+        r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight",
+        lambda m: f"{_res(m)}.shortcut.weight",
+    ),
+    _rule(
+        rf"backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.{_NORM_FIELDS}",
+        lambda m: f"{_res(m)}.shortcut.norm.{m.group(3)}",
+    ),
+    # ---- backbone.fpn: 1-based slots, slot k (k = 2, 3, 4) takes res(k+1).
+    _rule(
+        r"backbone\.fpn\.fpn_inner([234])\.(weight|bias)",
+        lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 1}.{m.group(2)}",
+    ),
+    _rule(
+        r"backbone\.fpn\.fpn_layer([234])\.(weight|bias)",
+        lambda m: f"backbone.fpn_output{int(m.group(1)) + 1}.{m.group(2)}",
+    ),
+    _rule(
+        r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)",
+        lambda m: f"backbone.top_block.{m.group(1)}.{m.group(2)}",
+    ),
+    # ---- rpn.head: same [conv, GN, ReLU] x 4 layout as ours, so Sequential indices carry over.
+    _rule(
+        r"rpn\.head\.(cls|bbox)_tower\.(\d+)\.offset\.(weight|bias)",
+        lambda m: f"head.{m.group(1)}_subnet.{m.group(2)}.conv_offset.{m.group(3)}",
+    ),
+    _rule(
+        r"rpn\.head\.(cls|bbox)_tower\.(\d+)\.conv\.(weight|bias)",
+        lambda m: f"head.{m.group(1)}_subnet.{m.group(2)}.conv.{m.group(3)}",
+    ),
+    _rule(
+        r"rpn\.head\.(cls|bbox)_tower\.(\d+)\.(weight|bias)",
+        lambda m: f"head.{m.group(1)}_subnet.{m.group(2)}.{m.group(3)}",
+    ),
+    _rule(r"rpn\.head\.cls_logits\.(weight|bias)", lambda m: f"head.cls_score.{m.group(1)}"),
+    _rule(r"rpn\.head\.bbox_pred\.(weight|bias)", lambda m: f"head.bbox_pred.{m.group(1)}"),
+    _rule(r"rpn\.head\.centerness\.(weight|bias)", lambda m: f"head.centerness.{m.group(1)}"),
+    _rule(r"rpn\.head\.scales\.(\d+)\.scale", lambda m: f"head.scales.{m.group(1)}.scale"),
+]
+# Anchors are recomputed by our DefaultAnchorGenerator (non-persistent buffers).
+_AUTHORS_IGNORED = [re.compile(r"rpn\.anchor_generator\.cell_anchors\.\d+")]
+
+
+def _fpn_conv_target(m) -> str:
+    # fpn_convs.0..2 are the 3x3 outputs of res3..res5; 3 and 4 are the extra P6 and P7 convs.
+    j = int(m.group(1))
+    name = f"fpn_output{j + 3}" if j < 3 else ("top_block.p6", "top_block.p7")[j - 3]
+    return f"backbone.{name}.{m.group(2)}"
+
+
+_MMDET_RULES: List[Rule] = [
+    # ---- backbone: torchvision-style ResNet ("pytorch" style: stride in the 3x3 conv), BN.
+    _rule(r"backbone\.conv1\.weight", lambda m: "backbone.bottom_up.stem.conv1.weight"),
+    _rule(
+        rf"backbone\.bn1\.{_NORM_FIELDS}",
+        lambda m: f"backbone.bottom_up.stem.conv1.norm.{m.group(1)}",
+    ),
+    _rule(
+        r"backbone\.layer(\d)\.(\d+)\.conv([123])\.weight",
+        lambda m: f"{_res(m)}.conv{m.group(3)}.weight",
+    ),
+    _rule(
+        rf"backbone\.layer(\d)\.(\d+)\.bn([123])\.{_NORM_FIELDS}",
+        lambda m: f"{_res(m)}.conv{m.group(3)}.norm.{m.group(4)}",
+    ),
+    _rule(
+        r"backbone\.layer(\d)\.(\d+)\.downsample\.0\.weight",
+        lambda m: f"{_res(m)}.shortcut.weight",
+    ),
+    _rule(
+        rf"backbone\.layer(\d)\.(\d+)\.downsample\.1\.{_NORM_FIELDS}",
+        lambda m: f"{_res(m)}.shortcut.norm.{m.group(3)}",
+    ),
+    # ---- neck: start_level=1, so lateral/fpn conv j is res(j+3).
+    _rule(
+        r"neck\.lateral_convs\.([012])\.conv\.(weight|bias)",
+        lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 3}.{m.group(2)}",
+    ),
+    _rule(r"neck\.fpn_convs\.([0-4])\.conv\.(weight|bias)", _fpn_conv_target),
+    # ---- bbox_head: ConvModule i = our Sequential slots 3i (conv) and 3i+1 (GN).
+    _rule(
+        r"bbox_head\.(cls|reg)_convs\.(\d+)\.conv\.(weight|bias)",
+        lambda m: f"head.{_MMDET_TOWER[m.group(1)]}.{3 * int(m.group(2))}.{m.group(3)}",
+    ),
+    _rule(
+        r"bbox_head\.(cls|reg)_convs\.(\d+)\.gn\.(weight|bias)",
+        lambda m: f"head.{_MMDET_TOWER[m.group(1)]}.{3 * int(m.group(2)) + 1}.{m.group(3)}",
+    ),
+    _rule(r"bbox_head\.atss_cls\.(weight|bias)", lambda m: f"head.cls_score.{m.group(1)}"),
+    _rule(r"bbox_head\.atss_reg\.(weight|bias)", lambda m: f"head.bbox_pred.{m.group(1)}"),
+    _rule(r"bbox_head\.atss_centerness\.(weight|bias)", lambda m: f"head.centerness.{m.group(1)}"),
+    _rule(r"bbox_head\.scales\.(\d+)\.scale", lambda m: f"head.scales.{m.group(1)}.scale"),
+]
+_MMDET_TOWER = {"cls": "cls_subnet", "reg": "bbox_subnet"}
+# BatchNorm's step counter has no meaning for a frozen norm.
+_MMDET_IGNORED = [re.compile(r".*\.num_batches_tracked")]
+
+
+def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Tensor]:
+    """
+    Load a published checkpoint file and return its model state dict.
+
+    Unwraps ``{"model": ...}`` (maskrcnn-benchmark) and ``{"state_dict": ...}`` (mmcv) and strips
+    the ``module.`` prefix of DDP-wrapped models.
+
+    Args:
+        path: a ``.pth`` file.
+        allow_pickle: load with ``torch.load(weights_only=False)``. A ``.pth`` file is a pickle
+            and may run code when loaded: only enable this for files you trust, when the safe
+            loader rejects an object stored beside the weights.
+
+    Returns:
+        dict name -> Tensor.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # the unpickler raises several types (UnpicklingError, RuntimeError)
+        hint = (
+            ""
+            if allow_pickle
+            else " If the file is trusted and holds Python objects beside the weights, "
+            "retry with allow_pickle=True (CLI: --allow-pickle)."
+        )
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({e}).{hint}") from e
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(
+            f"{source}: expected a state dict, or a dict with a 'model' or 'state_dict' entry, "
+            f"got {type(obj).__name__}"
+        )
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{source}: the state dict holds non-tensor values, e.g. {not_tensors[:3]} "
+            f"({type(obj[not_tensors[0]]).__name__})"
+        )
+    prefix = "module."
+    if all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def detect_format(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> str:
+    """
+    Tell the two published layouts apart by their top-level module names.
+
+    Returns:
+        ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``) or ``MMDET`` (``neck.*`` /
+        ``bbox_head.*``).
+    """
+    keys = [k[len("module.") :] if k.startswith("module.") else k for k in state_dict]
+    is_authors = any(k.startswith(("backbone.body.", "rpn.head.")) for k in keys)
+    is_mmdet = any(k.startswith(("bbox_head.", "neck.")) for k in keys)
+    if is_authors == is_mmdet:
+        raise ValueError(
+            f"{source}: cannot tell whether this is an authors' (maskrcnn-benchmark: "
+            f"'backbone.body.*', 'rpn.head.*') or an mmdetection ('neck.*', 'bbox_head.*') ATSS "
+            f"checkpoint; first keys: {keys[:5]}. Pass the format explicitly."
+        )
+    return AUTHORS if is_authors else MMDET
+
+
+def _rename(
+    state_dict: Mapping[str, Tensor],
+    rules: Sequence[Rule],
+    ignored: Sequence[re.Pattern],
+    fmt: str,
+    source: str,
+) -> Dict[str, Tensor]:
+    """Apply the first fully matching rule to every key; unknown keys are an error."""
+    out: Dict[str, Tensor] = {}
+    origin: Dict[str, str] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if any(p.fullmatch(key) for p in ignored):
+            continue
+        for pattern, target in rules:
+            m = pattern.fullmatch(key)
+            if m:
+                new = target(m)
+                if new in out:
+                    raise ValueError(
+                        f"{source}: keys {origin[new]!r} and {key!r} both map to {new}"
+                    )
+                out[new], origin[new] = value, key
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"{source}: {len(unknown)} key(s) are not part of a {fmt!r} ATSS checkpoint as this "
+            f"converter knows it (ResNet/ResNeXt-FPN, optional DCNv2), e.g. {unknown[:5]}"
+        )
+    return out
+
+
+def _scales_to_scalars(out: Dict[str, Tensor], source: str) -> None:
+    # Ours are 0-d (like mmcv's); the authors' Scale holds a (1,) tensor.
+    for key in [k for k in out if k.startswith("head.scales.")]:
+        if out[key].numel() != 1:
+            raise ValueError(f"{source}: {key} should hold one value, has shape {out[key].shape}")
+        out[key] = out[key].reshape(())
+
+
+def convert_authors_state_dict(
+    state_dict: Mapping[str, Tensor],
+    source: str = "<authors' state dict>",
+    frozen_bn_eps: float = _D2_FROZEN_BN_EPS,
+) -> Dict[str, Tensor]:
+    """
+    Convert an authors' (maskrcnn-benchmark, ``sfzhang15/ATSS``) ATSS state dict.
+
+    Value conventions handled here:
+
+    * their FrozenBatchNorm2d uses ``w / sqrt(var)``, ours ``w / sqrt(var + eps)``: ``eps`` is
+      subtracted from every backbone ``running_var`` so that both compute the same affine map;
+    * the per-level scales become 0-d tensors.
+
+    Args:
+        state_dict: as returned by :func:`read_checkpoint` (a ``module.`` prefix is accepted).
+        source: name used in error messages (e.g. the file name).
+        frozen_bn_eps: eps of our FrozenBatchNorm2d.
+
+    Returns:
+        our state dict (name -> Tensor).
+    """
+    state_dict = _unwrap_state_dict(state_dict, source)
+    out = _rename(state_dict, _AUTHORS_RULES, _AUTHORS_IGNORED, AUTHORS, source)
+    for key in [k for k in out if k.endswith(".norm.running_var")]:
+        out[key] = out[key] - frozen_bn_eps
+    _scales_to_scalars(out, source)
+    return out
+
+
+def convert_mmdet_state_dict(
+    state_dict: Mapping[str, Tensor], source: str = "<mmdet state dict>"
+) -> Dict[str, Tensor]:
+    """
+    Convert an mmdetection (2.x / 3.x) ATSS state dict.
+
+    Value conventions handled here:
+
+    * mmdet's tower convs have no bias (a GroupNorm follows); ours have one, filled with zeros
+      (exactly the same output);
+    * BatchNorm statistics are copied as they are (same eps 1e-5 as our FrozenBatchNorm2d);
+      ``num_batches_tracked`` is dropped;
+    * the per-level scales become 0-d tensors.
+
+    Args:
+        state_dict: as returned by :func:`read_checkpoint`.
+        source: name used in error messages (e.g. the file name).
+
+    Returns:
+        our state dict (name -> Tensor).
+    """
+    state_dict = _unwrap_state_dict(state_dict, source)
+    out = _rename(state_dict, _MMDET_RULES, _MMDET_IGNORED, MMDET, source)
+    tower_weight = re.compile(r"head\.(cls|bbox)_subnet\.(\d+)\.weight")
+    for key in list(out):
+        m = tower_weight.fullmatch(key)
+        if m and int(m.group(2)) % 3 == 0:  # a conv slot, not a GroupNorm
+            bias_key = key[: -len("weight")] + "bias"
+            if bias_key not in out:
+                out[bias_key] = out[key].new_zeros(out[key].shape[0])
+    _scales_to_scalars(out, source)
+    return out
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor], fmt: str = "auto", source: str = "<state dict>"
+) -> Dict[str, Tensor]:
+    """
+    Convert a published ATSS state dict of format ``fmt`` (``"authors"``, ``"mmdet"``, or
+    ``"auto"`` to detect it with :func:`detect_format`).
+    """
+    state_dict = _unwrap_state_dict(state_dict, source)
+    if fmt == "auto":
+        fmt = detect_format(state_dict, source)
+    if fmt == AUTHORS:
+        return convert_authors_state_dict(state_dict, source)
+    if fmt == MMDET:
+        return convert_mmdet_state_dict(state_dict, source)
+    raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS} or 'auto'")
+
+
+def convert_checkpoint(
+    path: str, fmt: str = "auto", allow_pickle: bool = False
+) -> Tuple[str, Dict[str, Tensor]]:
+    """
+    Read a published checkpoint file and convert it.
+
+    Returns:
+        (the format, our state dict). Save it as ``torch.save({"model": state_dict}, out)``
+        and load it with ``train.init_checkpoint=out`` (Detectron2's ``DetectionCheckpointer``).
+    """
+    state_dict = read_checkpoint(path, allow_pickle=allow_pickle)
+    if fmt == "auto":
+        fmt = detect_format(state_dict, path)
+    return fmt, convert_state_dict(state_dict, fmt, source=path)
+
+
+def check_against_model(
+    state_dict: Mapping[str, Tensor], model: Union[nn.Module, Mapping[str, Tensor]]
+) -> Dict[str, list]:
+    """
+    Compare a converted state dict with a model's (or a model state dict's) names and shapes.
+
+    Returns:
+        dict with ``missing`` (model keys absent from ``state_dict``), ``unexpected``
+        (``state_dict`` keys the model lacks) and ``shape_mismatch`` (list of
+        ``(key, shape in state_dict, shape in model)``). All empty means a strict load works.
+    """
+    target = model.state_dict() if isinstance(model, nn.Module) else model
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    mismatch = [
+        (k, tuple(state_dict[k].shape), tuple(target[k].shape))
+        for k in sorted(set(target) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(target[k].shape)
+    ]
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch}
+
+
+def format_report(report: Dict[str, list], limit: Optional[int] = 10) -> str:
+    """A readable summary of :func:`check_against_model`'s result."""
+    lines = []
+    for name in ("missing", "unexpected", "shape_mismatch"):
+        items = report[name]
+        if items:
+            shown = items if limit is None else items[:limit]
+            more = "" if len(shown) == len(items) else f" (+{len(items) - len(shown)} more)"
+            lines.append(f"{len(items)} {name}{more}: {shown}")
+    return "\n".join(lines) if lines else "all keys and shapes match"

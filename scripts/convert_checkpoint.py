@@ -1,0 +1,83 @@
+r"""
+Convert a published ATSS checkpoint (the authors' maskrcnn-benchmark release or mmdetection's)
+into a Detectron2 checkpoint of this project's model.
+
+    python scripts/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
+        output/converted/ATSS_R_50_FPN_1x.pth \
+        --config-file configs/COCO/converted/atss_R_50_FPN_1x_authors.py
+
+Then run it with ``train.init_checkpoint=output/converted/ATSS_R_50_FPN_1x.pth`` (``demo.py``,
+``train_net.py --eval-only``). With ``--config-file`` the converted weights are checked against
+the model the config builds (names and shapes, as a strict load would); the exit status is 1 when
+they do not match. The format is detected from the key names unless ``--format`` is given.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Use this checkout's package even when another copy is installed.
+sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+
+import torch  # noqa: E402
+
+from atss.checkpoint import (  # noqa: E402
+    FORMATS,
+    check_against_model,
+    convert_checkpoint,
+    format_report,
+)
+
+logger = logging.getLogger("convert_checkpoint")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="published checkpoint (.pth)")
+    parser.add_argument("output", help="converted checkpoint to write (.pth)")
+    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    parser.add_argument(
+        "--config-file",
+        default="",
+        help="LazyConfig whose model the converted weights must fit (checked, not required)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load with torch.load(weights_only=False): only for trusted files",
+    )
+    return parser
+
+
+def build_model_state(config_file):
+    """The state dict of the model ``config_file`` builds (on the CPU, randomly initialised)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(config_file)
+    return instantiate(cfg.model).state_dict()
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        fmt, state_dict = convert_checkpoint(args.input, args.format, args.allow_pickle)
+    except (OSError, ValueError) as e:
+        logger.error("error: %s", e)
+        return 2
+    logger.info("%s: %s checkpoint, %d tensors converted", args.input, fmt, len(state_dict))
+    status = 0
+    if args.config_file:
+        report = check_against_model(state_dict, build_model_state(args.config_file))
+        logger.info("check against %s: %s", args.config_file, format_report(report))
+        status = 1 if any(report.values()) else 0
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": state_dict, "__converted_from__": fmt}, args.output)
+    logger.info("wrote %s", args.output)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""demo.py on generated images and a short video, with a tiny random model and its checkpoint."""
+
+import logging
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from demo import expand_inputs, main, split_overrides
+from tests.atss_testing import tiny_model
+
+# The tiny test model: ResNet-18 FPN, 32 channels, 3 classes, at a small test resolution. The head
+# is 64 channels wide: GN(32) on 32 channels (1 per group) fails on the 1x1 P7 of a small image.
+CONFIG = """
+from tests.atss_testing import tiny_model_cfg
+
+_cfg = tiny_model_cfg(num_classes=3)
+model = _cfg.model
+dataloader = _cfg.dataloader
+train = _cfg.train
+train.device = "cpu"
+dataloader.test.dataset.names = "shapes_val"
+dataloader.test.mapper.augmentations[0].short_edge_length = 64
+dataloader.test.mapper.augmentations[0].max_size = 96
+model.head.conv_dims = [64, 64]
+model.max_detections_per_image = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    model = tiny_model(num_classes=3, **{"head.conv_dims": [64, 64]})
+    with torch.no_grad():  # every class probable everywhere, so that boxes get drawn
+        model.head.cls_score.bias.fill_(2.0)
+    weights = root / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    config = root / "tiny_config.py"
+    config.write_text(textwrap.dedent(CONFIG))
+    rng = np.random.default_rng(0)
+    images = []
+    for i, (h, w) in enumerate([(90, 120), (100, 80)]):
+        path = root / f"img{i}.jpg"
+        cv2.imwrite(str(path), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        images.append(path)
+    broken = root / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    video = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for _ in range(3):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    return {
+        "root": root,
+        "weights": weights,
+        "config": config,
+        "images": images,
+        "broken": broken,
+        "video": video,
+    }
+
+
+def test_demo_writes_annotated_pngs_and_names_unreadable_files(setup, tmp_path, caplog):
+    """Two images and a video are annotated; the broken file is named; exit status 1."""
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "out"
+    inputs = [str(p) for p in setup["images"]] + [str(setup["broken"])]
+    status = main(
+        [
+            "--config-file",
+            str(setup["config"]),
+            "--input",
+            *inputs,
+            "--output",
+            str(out),
+            f"train.init_checkpoint={setup['weights']}",
+            "--confidence-threshold",
+            "0.3",
+            "--video-input",
+            str(setup["video"]),
+        ]
+    )
+    assert status == 1
+    assert "broken.png: cannot read image" in caplog.text
+    for path in setup["images"]:
+        written = cv2.imread(str(out / (path.stem + ".png")))
+        original = cv2.imread(str(path))
+        assert written is not None and written.shape == original.shape
+        assert np.abs(written.astype(int) - original.astype(int)).max() > 50  # boxes drawn
+    assert "5 detections" in caplog.text
+    frames = cv2.VideoCapture(str(out / "clip.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)
+    assert frames == 3
+    assert not (out / "broken.png").exists()
+
+
+def test_demo_reports_bad_weights_and_missing_inputs(setup, tmp_path, caplog):
+    missing = tmp_path / "no_such_weights.pth"
+    status = main(
+        [
+            "--config-file",
+            str(setup["config"]),
+            "--input",
+            str(setup["images"][0]),
+            "--output",
+            str(tmp_path),
+            "--opts",
+            f"train.init_checkpoint={missing}",
+        ]
+    )
+    assert status == 2 and "no_such_weights.pth" in caplog.text
+    files, errors = expand_inputs([str(tmp_path / "*.jpeg"), str(setup["root"])])
+    assert errors == [f"{tmp_path / '*.jpeg'}: no file matches this pattern"]
+    assert [p.split("/")[-1] for p in files] == ["broken.png", "img0.jpg", "img1.jpg"]
+
+
+def test_overrides_anywhere_on_the_command_line(setup):
+    argv = ["--input", "a.png", "model.test_score_thresh=0.3", str(setup["images"][0])]
+    rest, overrides = split_overrides(argv)
+    assert overrides == ["model.test_score_thresh=0.3"]
+    assert rest == ["--input", "a.png", str(setup["images"][0])]
