@@ -112,7 +112,8 @@ def _model(path):
 
 
 def test_the_zoo_table_covers_every_coco_config():
-    zoo = {f for f in COCO_CONFIGS if "/ablations/" not in f}
+    # converted/ holds configs for published weights, documented in projects/ATSS/README.md
+    zoo = {f for f in COCO_CONFIGS if "/ablations/" not in f and "/converted/" not in f}
     assert {_name(f) for f in zoo} == set(ZOO)
     assert len(ABLATIONS) >= 15
 

@@ -7,7 +7,7 @@
 # input normalisation (BGR, 0-255, their Caffe2 mean, std 1), MSRA R-50 (stride in the 1x1
 # conv), FrozenBN, anchor centres at (i + 0.5) * stride, ReLU before P7: the base config already
 # has all of it except the mean, which differs from Detectron2's MSRA mean by ~0.5 per channel.
-from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.pixel_mean = [102.9801, 115.9465, 122.7717]
 model.pixel_std = [1.0, 1.0, 1.0]

@@ -7,7 +7,7 @@
 # ResNet (stride in the 3x3 conv), RGB input normalised with ImageNet mean/std, anchor centres at
 # i * stride (offset 0). Not mirrored: mmdetection has no ReLU between P6 and P7, our FPN top
 # block always applies one, so P7 features (the largest objects) differ from mmdetection's.
-from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.pixel_mean = [123.675, 116.28, 103.53]
 model.pixel_std = [58.395, 57.12, 57.375]

@@ -10,7 +10,7 @@ from atss.modeling.backbone import build_resnet
 
 from ...common.coco_data import MULTI_SCALE_AUGMENTATIONS
 from ...common.schedule import lr_multiplier_2x as lr_multiplier
-from .atss_R_50_FPN_1x_authors import dataloader, model, optimizer, train
+from .atss_R_50_FPN_1x_authors import dataloader, model, optimizer, test, train
 
 model.backbone.bottom_up = L(build_resnet)(
     depth=101,
