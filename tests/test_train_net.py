@@ -1,0 +1,267 @@
+"""train_net.py end to end on the generated shapes data with configs/Shapes/atss_tiny_shapes.py:
+train -> evaluate, --eval-only, interrupt + --resume, 2 CPU processes (gloo), the all-reduced
+loss normalisers, atomic checkpoints and a non-finite loss."""
+
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from detectron2.config import LazyConfig
+from detectron2.engine import SimpleTrainer, hooks, launch
+
+import train_net
+from atss.data import register_shapes
+from atss.engine import AtomicDetectionCheckpointer
+from atss.modeling.losses import loss_normalizers
+
+CONFIG = "configs/Shapes/atss_tiny_shapes.py"
+# A 4-image validation set keeps the in-process evaluations short (the 2-process run is spawned
+# and sees only train_net's registrations, so it evaluates on the regular 16-image shapes_val).
+VAL = register_shapes("shapes_val_4", num_images=4, seed=1)
+# Deterministic: seeded, in-process loading, batches of consecutive sampler indices (no aspect
+# grouping), a low score threshold so that the barely trained model has detections to score.
+COMMON = [
+    "train.seed=0",
+    "dataloader.train.num_workers=0",
+    "dataloader.train.aspect_ratio_grouping=False",
+    "model.test_score_thresh=0.001",
+    "train.log_period=1",
+]
+MAX_ITER = 4
+
+
+def run(output_dir, *opts, eval_only=False, resume=False, num_gpus=1):
+    argv = ["--config-file", CONFIG]
+    argv += ["--eval-only"] if eval_only else []
+    argv += ["--resume"] if resume else []
+    argv += ["--num-gpus", str(num_gpus), *COMMON, f"train.output_dir={output_dir}"]
+    if num_gpus == 1:
+        argv.append(f"dataloader.test.dataset.names={VAL}")
+    argv += opts
+    return train_net.default_argument_parser().parse_args(argv)
+
+
+def final_eval_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+    return [x for x in lines if "bbox/AP" in x][-1]
+
+
+def model_state(path):
+    return torch.load(path, map_location="cpu")["model"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uninterrupted 4-iteration run, checkpoints every 2 iterations, eval at the end."""
+    out = str(tmp_path_factory.mktemp("train"))
+    train_net.main(
+        run(out, f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4")
+    )
+    return out
+
+
+def test_trains_checkpoints_and_evaluates(trained):
+    for name in ["model_0000001.pth", "model_0000003.pth", "model_final.pth", "config.yaml"]:
+        assert os.path.exists(os.path.join(trained, name)), name
+    ckpt = torch.load(os.path.join(trained, "model_final.pth"), map_location="cpu")
+    assert ckpt["iteration"] == MAX_ITER - 1 and {"model", "trainer", "rng"} <= set(ckpt)
+    assert "optimizer" in ckpt["trainer"] and "hooks" in ckpt["trainer"]
+    metrics = final_eval_metrics(trained)
+    for k in ["AP", "AP50", "AP75"]:
+        assert math.isfinite(metrics[f"bbox/{k}"])
+    with open(os.path.join(trained, "last_checkpoint")) as f:
+        assert f.read() == "model_final.pth"
+
+
+def test_eval_only_reproduces_the_numbers_of_the_training_run(trained):
+    final = os.path.join(trained, "model_final.pth")
+    results = train_net.main(run(trained, f"train.init_checkpoint={final}", eval_only=True))
+    logged = final_eval_metrics(trained)
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    for k, v in results["bbox"].items():
+        assert v == pytest.approx(logged[f"bbox/{k}"], abs=1e-9, nan_ok=True), k
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KilledAtIter2(SimpleTrainer):
+    """Dies at the start of iteration 2 (after the iteration-1 checkpoint), like a kill -9
+    between steps: nothing of iteration 2 is applied."""
+
+    def run_step(self):
+        if self.iter == 2:
+            raise _Killed()
+        super().run_step()
+
+
+def test_interrupt_and_resume_reaches_the_same_iteration_and_weights(
+    trained, tmp_path, monkeypatch
+):
+    out = str(tmp_path)
+    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4"]
+    with monkeypatch.context() as m:
+        m.setattr(train_net, "SimpleTrainer", _KilledAtIter2)
+        with pytest.raises(_Killed):
+            train_net.main(run(out, *opts))
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    # Same state as the uninterrupted run at its iteration-1 checkpoint.
+    a = model_state(os.path.join(trained, "model_0000001.pth"))
+    b = model_state(os.path.join(out, "model_0000001.pth"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+    train_net.main(run(out, *opts, resume=True))
+    resumed = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
+    assert resumed["iteration"] == MAX_ITER - 1
+    ref = model_state(os.path.join(trained, "model_final.pth"))
+    # Same data (ResumableTrainingSampler), same augmentation draws (RNG states in the
+    # checkpoint), same optimizer/scheduler state. Not bit-exact: two identical CPU runs
+    # already differ by ~3e-11 in a few tensors (multi-threaded oneDNN/OpenMP reductions are
+    # not order-deterministic), so both comparisons use a tolerance far above that noise and
+    # far below the size of one SGD step (~1e-3 here).
+    for k in ref:
+        torch.testing.assert_close(resumed["model"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert final_eval_metrics(out)["bbox/AP"] == pytest.approx(
+        final_eval_metrics(trained)["bbox/AP"], abs=1e-3
+    )
+
+
+def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):
+    """--num-gpus 2 without CUDA: launch() spawns 2 processes with the gloo backend and
+    train_net gives DDP device_ids=None (the default [local_rank] raises on CPU modules)."""
+    out = str(tmp_path)
+    args = run(
+        out,
+        "train.max_iter=2",
+        "train.checkpointer.period=2",
+        "train.eval_period=2",
+        num_gpus=2,
+    )
+    launch(train_net.main, 2, dist_url="auto", args=(args,))
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+    metrics = final_eval_metrics(out)
+    assert math.isfinite(metrics["bbox/AP"])
+
+
+def test_device_resolution_and_amp_on_cpu():
+    cfg = LazyConfig.load(CONFIG)
+    cfg.train.device = "cuda"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert train_net.resolve_device(cfg) == expected
+    if not torch.cuda.is_available():
+        cfg.train.amp.enabled = True
+        with pytest.raises(ValueError, match="AMPTrainer"):
+            train_net.resolve_device(cfg)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = [  # (positives per rank, centerness-target sums per rank, local loss sums)
+    ([7, 3], [3.25, 1.5], [2.0, 5.0]),
+    ([0, 5], [0.0, 2.0], [1.0, 4.0]),
+    ([0, 0], [0.0, 0.0], [0.5, 0.25]),  # no positive anywhere
+]
+
+
+def _normalizer_worker(rank, world, port, out):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        results = []
+        for pos, ctr, losses in CASES:
+            n_pos, s_ctr = loss_normalizers(torch.tensor(pos[rank]), torch.tensor(ctr[rank]))
+            results.append((n_pos, s_ctr, losses[rank] / n_pos, losses[rank] / s_ctr))
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_all_reduced_normalisers_match_one_process_on_the_same_global_batch(tmp_path):
+    """Each of W processes divides its local loss sum by all-reduce-sum(x) / W; DDP then
+    averages the gradients over the W processes. So mean_r(L_r / N_r) must equal the one-process
+    value (sum_r L_r) / N for the same global batch, and every rank must get the same N_r."""
+    world, out = 2, str(tmp_path / "norm")
+    mp.start_processes(
+        _normalizer_worker, args=(world, _free_port(), out), nprocs=world, start_method="spawn"
+    )
+    per_rank = [torch.load(f"{out}.{r}") for r in range(world)]
+    for i, (pos, ctr, losses) in enumerate(CASES):
+        r0, r1 = per_rank[0][i], per_rank[1][i]
+        n_one, s_one = loss_normalizers(torch.tensor(sum(pos)), torch.tensor(sum(ctr)))
+        assert r0[0] == r1[0] and r0[1] == r1[1]
+        mean_cls, mean_reg = (r0[2] + r1[2]) / world, (r0[3] + r1[3]) / world
+        assert torch.isfinite(mean_cls) and torch.isfinite(mean_reg)
+        if sum(pos):
+            torch.testing.assert_close(r0[0] * world, n_one)
+            torch.testing.assert_close(r0[1] * world, s_one)
+            torch.testing.assert_close(mean_cls, sum(losses) / n_one)
+            torch.testing.assert_close(mean_reg, sum(losses) / s_one)
+        else:  # the clamps (N >= 1, S >= eps) keep everything finite
+            assert r0[0] == 1.0 and n_one == 1.0
+
+
+def test_atomic_checkpoint_survives_a_crash_during_save(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    ckpt = AtomicDetectionCheckpointer(model, str(tmp_path))
+    ckpt.save("model_0000000")
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    real_save = torch.save
+
+    def crash(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # bytes reach the (temporary) file ...
+        raise OSError("disk full / killed mid-save")  # ... then the write fails
+
+    monkeypatch.setattr(torch, "save", crash)
+    for name in ["model_0000000", "model_0000001"]:  # overwrite the good one, or a new one
+        with pytest.raises(OSError):
+            ckpt.save(name)
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
+    assert ckpt.get_checkpoint_file().endswith("model_0000000.pth")
+    fresh = torch.nn.Linear(3, 2)
+    AtomicDetectionCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, good[k])
+
+
+class _NaNAtIter2(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = (self.w * batch).sum()
+        return {"loss": loss * float("nan") if self.calls == 3 else loss}
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    model = _NaNAtIter2()
+    loader = iter(lambda: torch.ones(2), None)
+    trainer = SimpleTrainer(model, loader, torch.optim.SGD(model.parameters(), lr=0.1))
+    ckpt = AtomicDetectionCheckpointer(model, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([hooks.PeriodicCheckpointer(ckpt, period=1)])
+    with pytest.raises(FloatingPointError, match="iteration=2"):
+        trainer.train(0, 10)
+    last = torch.load(ckpt.get_checkpoint_file())
+    assert last["iteration"] == 1
+    # The NaN step was not applied: the live weights equal the last checkpoint, all finite.
+    torch.testing.assert_close(model.w.detach(), last["model"]["w"])
+    assert torch.isfinite(model.w).all()
