@@ -1,6 +1,6 @@
 """Main job of `make demo`: train ATSS on the tree-crown tiles on the CPU, evaluate, visualise.
 
-1. trains ``configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py`` (MobileNetV2-FPN, 1500 iterations
+1. trains ``configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py`` (MobileNetV2-FPN, 1100 iterations
    at batch 4) on ``treecrowns_train`` through ``train_net.py``'s ``main``;
 2. evaluates ``model_final.pth`` on ``treecrowns_val`` with COCOEvaluator (maxDets 300) and
    prints the AP table;
@@ -34,7 +34,7 @@ def parse_args(argv=None):
         "--max-iter",
         type=int,
         default=None,
-        help="shorter run: scales the LR steps, warmup fraction kept (default: config, 1500)",
+        help="shorter run: scales the LR steps, warmup fraction kept (default: config, 1100)",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return p.parse_args(argv)

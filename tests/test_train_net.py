@@ -87,6 +87,22 @@ def test_eval_only_reproduces_the_numbers_of_the_training_run(trained):
         assert v == pytest.approx(logged[f"bbox/{k}"], abs=1e-9, nan_ok=True), k
 
 
+def test_eval_only_with_test_time_augmentation(trained):
+    """--eval-only with test.aug.enabled=True evaluates the TTA-wrapped model (small scales)."""
+    final = os.path.join(trained, "model_final.pth")
+    tta = [
+        "test.aug.enabled=True",
+        "test.aug.test_size=128",
+        "test.aug.test_max_size=256",
+        "test.aug.min_sizes=[96,160]",
+        "test.aug.max_size=256",
+        "test.aug.size_ranges=null",
+    ]
+    results = train_net.main(run(trained, f"train.init_checkpoint={final}", *tta, eval_only=True))
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
+    assert all(math.isnan(v) or 0 <= v <= 100 for v in results["bbox"].values())
+
+
 class _Killed(Exception):
     pass
 

@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from ..TreeCrowns.atss_MNV2_FPN_treecrowns import dataloader, model, optimizer, train
+from ..TreeCrowns.atss_MNV2_FPN_treecrowns import dataloader, model, optimizer, test, train
 
 CHANNELS = 32
 

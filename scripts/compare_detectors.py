@@ -1,0 +1,266 @@
+"""
+Compare ATSS with Detectron2's own FCOS and RetinaNet (#A = 1, IoU assigner) on the tree crowns,
+with the same MobileNetV2-FPN backbone, 2 x 128 GN head, data, solver and schedule.
+
+Two parts, both printed as tables (and saved under --output):
+
+* ``timing``: train-step (forward + backward + SGD step) and inference time per image of each
+  detector on identical inputs (one real training batch; the validation crops), interleaved
+  rounds, medians; ratios to FCOS.
+* ``train``: train_net.py runs for every detector x seed x split, evaluated every
+  ``--eval-period`` iterations; a table of AP / AP50 / AP75 (mean ± std over seeds) and training
+  time, and a plot of AP against training time.
+
+    .venv/bin/python scripts/compare_detectors.py timing
+    .venv/bin/python scripts/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
+    .venv/bin/python scripts/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
+
+DETECTORS = {
+    "ATSS": "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py",
+    "FCOS": "configs/TreeCrowns/fcos_MNV2_FPN_treecrowns.py",
+    "RetinaNet(#A=1)": "configs/TreeCrowns/retinanet_MNV2_FPN_treecrowns.py",
+}
+SPLITS = {
+    "spatial": ("treecrowns_train", "treecrowns_val"),
+    "xsite": ("treecrowns_xsite_train", "treecrowns_xsite_val"),
+}
+
+
+# ------------------------------------------------------------------------------------ timing
+def timing(args):
+    import torch
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.utils.events import EventStorage
+
+    from atss.data import register_all_treecrowns
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    register_all_treecrowns()
+    models, optims = {}, {}
+    for name, path in DETECTORS.items():
+        cfg = LazyConfig.load(os.path.join(ROOT, path))
+        models[name] = instantiate(cfg.model)
+        cfg.optimizer.params.model = models[name]
+        optims[name] = instantiate(cfg.optimizer)
+    cfg = LazyConfig.load(os.path.join(ROOT, DETECTORS["ATSS"]))
+    train_mapper = instantiate(cfg.dataloader.train.mapper)
+    test_mapper = DatasetMapper(
+        cfg.dataloader.test.mapper.is_train, augmentations=[], image_format="RGB"
+    )
+    train_dicts = DatasetCatalog.get("treecrowns_train")
+    batch = [train_mapper(d) for d in train_dicts[: cfg.dataloader.train.total_batch_size]]
+    val = [test_mapper(d) for d in DatasetCatalog.get("treecrowns_val")]
+
+    def train_step(name):
+        m, opt = models[name], optims[name]
+        m.train()
+        with EventStorage():
+            loss = sum(m(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer(name):
+        m = models[name].eval()
+        with torch.no_grad():
+            for x in val:
+                m([x])
+
+    step_t = {n: [] for n in DETECTORS}
+    infer_t = {n: [] for n in DETECTORS}
+    for name in DETECTORS:  # warm-up
+        train_step(name)
+        infer(name)
+    for _ in range(args.rounds):  # interleaved, so load changes hit every detector alike
+        for name in DETECTORS:
+            t = time.perf_counter()
+            train_step(name)
+            step_t[name].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            infer(name)
+            infer_t[name].append((time.perf_counter() - t) / len(val))
+    rows = []
+    fcos_step, fcos_inf = statistics.median(step_t["FCOS"]), statistics.median(infer_t["FCOS"])
+    print(
+        f"\nTiming on identical inputs ({len(batch)}-image training batch, {len(val)} "
+        f"validation crops), {args.rounds} interleaved rounds, {args.threads} threads"
+    )
+    print(
+        f"{'detector':<16} | {'train step s':>12} | {'vs FCOS':>7} | {'infer s/img':>11} | "
+        f"{'vs FCOS':>7}"
+    )
+    for name in DETECTORS:
+        s, i = statistics.median(step_t[name]), statistics.median(infer_t[name])
+        rows.append(
+            dict(
+                detector=name,
+                step_s=s,
+                step_ratio=s / fcos_step,
+                infer_s=i,
+                infer_ratio=i / fcos_inf,
+            )
+        )
+        print(
+            f"{name:<16} | {s:>12.3f} | {s / fcos_step:>7.3f} | {i:>11.3f} | "
+            f"{i / fcos_inf:>7.3f}"
+        )
+    _save(args, "timing.json", rows)
+
+
+# ------------------------------------------------------------------------------------- train
+def train(args):
+    results = []
+    for split in args.splits:
+        train_set, val_set = SPLITS[split]
+        for name in args.detectors:
+            for seed in args.seeds:
+                out = os.path.join(args.output, split, _slug(name), f"seed{seed}")
+                metrics = os.path.join(out, "metrics.json")
+                if not (args.reuse and os.path.exists(os.path.join(out, "model_final.pth"))):
+                    _run_train_net(args, DETECTORS[name], out, seed, train_set, val_set)
+                results.append(dict(split=split, detector=name, seed=seed, **_read(metrics)))
+                _save(args, "train_runs.json", results)
+    _print_table(results)
+    _plot(args, results)
+
+
+def _run_train_net(args, config, out, seed, train_set, val_set):
+    opts = [
+        f"train.output_dir={out}",
+        f"train.seed={seed}",
+        f"train.eval_period={args.eval_period}",
+        f"dataloader.train.dataset.names={train_set}",
+        f"dataloader.test.dataset.names={val_set}",
+    ]
+    if args.max_iter:
+        from detectron2.config import LazyConfig
+
+        cfg = LazyConfig.load(os.path.join(ROOT, config))
+        full = cfg.train.max_iter
+        # LR steps scale with the schedule; the warmup is a fraction of it already.
+        steps = [int(m * args.max_iter / full) for m in cfg.lr_multiplier.scheduler.milestones]
+        opts += [
+            f"train.max_iter={args.max_iter}",
+            f"lr_multiplier.scheduler.num_updates={args.max_iter}",
+            f"lr_multiplier.scheduler.milestones=[{steps[0]},{steps[1]}]",
+        ]
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts]
+    print("running:", " ".join(cmd), flush=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "stdout.log"), "w") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def _read(metrics_path):
+    """Final AP/AP50/AP75, training seconds (sum of iteration times) and the AP-vs-time curve."""
+    with open(metrics_path) as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+    train_s, last_iter, curve = 0.0, -1, []
+    for x in lines:
+        if "time" in x and "iteration" in x:  # average seconds/iteration since the last log
+            train_s += x["time"] * (x["iteration"] - last_iter)
+            last_iter = x["iteration"]
+        if "bbox/AP" in x:
+            curve.append((train_s, x["bbox/AP"]))
+    final = [x for x in lines if "bbox/AP" in x][-1]
+    return dict(
+        AP=final["bbox/AP"],
+        AP50=final["bbox/AP50"],
+        AP75=final["bbox/AP75"],
+        train_s=train_s,
+        iterations=last_iter + 1,
+        curve=curve,
+    )
+
+
+def _print_table(results):
+    print(
+        f"\n{'split':<8} | {'detector':<16} | {'AP':>12} | {'AP50':>12} | {'AP75':>12} | "
+        f"{'train min':>9} | seeds"
+    )
+    for split in dict.fromkeys(r["split"] for r in results):
+        for name in dict.fromkeys(r["detector"] for r in results):
+            rs = [r for r in results if r["split"] == split and r["detector"] == name]
+            if not rs:
+                continue
+            cell = {k: _mean_std([r[k] for r in rs]) for k in ("AP", "AP50", "AP75")}
+            mins = statistics.mean(r["train_s"] for r in rs) / 60
+            print(
+                f"{split:<8} | {name:<16} | {cell['AP']:>12} | {cell['AP50']:>12} | "
+                f"{cell['AP75']:>12} | {mins:>9.1f} | {len(rs)}"
+            )
+
+
+def _mean_std(values):
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _plot(args, results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(dict.fromkeys(r["split"] for r in results))
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for name in dict.fromkeys(r["detector"] for r in results):
+            for r in (r for r in results if r["split"] == split and r["detector"] == name):
+                t, ap = zip(*r["curve"]) if r["curve"] else ((), ())
+                ax.plot([x / 60 for x in t], ap, marker="o", label=f"{name} seed {r['seed']}")
+        ax.set(title=f"tree crowns, {split} split", xlabel="training time (min)", ylabel="AP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path = os.path.join(args.output, "ap_vs_training_time.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def _save(args, name, obj):
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, name), "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _slug(name):
+    return name.replace("(", "_").replace(")", "").replace("#", "").replace("=", "")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    t = sub.add_parser("timing")
+    t.add_argument("--rounds", type=int, default=10)
+    t.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("train")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS))
+    r.add_argument("--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS))
+    r.add_argument("--max-iter", type=int, default=0, help="shorter schedule (steps scaled)")
+    r.add_argument("--eval-period", type=int, default=300)
+    r.add_argument("--reuse", action="store_true", help="skip runs that already finished")
+    for p in (t, r):
+        p.add_argument("--output", default=os.path.join(ROOT, "output", "compare"))
+    args = parser.parse_args()
+    timing(args) if args.mode == "timing" else train(args)
+
+
+if __name__ == "__main__":
+    main()
