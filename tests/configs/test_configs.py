@@ -80,15 +80,6 @@ ZOO = {
 BACKBONE_PARAMS_M = {(50, 1): 23.45, (101, 1): 42.39, (101, 32): 86.54, (101, 64): 81.20}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Many tiny ops: 2 OpenMP threads on a shared 2-core machine mostly wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _name(path):
     return os.path.splitext(os.path.basename(path))[0]
 

@@ -26,15 +26,6 @@ from tests.atss_testing import make_inputs, tiny_model
 TTA_CONFIG = "configs/common/tta.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Many tiny ops: 2 OpenMP threads on a shared 2-core machine mostly wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------ reference
 def _iou(a, b):
     iw = min(a[2], b[2]) - max(a[0], b[0])

@@ -39,14 +39,6 @@ BOXES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small_neck_and_head(name, channels=64, num_classes=3):
     cfg = LazyConfig.load(f"configs/COCO/{name}.py")
     m = cfg.model
