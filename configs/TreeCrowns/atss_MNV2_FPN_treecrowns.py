@@ -33,6 +33,7 @@ from atss.modeling.backbone import (
     build_mobilenetv2_fpn,
 )
 
+from ..common.coco_data import dataloader
 from ..common.models.atss import model
 from ..common.optim import SGD as optimizer
 from ..common.tta import test
@@ -51,7 +52,7 @@ model.head.conv_dims = [CHANNELS, CHANNELS]
 model.max_detections_per_image = MAX_DETS
 
 # --- data ----------------------------------------------------------------------------------
-dataloader = get_config("common/data/coco.py").dataloader
+# Detectron2's COCO loaders with validation (../common/coco_data.py); augmentations replaced.
 dataloader.train.dataset.names = "treecrowns_train"
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.use_instance_mask = False

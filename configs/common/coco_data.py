@@ -3,8 +3,17 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
+from atss.data import CheckedDatasetMapper, get_checked_detection_dataset_dicts
+
 # 1x: single scale, shorter side 800 (max 1333), horizontal flip.
 dataloader = get_config("common/data/coco.py").dataloader
+# Validated loading, same arguments as Detectron2's: bad annotations fail early naming the file,
+# image id and field, or are repaired/filtered with a logged count; unreadable images fail
+# naming the file (atss/data/validation.py, README "Bad data").
+dataloader.train.dataset._target_ = get_checked_detection_dataset_dicts
+dataloader.test.dataset._target_ = get_checked_detection_dataset_dicts
+dataloader.train.mapper._target_ = CheckedDatasetMapper
+dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333, sample_style="choice"),

@@ -2,6 +2,9 @@
 
 * :mod:`.treecrowns` — real aerial tree-crown data shipped offline by ``deepforest``
   (``treecrowns_train/val``, ``treecrowns_xsite_train/val``); call :func:`register_all_treecrowns`.
+* :mod:`.validation` — validated loading (:func:`get_checked_detection_dataset_dicts`,
+  :class:`CheckedDatasetMapper`): bad data fails early with file, image id and field, or is
+  repaired and counted.
 * :mod:`.shapes` — a small generated dataset for fast tests (``shapes_train/val``); call
   :func:`register_all_shapes` or :func:`register_shapes`.
 """
@@ -17,4 +20,13 @@ from .treecrowns import (
     find_annotated_images,
     plan_treecrown_splits,
     register_all_treecrowns,
+)
+from .validation import (
+    CheckedDatasetMapper,
+    DatasetError,
+    DatasetReport,
+    check_coco_json,
+    find_unreadable_images,
+    get_checked_detection_dataset_dicts,
+    validate_dataset_dicts,
 )

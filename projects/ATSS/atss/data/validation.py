@@ -1,0 +1,422 @@
+"""Validated loading of detection datasets: bad data fails early with a message that names the
+dataset, file, image id and field, or is repaired/filtered and counted in one logged summary.
+
+The rule for each problem (the README's "Bad data" section is the user-facing copy):
+
+================================================  =============================================
+problem                                           what happens
+================================================  =============================================
+dataset not registered                            error, lists the registered names
+annotation JSON missing / not JSON / malformed    error: JSON file (line and column for syntax
+(missing field, unknown category or image id)     errors; image id, annotation id and field)
+image file missing                                error: how many, the first few (file, image
+                                                  id); ``check_files=False`` skips the check
+image unreadable / corrupt / other size than      error when it is read (:class:`
+the JSON says                                     CheckedDatasetMapper`): file and image id;
+                                                  :func:`find_unreadable_images` (``scripts/
+                                                  validate_dataset.py --decode``) lists all of
+                                                  them before a run
+image height/width missing or not positive        error
+annotation without bbox / bbox_mode /             error: file, image id, annotation, field
+category_id; bbox not 4 numbers; NaN/inf
+category id outside ``thing_classes``             error
+box with zero or negative width or height         dropped, counted
+box partly outside the image                      clipped to the image, counted
+box wholly outside the image                      dropped, counted
+crowd box (``iscrowd=1``)                         kept and counted: Detectron2's mapper leaves it
+                                                  out of the training targets, COCOEvaluator
+                                                  ignores detections that match it
+image with no (non-crowd) annotation              training: removed (Detectron2's
+                                                  ``filter_empty``, logged); evaluation: kept
+================================================  =============================================
+
+Why errors for some and filtering for others: a missing file, a NaN or an unknown category says
+the dataset and its description disagree (wrong image root, wrong category list, a broken
+export), and training on a silently shrunken dataset would hide it. A zero-size or out-of-image
+box is a common, harmless annotation artefact with one sensible repair (the authors' COCO loader
+clips boxes and drops empty ones too); it is repaired and counted.
+"""
+
+import json
+import logging
+import math
+import numbers
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch.utils.data as torchdata
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data.build import (
+    filter_images_with_only_crowd_annotations,
+    print_instances_class_histogram,
+)
+from detectron2.data.detection_utils import (
+    SizeMismatchError,
+    check_image_size,
+    check_metadata_consistency,
+    read_image,
+)
+from detectron2.structures import BoxMode
+
+__all__ = [
+    "DatasetError",
+    "DatasetReport",
+    "CheckedDatasetMapper",
+    "check_coco_json",
+    "find_unreadable_images",
+    "get_checked_detection_dataset_dicts",
+    "validate_dataset_dicts",
+]
+
+logger = logging.getLogger(__name__)
+
+# Counted repairs, in the order the summary lists them.
+DROPPED_ZERO_SIZE = "boxes with zero or negative size dropped"
+CLIPPED = "boxes partly outside the image clipped to it"
+DROPPED_OUTSIDE = "boxes wholly outside the image dropped"
+CROWD = "crowd boxes kept for evaluation only"
+NO_ANNOTATIONS = "images without annotations"
+_REPAIRS = (DROPPED_ZERO_SIZE, CLIPPED, DROPPED_OUTSIDE, CROWD, NO_ANNOTATIONS)
+_MAX_LISTED = 5  # missing files / examples named in one message
+
+
+class DatasetError(ValueError):
+    """A dataset problem that stops loading; the message names the dataset, file, image id and
+    field concerned."""
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`validate_dataset_dicts` found in one dataset.
+
+    ``counts[reason]`` is the number of boxes (or images) repaired or filtered for that reason,
+    ``examples[reason]`` names the first one ("file (image_id N) annotation i").
+    """
+
+    dataset: str
+    images: int = 0
+    boxes: int = 0
+    counts: Counter = field(default_factory=Counter)
+    examples: Dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, where)
+
+    def changed_boxes(self) -> int:
+        """How many boxes were clipped or dropped (crowd boxes and empty images are normal)."""
+        return sum(self.counts[r] for r in (DROPPED_ZERO_SIZE, CLIPPED, DROPPED_OUTSIDE))
+
+    def summary(self) -> str:
+        text = f"dataset {self.dataset}: {self.images} images, {self.boxes} boxes kept"
+        found = [r for r in _REPAIRS if self.counts[r]]
+        if not found:
+            return text + "; nothing to repair."
+        items = [f"{self.counts[r]} {r} (first: {self.examples[r]})" for r in found]
+        return text + "; " + "; ".join(items) + "."
+
+
+# ------------------------------------------------------------------------- dataset dicts
+def _where(dataset: Optional[str], record: dict, index=None, ann: Optional[dict] = None) -> str:
+    """ "dataset: file (image_id N) annotation i (id M)", the parts that are known."""
+    text = f"{dataset}: " if dataset else ""
+    text += str(record.get("file_name", "<no file_name>"))
+    if "image_id" in record:
+        text += f" (image_id {record['image_id']})"
+    if index is not None:
+        text += f" annotation {index}"
+        if ann is not None and "id" in ann:
+            text += f" (id {ann['id']})"
+    return text
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_box(bbox) -> bool:
+    return (
+        isinstance(bbox, (list, tuple, np.ndarray))
+        and len(bbox) == 4
+        and all(map(_is_number, bbox))
+    )
+
+
+def _check_annotation(dataset, record, index, ann, num_classes) -> None:
+    where = _where(dataset, record, index, ann)
+    for key in ("bbox", "bbox_mode", "category_id"):
+        if key not in ann:
+            raise DatasetError(f"{where}: field '{key}' is missing")
+    bbox = ann["bbox"]
+    if not _is_box(bbox):
+        raise DatasetError(f"{where}: field 'bbox' must be 4 numbers, got {bbox!r}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise DatasetError(
+            f"{where}: field 'bbox' has a non-finite coordinate: {[float(v) for v in bbox]}"
+        )
+    if ann["bbox_mode"] not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
+        raise DatasetError(
+            f"{where}: field 'bbox_mode' is {ann['bbox_mode']!r}; axis-aligned absolute boxes "
+            "(BoxMode.XYXY_ABS or BoxMode.XYWH_ABS) are supported"
+        )
+    cat = ann["category_id"]
+    if not isinstance(cat, numbers.Integral) or isinstance(cat, bool) or cat < 0:
+        raise DatasetError(f"{where}: field 'category_id' must be an int >= 0, got {cat!r}")
+    if num_classes is not None and cat >= num_classes:
+        raise DatasetError(
+            f"{where}: field 'category_id' is {cat}, but the dataset's thing_classes has "
+            f"{num_classes} entries (contiguous ids 0..{num_classes - 1})"
+        )
+
+
+def _repair_box(report, where, ann, width, height) -> Optional[dict]:
+    """The annotation with its box clipped to the image, or None when it is dropped."""
+    mode = ann["bbox_mode"]
+    x0, y0, x1, y1 = BoxMode.convert([float(v) for v in ann["bbox"]], mode, BoxMode.XYXY_ABS)
+    if x1 <= x0 or y1 <= y0:
+        report.add(DROPPED_ZERO_SIZE, where)
+        return None
+    if width is None:  # size unknown until the image is read; the mapper clips later
+        return ann
+    c = [min(max(x0, 0.0), width), min(max(y0, 0.0), height)]
+    c += [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+    if c[2] <= c[0] or c[3] <= c[1]:
+        report.add(DROPPED_OUTSIDE, where)
+        return None
+    if c != [x0, y0, x1, y1]:
+        report.add(CLIPPED, where)
+        return {**ann, "bbox": BoxMode.convert(c, BoxMode.XYXY_ABS, mode)}
+    return ann
+
+
+def validate_dataset_dicts(
+    dataset_dicts: Sequence[dict],
+    dataset_name: str,
+    *,
+    num_classes: Optional[int] = None,
+    check_files: bool = True,
+) -> Tuple[List[dict], DatasetReport]:
+    """Check (and repair) the records of one dataset in Detectron2's standard format.
+
+    Args:
+        dataset_dicts: records with ``file_name``, ``height``/``width`` (optional: then boxes
+            are not checked against the image), ``image_id`` and ``annotations``.
+        dataset_name: used in every message.
+        num_classes: ``len(thing_classes)``; category ids must lie in ``[0, num_classes)``.
+        check_files: check that every ``file_name`` exists (one ``stat`` per image).
+
+    Returns:
+        ``(records, report)``: new records (the input is not modified) with out-of-image boxes
+        clipped and empty or outside boxes removed, and what was repaired.
+
+    Raises:
+        DatasetError: on the problems listed in the module docstring.
+    """
+    report = DatasetReport(dataset_name)
+    out, missing = [], []
+    for record in dataset_dicts:
+        if not isinstance(record, dict) or "file_name" not in record:
+            raise DatasetError(f"{dataset_name}: a record has no 'file_name': {record!r:.200}")
+        if check_files and not os.path.isfile(record["file_name"]):
+            missing.append(record)
+        width, height = record.get("width"), record.get("height")
+        for key, value in (("width", width), ("height", height)):
+            if value is not None and (not _is_number(value) or not value > 0):
+                raise DatasetError(
+                    f"{_where(dataset_name, record)}: field '{key}' must be a positive number, "
+                    f"got {value!r}"
+                )
+        if (width is None) != (height is None):
+            raise DatasetError(f"{_where(dataset_name, record)}: only one of height/width is set")
+        annotations = record.get("annotations")
+        if annotations is None:
+            out.append(record)
+            continue
+        kept = []
+        for i, ann in enumerate(annotations):
+            _check_annotation(dataset_name, record, i, ann, num_classes)
+            ann = _repair_box(report, _where(None, record, i, ann), ann, width, height)
+            if ann is None:
+                continue
+            if ann.get("iscrowd", 0):
+                report.add(CROWD, _where(None, record, i, ann))
+            kept.append(ann)
+        if not kept:
+            report.add(NO_ANNOTATIONS, _where(None, record))
+        report.boxes += len(kept)
+        out.append({**record, "annotations": kept})
+    report.images = len(out)
+    if missing:
+        listed = "; ".join(_where(dataset_name, r) for r in missing[:_MAX_LISTED])
+        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        raise DatasetError(
+            f"{dataset_name}: {len(missing)} of {len(dataset_dicts)} image files are missing: "
+            f"{listed}{more}. Check the image root the dataset was registered with."
+        )
+    return out, report
+
+
+# ------------------------------------------------------------------------------ COCO JSON
+def check_coco_json(json_file: str) -> Optional[str]:
+    """The first problem in a COCO instances JSON that would break loading, or None.
+
+    Used on the error path of :func:`get_checked_detection_dataset_dicts` to turn a bare
+    ``KeyError``/``ValueError`` from pycocotools or Detectron2's ``load_coco_json`` into a
+    message with the image id, annotation id and field (the JSON is parsed only then).
+    """
+    if not os.path.isfile(json_file):
+        return f"{json_file}: annotation file not found"
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        return f"{json_file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{json_file}: cannot be read: {e}"
+    problem = _coco_structure_problem(json_file, data)
+    if problem:
+        return problem
+    category_ids = {c["id"] for c in data["categories"]}
+    for ann in data["annotations"]:
+        problem = _coco_annotation_problem(json_file, ann, category_ids)
+        if problem:
+            return problem
+    return None
+
+
+def _coco_structure_problem(json_file: str, data) -> Optional[str]:
+    if not isinstance(data, dict):
+        return f"{json_file}: the top level must be an object with images/annotations/categories"
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            return f"{json_file}: top-level field '{key}' is missing or not a list"
+    if not data["categories"]:
+        return f"{json_file}: 'categories' is empty"
+    for c in data["categories"]:
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            return f"{json_file}: category {c!r:.80} needs fields 'id' and 'name'"
+    for img in data["images"]:
+        for key in ("id", "file_name", "height", "width"):
+            if not isinstance(img, dict) or key not in img:
+                return f"{json_file}: image {img!r:.80}: field '{key}' is missing"
+    return None
+
+
+def _coco_annotation_problem(json_file: str, ann, category_ids: set) -> Optional[str]:
+    if not isinstance(ann, dict):
+        return f"{json_file}: annotation {ann!r:.80} is not an object"
+    where = f"{json_file}: annotation id {ann.get('id')} (image_id {ann.get('image_id')})"
+    for key in ("id", "image_id", "category_id", "bbox"):
+        if key not in ann:
+            return f"{where}: field '{key}' is missing"
+    if ann["category_id"] not in category_ids:
+        return (
+            f"{where}: field 'category_id' is {ann['category_id']}, which is not in "
+            f"'categories' (ids {sorted(category_ids)[:20]})"
+        )
+    if not _is_box(ann["bbox"]):
+        return f"{where}: field 'bbox' must be 4 numbers [x, y, w, h], got {ann['bbox']!r}"
+    if ann.get("ignore", 0):
+        return f"{where}: field 'ignore' is set; use 'iscrowd' for regions to ignore"
+    return None
+
+
+# ------------------------------------------------------------------------- the loader
+def _load_registered(name: str) -> List[dict]:
+    """``DatasetCatalog.get(name)`` with errors that name the dataset and its source file."""
+    if name not in DatasetCatalog.list():
+        raise DatasetError(
+            f"dataset '{name}' is not registered; registered: {', '.join(DatasetCatalog.list())}"
+        )
+    source = getattr(MetadataCatalog.get(name), "json_file", None)
+    try:
+        return DatasetCatalog.get(name)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+        detail = check_coco_json(source) if source else None
+        if detail is None:
+            detail = f"{type(e).__name__}: {e}" + (f" (source: {source})" if source else "")
+        raise DatasetError(f"dataset '{name}': {detail}") from e
+
+
+def get_checked_detection_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    filter_empty: bool = True,
+    check_files: bool = True,
+) -> List[dict]:
+    """Drop-in for Detectron2's ``get_detection_dataset_dicts`` (for box detection) that
+    validates each dataset with :func:`validate_dataset_dicts` and logs one summary per dataset.
+
+    Args:
+        names: registered dataset name(s).
+        filter_empty: remove images without non-crowd annotations (training); Detectron2's own
+            filter, which logs how many it removed.
+        check_files: check that every image file exists.
+
+    Returns:
+        The concatenated, validated records.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise DatasetError("no dataset names given")
+    all_dicts = []
+    for name in names:
+        dicts = _load_registered(name)
+        if isinstance(dicts, torchdata.Dataset):  # lazily loaded: nothing to check up front
+            if len(names) > 1:
+                raise DatasetError(f"dataset '{name}' is a torch Dataset; it cannot be combined")
+            return dicts
+        if not len(dicts):
+            raise DatasetError(f"dataset '{name}' is empty")
+        meta = MetadataCatalog.get(name)
+        classes = getattr(meta, "thing_classes", None)
+        source = getattr(meta, "json_file", None)
+        dicts, report = validate_dataset_dicts(
+            dicts,
+            f"'{name}' ({source})" if source else f"'{name}'",
+            num_classes=len(classes) if classes is not None else None,
+            check_files=check_files,
+        )
+        (logger.warning if report.changed_boxes() else logger.info)(report.summary())
+        all_dicts.extend(dicts)
+
+    has_instances = "annotations" in all_dicts[0]
+    if filter_empty and has_instances:
+        all_dicts = filter_images_with_only_crowd_annotations(all_dicts)
+        if not all_dicts:
+            raise DatasetError(f"no image with a usable annotation in {', '.join(names)}")
+    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
+    if has_instances and classes is not None:
+        check_metadata_consistency("thing_classes", names)
+        print_instances_class_histogram(all_dicts, classes)
+    return all_dicts
+
+
+# ------------------------------------------------------------------------------ mapper
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's :class:`DatasetMapper` whose failures to read an image (missing, corrupt,
+    truncated, not an image, other size than the annotation says) raise :class:`DatasetError`
+    naming the file and image id, instead of a bare PIL/OS error from inside a loader worker."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SizeMismatchError) as e:  # PIL's UnidentifiedImageError is an OSError
+            where = _where(None, dataset_dict)
+            raise DatasetError(f"{where}: cannot be used: {type(e).__name__}: {e}") from e
+
+
+def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:
+    """Read every image of ``dataset_dicts`` as the mapper would; one message (file, image id,
+    error) per image that cannot be used. Slow (decodes everything): for checking a dataset
+    before a long run, e.g. ``scripts/validate_dataset.py --decode``."""
+    problems = []
+    for record in dataset_dicts:
+        try:
+            image = read_image(record["file_name"], format="RGB")
+            check_image_size(record, image)
+        except (OSError, SizeMismatchError) as e:
+            problems.append(f"{_where(None, record)}: {type(e).__name__}: {e}")
+    return problems

@@ -1,0 +1,81 @@
+"""
+Check detection datasets before a long run: the same validation train_net.py's loaders apply
+(missing files, malformed JSON, NaN/inf or non-box coordinates, unknown categories -> errors;
+zero-size / out-of-image boxes -> repaired and counted; crowd boxes and empty images counted),
+and with ``--decode`` every image is read as the mapper would read it, listing all unreadable
+or wrongly sized images at once instead of failing at the first one mid-training.
+
+    # registered datasets (Detectron2's builtin coco_*, this project's treecrowns_* / shapes_*)
+    python scripts/validate_dataset.py treecrowns_train treecrowns_val --decode
+    # a COCO-format JSON of your own
+    python scripts/validate_dataset.py --coco-json ann.json --image-root images/ --decode
+
+Exit status 0 when the datasets can be used (repairs are reported, not fatal), 1 otherwise.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Use this checkout's package (and train_net's dataset registrations) even when another copy
+# is installed.
+sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
+
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.data.datasets import register_coco_instances  # noqa: E402
+
+from atss.data import (  # noqa: E402
+    DatasetError,
+    find_unreadable_images,
+    get_checked_detection_dataset_dicts,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="registered dataset names")
+    parser.add_argument("--coco-json", help="a COCO instances JSON to check (with --image-root)")
+    parser.add_argument("--image-root", help="folder the JSON's file_name entries are relative to")
+    parser.add_argument("--decode", action="store_true", help="read every image (slow)")
+    parser.add_argument("--no-file-check", action="store_true", help="skip the existence check")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    import train_net  # registers the project's datasets, as in training
+
+    train_net.register_datasets()
+    names = list(args.names)
+    if args.coco_json:
+        if not args.image_root:
+            parser.error("--coco-json needs --image-root")
+        name = f"{os.path.abspath(args.coco_json)}@{os.path.abspath(args.image_root)}"
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, args.coco_json, args.image_root)
+        names.append(name)
+    if not names:
+        parser.error("give dataset names or --coco-json")
+
+    failed = False
+    for name in names:
+        try:
+            dicts = get_checked_detection_dataset_dicts(
+                name, filter_empty=False, check_files=not args.no_file_check
+            )
+        except DatasetError as e:
+            print(f"ERROR {e}")
+            failed = True
+            continue
+        if args.decode:
+            problems = find_unreadable_images(dicts)
+            for p in problems:
+                print(f"ERROR {name}: {p}")
+            print(f"{name}: {len(dicts)} images read, {len(problems)} unusable")
+            failed |= bool(problems)
+    print("FAILED" if failed else "OK")
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
