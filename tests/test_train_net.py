@@ -5,7 +5,12 @@ loss normalisers, atomic checkpoints and a non-finite loss."""
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -147,6 +152,101 @@ def test_interrupt_and_resume_reaches_the_same_iteration_and_weights(
     assert final_eval_metrics(out)["bbox/AP"] == pytest.approx(
         final_eval_metrics(trained)["bbox/AP"], abs=1e-3
     )
+
+
+def _kill_when(proc, ready, timeout=300):
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it exits or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"exited with {proc.returncode} before it could be killed"
+        assert time.monotonic() < deadline, "timed out waiting to kill"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(trained, tmp_path):
+    """A real ``kill -9`` of a train_net.py process right after its first checkpoint (one per
+    iteration, so the kill may land in a step or in a save): ``--resume`` continues from the
+    last complete checkpoint and ends with the weights of the uninterrupted run."""
+    out = str(tmp_path)
+    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=1", "train.eval_period=4"]
+    cmd = [sys.executable, "train_net.py", "--config-file", CONFIG]
+    overrides = [*COMMON, *opts, f"train.output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    last = os.path.join(out, "last_checkpoint")
+    with open(os.path.join(out, "killed.log"), "w") as log:
+        proc = subprocess.Popen([*cmd, *overrides], env=env, stdout=log, stderr=subprocess.STDOUT)
+        _kill_when(proc, lambda: os.path.exists(last))
+    assert not os.path.exists(os.path.join(out, "model_final.pth")), "killed too late"
+    with open(last) as f:
+        at_kill = torch.load(os.path.join(out, f.read()), map_location="cpu")["iteration"]
+    assert at_kill < MAX_ITER - 1
+
+    with open(os.path.join(out, "resumed.log"), "w") as log:
+        subprocess.run(
+            [*cmd, "--resume", *overrides],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    with open(os.path.join(out, "resumed.log")) as f:
+        assert f"Starting training from iteration {at_kill + 1}" in f.read()
+    resumed = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
+    assert resumed["iteration"] == MAX_ITER - 1
+    ref = model_state(os.path.join(trained, "model_final.pth"))
+    for k in ref:  # tolerance: see test_interrupt_and_resume_reaches_the_same_iteration_and_weights
+        torch.testing.assert_close(resumed["model"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+_SAVE_FOREVER = textwrap.dedent("""
+    import os, sys, torch
+    from atss.engine import AtomicDetectionCheckpointer
+    folder, marker = sys.argv[1:]
+    model = torch.nn.Linear(2048, 2048)  # 16 MB per checkpoint
+    ckpt = AtomicDetectionCheckpointer(model, folder)
+    for i in range(10**9):
+        with torch.no_grad():
+            model.bias.fill_(i)
+        ckpt.save(f"model_{i % 3}", iteration=i)  # new files, then overwriting old ones
+        if i == 0:
+            open(marker, "w").close()
+    """)
+
+
+def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
+    """Processes that do nothing but save checkpoints are killed with SIGKILL at varying
+    moments: every time, ``last_checkpoint`` names a complete checkpoint, and every ``.pth``
+    in the folder loads. Partial data only ever sits in hidden temporary files, at most one per
+    target (the next save of that target removes older leftovers)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["projects/ATSS", "."])}
+    folder = tmp_path / "ckpt"
+    partial = 0  # rounds whose kill interrupted a checkpoint write
+    for round, delay in enumerate([0.0, 0.013, 0.029, 0.047, 0.071, 0.11]):
+        marker = tmp_path / f"started_{round}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVE_FOREVER, str(folder), str(marker)], env=env
+        )
+        seen = []
+
+        def ready():  # `delay` seconds after this process's first complete save
+            if not seen and marker.exists():
+                seen.append(time.monotonic())
+            return bool(seen) and time.monotonic() - seen[0] >= delay
+
+        _kill_when(proc, ready)
+        last = torch.load(folder / (folder / "last_checkpoint").read_text())
+        assert torch.all(last["model"]["bias"] == last["iteration"])
+        for pth in folder.glob("*.pth"):
+            ckpt = torch.load(pth)
+            assert torch.all(ckpt["model"]["bias"] == ckpt["iteration"]), pth
+        leftovers = [p.name.split(".")[1] for p in folder.glob(".*.tmp")]
+        assert len(leftovers) == len(set(leftovers)), leftovers
+        partial += any(p.stat().st_size > 0 for p in folder.glob(".model_*.tmp"))
+    # Saving dominates these processes' time, so kills do land mid-write (else this test would
+    # not test what it says).
+    assert partial >= 1
 
 
 def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):

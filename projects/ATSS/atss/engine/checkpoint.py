@@ -1,5 +1,6 @@
 """Crash-safe checkpoints and a checkpointable for the random number generators."""
 
+import glob
 import os
 import random
 import tempfile
@@ -13,9 +14,15 @@ __all__ = ["AtomicDetectionCheckpointer", "RNGState", "atomic_torch_save"]
 
 def _atomic_write(path: str, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename it
-    over ``path``. Either the old file or the complete new one exists at every moment."""
+    over ``path``. Either the old file or the complete new one exists at every moment.
+
+    A process killed mid-write (SIGKILL, OOM killer) leaves its hidden temporary file behind;
+    the next write of the same ``path`` removes such leftovers, so they never pile up."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    prefix = f".{os.path.basename(path)}."
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
+        os.remove(stale)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
