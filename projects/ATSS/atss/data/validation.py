@@ -111,7 +111,7 @@ class DatasetReport:
         return sum(self.counts[r] for r in (DROPPED_ZERO_SIZE, CLIPPED, DROPPED_OUTSIDE))
 
     def summary(self) -> str:
-        text = f"dataset {self.dataset}: {self.images} images, {self.boxes} boxes kept"
+        text = f"{self.dataset}: {self.images} images, {self.boxes} boxes kept"
         found = [r for r in _REPAIRS if self.counts[r]]
         if not found:
             return text + "; nothing to repair."
@@ -375,7 +375,7 @@ def get_checked_detection_dataset_dicts(
         source = getattr(meta, "json_file", None)
         dicts, report = validate_dataset_dicts(
             dicts,
-            f"'{name}' ({source})" if source else f"'{name}'",
+            f"dataset '{name}' ({source})" if source else f"dataset '{name}'",
             num_classes=len(classes) if classes is not None else None,
             check_files=check_files,
         )
