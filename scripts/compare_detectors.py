@@ -6,17 +6,20 @@ Two parts, both printed as tables (and saved under --output):
 
 * ``timing``: train-step (forward + backward + SGD step) and inference time per image of each
   detector on identical inputs (one real training batch; the validation crops), interleaved
-  rounds, medians; ratios to FCOS.
+  rounds, medians; ratios to FCOS. Freshly initialised models, or with ``--trained`` the
+  seed-0 weights of a ``train`` run (realistic post-processing load).
 * ``train``: train_net.py runs for every detector x seed x split, evaluated every
   ``--eval-period`` iterations; a table of AP / AP50 / AP75 (mean ± std over seeds) and training
   time, and a plot of AP against training time.
 
     .venv/bin/python scripts/compare_detectors.py timing
+    .venv/bin/python scripts/compare_detectors.py timing --trained output/compare/spatial
     .venv/bin/python scripts/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
     .venv/bin/python scripts/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -41,6 +44,7 @@ SPLITS = {
 # ------------------------------------------------------------------------------------ timing
 def timing(args):
     import torch
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.utils.events import EventStorage
@@ -54,6 +58,11 @@ def timing(args):
     for name, path in DETECTORS.items():
         cfg = LazyConfig.load(os.path.join(ROOT, path))
         models[name] = instantiate(cfg.model)
+        if args.trained:
+            # Trained weights make inference realistic: an untrained head scores nothing above
+            # the thresholds, so post-processing (top-k, decoding, NMS) would cost nothing.
+            ckpt = os.path.join(args.trained, _slug(name), "seed0", "model_final.pth")
+            DetectionCheckpointer(models[name]).load(ckpt)
         cfg.optimizer.params.model = models[name]
         optims[name] = instantiate(cfg.optimizer)
     cfg = LazyConfig.load(os.path.join(ROOT, DETECTORS["ATSS"]))
@@ -74,17 +83,19 @@ def timing(args):
         loss.backward()
         opt.step()
 
+    # Inference uses its own copy, so the training steps timed in between do not change it.
+    infer_models = {name: copy.deepcopy(m).eval() for name, m in models.items()}
+
     def infer(name):
-        m = models[name].eval()
         with torch.no_grad():
-            for x in val:
-                m([x])
+            return [infer_models[name]([x])[0]["instances"] for x in val]
 
     step_t = {n: [] for n in DETECTORS}
     infer_t = {n: [] for n in DETECTORS}
+    dets = {}
     for name in DETECTORS:  # warm-up
         train_step(name)
-        infer(name)
+        dets[name] = statistics.mean(len(x) for x in infer(name))
     for _ in range(args.rounds):  # interleaved, so load changes hit every detector alike
         for name in DETECTORS:
             t = time.perf_counter()
@@ -97,11 +108,12 @@ def timing(args):
     fcos_step, fcos_inf = statistics.median(step_t["FCOS"]), statistics.median(infer_t["FCOS"])
     print(
         f"\nTiming on identical inputs ({len(batch)}-image training batch, {len(val)} "
-        f"validation crops), {args.rounds} interleaved rounds, {args.threads} threads"
+        f"validation crops), {args.rounds} interleaved rounds, {args.threads} threads, "
+        + (f"weights of {args.trained}" if args.trained else "freshly initialised models")
     )
     print(
         f"{'detector':<16} | {'train step s':>12} | {'vs FCOS':>7} | {'infer s/img':>11} | "
-        f"{'vs FCOS':>7}"
+        f"{'vs FCOS':>7} | {'dets/img':>8}"
     )
     for name in DETECTORS:
         s, i = statistics.median(step_t[name]), statistics.median(infer_t[name])
@@ -112,11 +124,12 @@ def timing(args):
                 step_ratio=s / fcos_step,
                 infer_s=i,
                 infer_ratio=i / fcos_inf,
+                detections_per_image=dets[name],
             )
         )
         print(
             f"{name:<16} | {s:>12.3f} | {s / fcos_step:>7.3f} | {i:>11.3f} | "
-            f"{i / fcos_inf:>7.3f}"
+            f"{i / fcos_inf:>7.3f} | {dets[name]:>8.1f}"
         )
     _save(args, "timing.json", rows)
 
@@ -249,6 +262,11 @@ def main():
     t = sub.add_parser("timing")
     t.add_argument("--rounds", type=int, default=10)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument(
+        "--trained",
+        help="folder of `train` runs of one split (e.g. output/compare/spatial): time the seed-0 "
+        "final weights instead of freshly initialised models",
+    )
     r = sub.add_parser("train")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS))
