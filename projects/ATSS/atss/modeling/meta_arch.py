@@ -284,8 +284,9 @@ class ATSS(DenseDetector):
     def _decode_level(self, anchors, logits, deltas, centerness, image_size):
         probs = logits.float().sigmoid()  # (R_l, C)
         keep = probs > self.test_score_thresh
-        scores = (probs * centerness.float().sigmoid())[keep]
-        idx = torch.nonzero(keep)  # (K, 2): anchor, class
+        idx = torch.nonzero(keep)  # (K, 2): anchor, class; row-major, the order of probs[keep]
+        # p·c only for the kept pairs (not all R_l x C of them)
+        scores = probs[keep] * centerness[idx[:, 0], 0].float().sigmoid()
         num = idx.shape[0]
         # A tensor while tracing: clamp keeps k data-dependent in the exported graph.
         if isinstance(num, Tensor):
