@@ -147,7 +147,7 @@ def train(args):
                     _run_train_net(args, DETECTORS[name], out, seed, train_set, val_set)
                 results.append(dict(split=split, detector=name, seed=seed, **_read(metrics)))
                 _save(args, "train_runs.json", results)
-    _print_table(results)
+    _print_table(args, results)
     _plot(args, results)
 
 
@@ -200,22 +200,30 @@ def _read(metrics_path):
     )
 
 
-def _print_table(results):
-    print(
-        f"\n{'split':<8} | {'detector':<16} | {'AP':>12} | {'AP50':>12} | {'AP75':>12} | "
-        f"{'train min':>9} | seeds"
-    )
+def _print_table(args, results):
+    """Markdown table (mean ± std over seeds), printed and saved as table.md."""
+    from detectron2.config import LazyConfig
+
+    lines = [
+        "| split | detector | AP | AP50 | AP75 | train min | train s/img | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for split in dict.fromkeys(r["split"] for r in results):
         for name in dict.fromkeys(r["detector"] for r in results):
             rs = [r for r in results if r["split"] == split and r["detector"] == name]
             if not rs:
                 continue
+            batch = LazyConfig.load(os.path.join(ROOT, DETECTORS[name])).dataloader.train
+            per_img = [r["train_s"] / (r["iterations"] * batch.total_batch_size) for r in rs]
             cell = {k: _mean_std([r[k] for r in rs]) for k in ("AP", "AP50", "AP75")}
             mins = statistics.mean(r["train_s"] for r in rs) / 60
-            print(
-                f"{split:<8} | {name:<16} | {cell['AP']:>12} | {cell['AP50']:>12} | "
-                f"{cell['AP75']:>12} | {mins:>9.1f} | {len(rs)}"
+            lines.append(
+                f"| {split} | {name} | {cell['AP']} | {cell['AP50']} | {cell['AP75']} | "
+                f"{mins:.1f} | {statistics.mean(per_img):.3f} | {len(rs)} |"
             )
+    print("\n" + "\n".join(lines))
+    with open(os.path.join(args.output, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _mean_std(values):
