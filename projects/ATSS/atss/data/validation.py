@@ -37,6 +37,7 @@ box is a common, harmless annotation artefact with one sensible repair (the auth
 clips boxes and drops empty ones too); it is repaired and counted.
 """
 
+import functools
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ import numbers
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch.utils.data as torchdata
@@ -102,9 +103,11 @@ class DatasetReport:
     counts: Counter = field(default_factory=Counter)
     examples: Dict[str, str] = field(default_factory=dict)
 
-    def add(self, reason: str, where: str) -> None:
+    def add(self, reason: str, where: Callable[[], str]) -> None:
+        """Count one case; ``where()`` (built only for the first case) names it."""
         self.counts[reason] += 1
-        self.examples.setdefault(reason, where)
+        if reason not in self.examples:
+            self.examples[reason] = where()
 
     def changed_boxes(self) -> int:
         """How many boxes were clipped or dropped (crowd boxes and empty images are normal)."""
@@ -134,7 +137,8 @@ def _where(dataset: Optional[str], record: dict, index=None, ann: Optional[dict]
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    # The exact-type test first: the ABC check alone is most of the per-box cost.
+    return type(x) in (int, float) or (isinstance(x, numbers.Real) and not isinstance(x, bool))
 
 
 def _is_box(bbox) -> bool:
@@ -145,37 +149,42 @@ def _is_box(bbox) -> bool:
     )
 
 
-def _check_annotation(dataset, record, index, ann, num_classes) -> None:
-    where = _where(dataset, record, index, ann)
+def _check_annotation(ann, num_classes, where: Callable[[], str]) -> None:
+    """Raise DatasetError (location from ``where()``) unless ``ann`` is a usable box."""
+
+    def fail(problem):
+        raise DatasetError(f"{where()}: {problem}")
+
     for key in ("bbox", "bbox_mode", "category_id"):
         if key not in ann:
-            raise DatasetError(f"{where}: field '{key}' is missing")
+            fail(f"field '{key}' is missing")
     bbox = ann["bbox"]
     if not _is_box(bbox):
-        raise DatasetError(f"{where}: field 'bbox' must be 4 numbers, got {bbox!r}")
+        fail(f"field 'bbox' must be 4 numbers, got {bbox!r}")
     if not all(math.isfinite(v) for v in bbox):
-        raise DatasetError(
-            f"{where}: field 'bbox' has a non-finite coordinate: {[float(v) for v in bbox]}"
-        )
+        fail(f"field 'bbox' has a non-finite coordinate: {[float(v) for v in bbox]}")
     if ann["bbox_mode"] not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
-        raise DatasetError(
-            f"{where}: field 'bbox_mode' is {ann['bbox_mode']!r}; axis-aligned absolute boxes "
+        fail(
+            f"field 'bbox_mode' is {ann['bbox_mode']!r}; axis-aligned absolute boxes "
             "(BoxMode.XYXY_ABS or BoxMode.XYWH_ABS) are supported"
         )
     cat = ann["category_id"]
-    if not isinstance(cat, numbers.Integral) or isinstance(cat, bool) or cat < 0:
-        raise DatasetError(f"{where}: field 'category_id' must be an int >= 0, got {cat!r}")
+    is_int = type(cat) is int or (isinstance(cat, numbers.Integral) and not isinstance(cat, bool))
+    if not is_int or cat < 0:
+        fail(f"field 'category_id' must be an int >= 0, got {cat!r}")
     if num_classes is not None and cat >= num_classes:
-        raise DatasetError(
-            f"{where}: field 'category_id' is {cat}, but the dataset's thing_classes has "
+        fail(
+            f"field 'category_id' is {cat}, but the dataset's thing_classes has "
             f"{num_classes} entries (contiguous ids 0..{num_classes - 1})"
         )
 
 
-def _repair_box(report, where, ann, width, height) -> Optional[dict]:
-    """The annotation with its box clipped to the image, or None when it is dropped."""
-    mode = ann["bbox_mode"]
-    x0, y0, x1, y1 = BoxMode.convert([float(v) for v in ann["bbox"]], mode, BoxMode.XYXY_ABS)
+def _repair_box(report, ann, width, height, where) -> Optional[dict]:
+    """The annotation with its box clipped to the image, or None when it is dropped.
+    Plain float arithmetic (no tensors): this runs once per box of the dataset."""
+    b = [float(v) for v in ann["bbox"]]
+    xywh = ann["bbox_mode"] == BoxMode.XYWH_ABS
+    x0, y0, x1, y1 = (b[0], b[1], b[0] + b[2], b[1] + b[3]) if xywh else b
     if x1 <= x0 or y1 <= y0:
         report.add(DROPPED_ZERO_SIZE, where)
         return None
@@ -188,7 +197,7 @@ def _repair_box(report, where, ann, width, height) -> Optional[dict]:
         return None
     if c != [x0, y0, x1, y1]:
         report.add(CLIPPED, where)
-        return {**ann, "bbox": BoxMode.convert(c, BoxMode.XYXY_ABS, mode)}
+        return {**ann, "bbox": [c[0], c[1], c[2] - c[0], c[3] - c[1]] if xywh else c}
     return ann
 
 
@@ -237,15 +246,18 @@ def validate_dataset_dicts(
             continue
         kept = []
         for i, ann in enumerate(annotations):
-            _check_annotation(dataset_name, record, i, ann, num_classes)
-            ann = _repair_box(report, _where(None, record, i, ann), ann, width, height)
+            _check_annotation(
+                ann, num_classes, functools.partial(_where, dataset_name, record, i, ann)
+            )
+            where = functools.partial(_where, None, record, i, ann)
+            ann = _repair_box(report, ann, width, height, where)
             if ann is None:
                 continue
             if ann.get("iscrowd", 0):
-                report.add(CROWD, _where(None, record, i, ann))
+                report.add(CROWD, where)
             kept.append(ann)
         if not kept:
-            report.add(NO_ANNOTATIONS, _where(None, record))
+            report.add(NO_ANNOTATIONS, functools.partial(_where, None, record))
         report.boxes += len(kept)
         out.append({**record, "annotations": kept})
     report.images = len(out)
