@@ -88,7 +88,7 @@ def test_bad_boxes_are_repaired_or_dropped_and_each_kind_is_counted(tmp_path, ca
         _ann(1, 10, [10, 10, 20, 30]),  # fine
         _ann(2, 10, [5, 5, 0, 10]),  # zero width -> dropped
         _ann(3, 10, [5, 5, 10, -3]),  # negative height -> dropped
-        _ann(4, 11, [-10, 80, 30, 40]),  # partly outside (left, bottom) -> clipped
+        _ann(4, 11, [-10.25, 80.125, 30.5, 40.3]),  # partly outside (left, bottom) -> clipped
         _ann(5, 11, [W + 5, 10, 10, 10]),  # wholly outside -> dropped
         _ann(6, 11, [20, 20, 40, 40], iscrowd=1),  # crowd -> kept, counted
         _ann(7, 12, [W, 0, 5, 5]),  # touches the right edge only: zero area inside -> dropped
