@@ -377,6 +377,10 @@ def get_checked_detection_dataset_dicts(
     for name in names:
         dicts = _load_registered(name)
         if isinstance(dicts, torchdata.Dataset):  # lazily loaded: nothing to check up front
+            logger.warning(
+                f"dataset '{name}' is a torch Dataset (loaded lazily): not validated up front; "
+                "CheckedDatasetMapper still names unreadable images"
+            )
             if len(names) > 1:
                 raise DatasetError(f"dataset '{name}' is a torch Dataset; it cannot be combined")
             return dicts
