@@ -241,10 +241,13 @@ def _plot(args, results):
     splits = list(dict.fromkeys(r["split"] for r in results))
     fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False)
     for ax, split in zip(axes[0], splits):
-        for name in dict.fromkeys(r["detector"] for r in results):
-            for r in (r for r in results if r["split"] == split and r["detector"] == name):
+        # One colour per detector, one line style per seed.
+        for color, name in enumerate(dict.fromkeys(r["detector"] for r in results)):
+            runs = [r for r in results if r["split"] == split and r["detector"] == name]
+            for style, r in zip(["-", "--", ":", "-."] * len(runs), runs):
                 t, ap = zip(*r["curve"]) if r["curve"] else ((), ())
-                ax.plot([x / 60 for x in t], ap, marker="o", label=f"{name} seed {r['seed']}")
+                ax.plot([x / 60 for x in t], ap, style, color=f"C{color}", marker="o",
+                        markersize=3, label=f"{name} seed {r['seed']}")  # fmt: skip
         ax.set(title=f"tree crowns, {split} split", xlabel="training time (min)", ylabel="AP")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
