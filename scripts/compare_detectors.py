@@ -208,13 +208,17 @@ def _print_table(args, results):
         "| split | detector | AP | AP50 | AP75 | train min | train s/img | seeds |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    names = list(dict.fromkeys(r["detector"] for r in results))
+    batch = {  # images per iteration, read once per detector
+        n: LazyConfig.load(os.path.join(ROOT, DETECTORS[n])).dataloader.train.total_batch_size
+        for n in names
+    }
     for split in dict.fromkeys(r["split"] for r in results):
-        for name in dict.fromkeys(r["detector"] for r in results):
+        for name in names:
             rs = [r for r in results if r["split"] == split and r["detector"] == name]
             if not rs:
                 continue
-            batch = LazyConfig.load(os.path.join(ROOT, DETECTORS[name])).dataloader.train
-            per_img = [r["train_s"] / (r["iterations"] * batch.total_batch_size) for r in rs]
+            per_img = [r["train_s"] / (r["iterations"] * batch[name]) for r in rs]
             cell = {k: _mean_std([r[k] for r in rs]) for k in ("AP", "AP50", "AP75")}
             mins = statistics.mean(r["train_s"] for r in rs) / 60
             lines.append(

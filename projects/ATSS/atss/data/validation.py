@@ -149,11 +149,11 @@ def _is_box(bbox) -> bool:
     )
 
 
-def _check_annotation(ann, num_classes, where: Callable[[], str]) -> None:
-    """Raise DatasetError (location from ``where()``) unless ``ann`` is a usable box."""
+def _check_annotation(ann, num_classes, dataset: str, where: Callable[[], str]) -> None:
+    """Raise DatasetError ("dataset: location: problem") unless ``ann`` is a usable box."""
 
     def fail(problem):
-        raise DatasetError(f"{where()}: {problem}")
+        raise DatasetError(f"{dataset}: {where()}: {problem}")
 
     for key in ("bbox", "bbox_mode", "category_id"):
         if key not in ann:
@@ -246,10 +246,8 @@ def validate_dataset_dicts(
             continue
         kept = []
         for i, ann in enumerate(annotations):
-            _check_annotation(
-                ann, num_classes, functools.partial(_where, dataset_name, record, i, ann)
-            )
             where = functools.partial(_where, None, record, i, ann)
+            _check_annotation(ann, num_classes, dataset_name, where)
             ann = _repair_box(report, ann, width, height, where)
             if ann is None:
                 continue
