@@ -16,6 +16,9 @@ Two parts, both printed as tables (and saved under --output):
     .venv/bin/python scripts/compare_detectors.py timing --trained output/compare/spatial
     .venv/bin/python scripts/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
     .venv/bin/python scripts/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
+    .venv/bin/python scripts/compare_detectors.py train --opts optimizer.lr=0.0025 --output DIR
+
+``--opts`` overrides go to every run (every detector alike), after the script's own.
 """
 
 import argparse
@@ -145,7 +148,9 @@ def train(args):
                 metrics = os.path.join(out, "metrics.json")
                 if not (args.reuse and os.path.exists(os.path.join(out, "model_final.pth"))):
                     _run_train_net(args, DETECTORS[name], out, seed, train_set, val_set)
-                results.append(dict(split=split, detector=name, seed=seed, **_read(metrics)))
+                results.append(
+                    dict(split=split, detector=name, seed=seed, opts=args.opts, **_read(metrics))
+                )
                 _save(args, "train_runs.json", results)
     _print_table(args, results)
     _plot(args, results)
@@ -171,6 +176,7 @@ def _run_train_net(args, config, out, seed, train_set, val_set):
             f"lr_multiplier.scheduler.num_updates={args.max_iter}",
             f"lr_multiplier.scheduler.milestones=[{steps[0]},{steps[1]}]",
         ]
+    opts += args.opts  # the same extra overrides for every detector, seed and split
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts]
     print("running:", " ".join(cmd), flush=True)
     os.makedirs(out, exist_ok=True)
@@ -289,6 +295,13 @@ def main():
     r.add_argument("--max-iter", type=int, default=0, help="shorter schedule (steps scaled)")
     r.add_argument("--eval-period", type=int, default=300)
     r.add_argument("--reuse", action="store_true", help="skip runs that already finished")
+    r.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra train_net.py overrides for every run, e.g. optimizer.lr=0.0025",
+    )
     for p in (t, r):
         p.add_argument("--output", default=os.path.join(ROOT, "output", "compare"))
     args = parser.parse_args()
