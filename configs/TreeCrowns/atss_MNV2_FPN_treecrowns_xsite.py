@@ -7,4 +7,4 @@ dataloader.train.dataset.names = "treecrowns_xsite_train"
 dataloader.test.dataset.names = "treecrowns_xsite_val"
 train.output_dir = "./output/atss_MNV2_FPN_treecrowns_xsite"
 
-__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
+__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "test", "train"]
