@@ -139,6 +139,36 @@ def test_every_config_loads_and_instantiates(path):
     assert len(model.head.scales) == len(model.head_in_features) == 5
 
 
+TREECROWN_CONFIGS = [f for f in ALL_CONFIGS if f.startswith("configs/TreeCrowns/")]
+
+
+def test_treecrown_configs_share_one_solver_at_the_linearly_scaled_lr():
+    """
+    The ATSS / FCOS / RetinaNet comparison is only fair with one solver, and its LR is the
+    authors' 0.01 @ 16 images scaled linearly to the batch (0.005, twice that, made one of three
+    cross-site ATSS runs diverge; README).
+    """
+    assert len(TREECROWN_CONFIGS) == 4
+    solvers = set()
+    for path in TREECROWN_CONFIGS:
+        cfg = _cfg(path)
+        batch = cfg.dataloader.train.total_batch_size
+        assert cfg.optimizer.lr == pytest.approx(0.01 * batch / 16), path
+        sched = cfg.lr_multiplier
+        solvers.add(
+            (
+                batch,
+                cfg.optimizer.lr,
+                cfg.optimizer.momentum,
+                cfg.optimizer.weight_decay,
+                cfg.train.max_iter,
+                tuple(sched.scheduler.milestones),
+                sched.warmup_length,
+            )
+        )
+    assert len(solvers) == 1, solvers
+
+
 @pytest.mark.parametrize("path", COCO_CONFIGS, ids=_name)
 def test_coco_configs_have_the_training_pieces(path):
     cfg = _cfg(path)
