@@ -11,7 +11,7 @@
 # * input: shorter side 288/320/352 (tiles are 320 px) + horizontal and vertical flips for
 #   training (aerial images have no "up"); test at native resolution (no resize);
 # * solver: batch 4, 1100 iterations (~68 epochs of the 65 tiles; sized so that `make demo` fits
-#   in 15 minutes on 2 cores: 0.66 s/iteration measured). LR 0.0025 = the authors' 0.01 @ 16
+#   in 15 minutes on 2 cores: 0.58-0.66 s/iteration measured). LR 0.0025 = the authors' 0.01 @ 16
 #   scaled linearly to batch 4. (Twice that, 0.005, trained faster on the spatial split but one
 #   of three cross-site ATSS runs diverged at it: classification loss 0.34 -> 11.7 between
 #   iterations 100 and 200; see the README's comparison.) Linear warmup over 150 iterations
