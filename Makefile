@@ -27,7 +27,7 @@ format: venv
 	$(PY) -m black --quiet $(LINT_PATHS)
 
 demo: venv
-	$(PY) scripts/demo_main.py
+	$(PY) scripts/train_treecrowns_demo.py
 
 bench: venv
 	$(PY) scripts/bench_matcher.py

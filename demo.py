@@ -23,29 +23,21 @@ import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-# Use this checkout's package even when another copy is installed.
-sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+import cv2
+from detectron2.config import LazyConfig
+from detectron2.data.catalog import Metadata
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.data.catalog import Metadata  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from atss.engine import register_project_datasets
+from atss.engine.predictor import ATSSPredictor, dataset_class_names
 
 logger = logging.getLogger("demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Class names of this project's datasets, for when they are not registered in this process.
-_PROJECT_CLASSES = {"shapes": ("rectangle", "ellipse", "triangle"), "treecrowns": ("tree",)}
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
@@ -114,60 +106,10 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
     return files, errors
 
 
-def thing_classes(cfg, num_classes: int) -> Optional[List[str]]:
-    """Class names of the config's test dataset, if known and consistent with the model."""
-    try:
-        names = cfg.dataloader.test.dataset.names
-    except Exception:  # configs without a test loader
-        return None
-    for name in [names] if isinstance(names, str) else list(names):
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is None:
-            classes = next((c for p, c in _PROJECT_CLASSES.items() if name.startswith(p)), None)
-        if classes is not None and len(classes) == num_classes:
-            return list(classes)
-    return None
-
-
-class Predictor:
-    """
-    Detectron2's ``DefaultPredictor`` for a LazyConfig: build the model, load
-    ``train.init_checkpoint``, resize like the test loader, feed the model's channel order.
-    """
-
-    def __init__(self, cfg, device: str):
-        self.model = instantiate(cfg.model).to(device).eval()
-        weights = cfg.train.get("init_checkpoint", "")
-        if weights:
-            DetectionCheckpointer(self.model).load(weights)
-        else:
-            logger.warning("train.init_checkpoint is empty: the model has random weights")
-        try:
-            augmentations = instantiate(cfg.dataloader.test.mapper.augmentations)
-        except Exception:  # no test loader in the config: no resizing
-            augmentations = []
-        self.augmentations = T.AugmentationList(list(augmentations))
-        self.input_format = getattr(self.model, "input_format", "BGR") or "BGR"
-
-    @torch.no_grad()
-    def __call__(self, bgr: np.ndarray):
-        """
-        Args:
-            bgr: (H, W, 3) uint8 image in BGR order.
-
-        Returns:
-            Instances in the coordinates of ``bgr``.
-        """
-        image = bgr[:, :, ::-1] if self.input_format == "RGB" else bgr
-        height, width = image.shape[:2]
-        aug_input = T.AugInput(np.ascontiguousarray(image))
-        self.augmentations(aug_input)
-        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
-
-
-def _keep_confident(instances, threshold: float):
-    instances = instances.to("cpu")
+def _detect(predictor: ATSSPredictor, bgr, threshold: float):
+    """Detections with score >= ``threshold`` (on the CPU) in a (H, W, 3) uint8 BGR image."""
+    image = bgr[:, :, ::-1] if predictor.input_format == "RGB" else bgr
+    instances = predictor(image).to("cpu")
     return instances[instances.scores >= threshold]
 
 
@@ -189,7 +131,7 @@ def run_images(predictor, files, metadata, output, threshold) -> List[str]:
             failures.append(f"{path}: cannot read image ({type(e).__name__}: {e})")
             logger.error(failures[-1])
             continue
-        instances = _keep_confident(predictor(bgr), threshold)
+        instances = _detect(predictor, bgr, threshold)
         drawn = Visualizer(bgr[:, :, ::-1], metadata).draw_instance_predictions(instances)
         stem = os.path.splitext(os.path.basename(path))[0]
         out_path = _unique_path(output, stem, ".png", used)
@@ -221,7 +163,7 @@ def run_video(predictor, path, metadata, output, threshold) -> List[str]:
             ok, frame = video.read()
             if not ok:
                 break
-            instances = _keep_confident(predictor(frame), threshold)
+            instances = _detect(predictor, frame, threshold)
             drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
             writer.write(drawn.get_image()[:, :, ::-1])
             frames += 1
@@ -243,19 +185,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts + trailing)
-        device = str(cfg.train.get("device", "cpu"))
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"
-        predictor = Predictor(cfg, device)
+        predictor = ATSSPredictor(cfg)
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
-    classes = thing_classes(cfg, predictor.model.num_classes)
+    register_project_datasets()  # so that the project's datasets have their class names
+    classes = dataset_class_names(cfg, predictor.model.num_classes)
     metadata = Metadata(name="demo", thing_classes=classes) if classes else Metadata(name="demo")
     names = "unknown, indices shown"
     if classes:
         names = f"{len(classes)} from the test dataset ({', '.join(classes[:3])}, ...)"
-    logger.info(f"model on {device}; class names: {names}")
+    logger.info(f"model on {predictor.device}; class names: {names}")
     os.makedirs(args.output, exist_ok=True)
 
     files, failures = expand_inputs(args.input)

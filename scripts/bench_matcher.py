@@ -19,9 +19,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, resource, statistics, time
 import torch
-sys.path[:0] = [{root!r} + "/projects/ATSS", {root!r}]
 from atss import atss_match
 from detectron2.structures import Boxes, pairwise_iou
 from tests.atss_testing import grid_anchors, random_boxes
@@ -71,7 +70,7 @@ print(json.dumps(dict(ms=1000 * statistics.median(times), extra_mb=extra_mb,
 
 
 def measure(method, num_gt, repeats, threads):
-    code = CHILD.format(root=ROOT, method=method, num_gt=num_gt, repeats=repeats, threads=threads)
+    code = CHILD.format(method=method, num_gt=num_gt, repeats=repeats, threads=threads)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])

@@ -30,8 +30,10 @@ import subprocess
 import sys
 import time
 
+from atss.engine import shortened_schedule_overrides
+from atss.engine.metrics import read_metrics, summarize_training
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
 
 DETECTORS = {
     "ATSS": "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py",
@@ -148,8 +150,9 @@ def train(args):
                 metrics = os.path.join(out, "metrics.json")
                 if not (args.reuse and os.path.exists(os.path.join(out, "model_final.pth"))):
                     _run_train_net(args, DETECTORS[name], out, seed, train_set, val_set)
+                summary = summarize_training(read_metrics(metrics))
                 results.append(
-                    dict(split=split, detector=name, seed=seed, opts=args.opts, **_read(metrics))
+                    dict(split=split, detector=name, seed=seed, opts=args.opts, **summary)
                 )
                 _save(args, "train_runs.json", results)
     _print_table(args, results)
@@ -168,42 +171,13 @@ def _run_train_net(args, config, out, seed, train_set, val_set):
         from detectron2.config import LazyConfig
 
         cfg = LazyConfig.load(os.path.join(ROOT, config))
-        full = cfg.train.max_iter
-        # LR steps scale with the schedule; the warmup is a fraction of it already.
-        steps = [int(m * args.max_iter / full) for m in cfg.lr_multiplier.scheduler.milestones]
-        opts += [
-            f"train.max_iter={args.max_iter}",
-            f"lr_multiplier.scheduler.num_updates={args.max_iter}",
-            f"lr_multiplier.scheduler.milestones=[{steps[0]},{steps[1]}]",
-        ]
+        opts += shortened_schedule_overrides(cfg, args.max_iter)
     opts += args.opts  # the same extra overrides for every detector, seed and split
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts]
     print("running:", " ".join(cmd), flush=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "stdout.log"), "w") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-
-
-def _read(metrics_path):
-    """Final AP/AP50/AP75, training seconds (sum of iteration times) and the AP-vs-time curve."""
-    with open(metrics_path) as f:
-        lines = [json.loads(x) for x in f if x.strip()]
-    train_s, last_iter, curve = 0.0, -1, []
-    for x in lines:
-        if "time" in x and "iteration" in x:  # average seconds/iteration since the last log
-            train_s += x["time"] * (x["iteration"] - last_iter)
-            last_iter = x["iteration"]
-        if "bbox/AP" in x:
-            curve.append((train_s, x["bbox/AP"]))
-    final = [x for x in lines if "bbox/AP" in x][-1]
-    return dict(
-        AP=final["bbox/AP"],
-        AP50=final["bbox/AP50"],
-        AP75=final["bbox/AP75"],
-        train_s=train_s,
-        iterations=last_iter + 1,
-        curve=curve,
-    )
 
 
 def _print_table(args, results):

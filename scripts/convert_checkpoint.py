@@ -17,13 +17,9 @@ import logging
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Use this checkout's package even when another copy is installed.
-sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+import torch
 
-import torch  # noqa: E402
-
-from atss.checkpoint import (  # noqa: E402
+from atss.checkpoint import (
     FORMATS,
     check_against_model,
     convert_checkpoint,

@@ -14,14 +14,10 @@ holds CUDA tensors and must be run on a GPU.
 
 import argparse
 import os
-import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
-
-from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript  # noqa: E402
+from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript
 
 
 def parse_args(argv=None):

@@ -18,19 +18,9 @@ import logging
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Use this checkout's package (and train_net's dataset registrations) even when another copy
-# is installed.
-sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
-
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
-
-from atss.data import (  # noqa: E402
-    DatasetError,
-    find_unreadable_images,
-    get_checked_detection_dataset_dicts,
-)
+from atss.data import DatasetError, find_unreadable_images, get_checked_detection_dataset_dicts
+from atss.data.registration import register_coco_json
+from atss.engine import register_project_datasets
 
 
 def main(argv=None) -> int:
@@ -43,16 +33,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    import train_net  # registers the project's datasets, as in training
-
-    train_net.register_datasets()
+    register_project_datasets()  # as in training
     names = list(args.names)
     if args.coco_json:
         if not args.image_root:
             parser.error("--coco-json needs --image-root")
         name = f"{os.path.abspath(args.coco_json)}@{os.path.abspath(args.image_root)}"
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, args.coco_json, args.image_root)
+        try:
+            register_coco_json(name, args.coco_json, args.image_root)
+        except DatasetError as e:
+            print(f"ERROR {e}")
+            print("FAILED")
+            return 1
         names.append(name)
     if not names:
         parser.error("give dataset names or --coco-json")

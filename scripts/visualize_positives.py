@@ -21,15 +21,11 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Use this checkout's package even when another copy is installed.
-sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+import numpy as np
+import torch
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator  # noqa: E402
-
-from atss.utils import draw_positives, explain_assignment, format_table, pick_gts  # noqa: E402
+from atss.utils import draw_positives, explain_assignment, format_table, pick_gts
 
 STRIDES = [8, 16, 32, 64, 128]
 
@@ -81,12 +77,9 @@ def load_from_dataset(name, index):
     from detectron2.structures import BoxMode
 
     if name not in DatasetCatalog.list():
-        from atss.data import register_all_shapes, register_all_treecrowns
+        from atss.engine import register_project_datasets
 
-        if name.startswith("treecrowns"):
-            register_all_treecrowns()
-        elif name.startswith("shapes"):
-            register_all_shapes()
+        register_project_datasets()
     dicts = DatasetCatalog.get(name)
     if not 0 <= index < len(dicts):
         raise ValueError(f"--index {index}: dataset {name} has {len(dicts)} images")

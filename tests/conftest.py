@@ -1,7 +1,20 @@
 """Suite-wide settings."""
 
+import os
+
 import pytest
 import torch
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    # Processes the tests start (train_net.py, scripts/*.py, `python -c`) import this checkout's
+    # `atss` and `tests` too, as the tests themselves do through setup.cfg's `pythonpath`, not
+    # another copy that happens to be installed.
+    paths = [os.path.join(_REPO, "projects", "ATSS"), _REPO]
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([inherited] if inherited else []))
 
 
 @pytest.fixture(autouse=True, scope="session")

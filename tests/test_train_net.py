@@ -20,7 +20,7 @@ from detectron2.engine import SimpleTrainer, hooks, launch
 
 import train_net
 from atss.data import register_shapes
-from atss.engine import AtomicDetectionCheckpointer
+from atss.engine import AtomicDetectionCheckpointer, resolve_device, train_loop
 from atss.modeling.losses import loss_normalizers
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
@@ -128,7 +128,7 @@ def test_interrupt_and_resume_reaches_the_same_iteration_and_weights(
     out = str(tmp_path)
     opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4"]
     with monkeypatch.context() as m:
-        m.setattr(train_net, "SimpleTrainer", _KilledAtIter2)
+        m.setattr(train_loop, "SimpleTrainer", _KilledAtIter2)
         with pytest.raises(_Killed):
             train_net.main(run(out, *opts))
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
@@ -270,11 +270,11 @@ def test_device_resolution_and_amp_on_cpu():
     cfg = LazyConfig.load(CONFIG)
     cfg.train.device = "cuda"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert train_net.resolve_device(cfg) == expected
+    assert resolve_device(cfg) == expected
     if not torch.cuda.is_available():
         cfg.train.amp.enabled = True
         with pytest.raises(ValueError, match="AMPTrainer"):
-            train_net.resolve_device(cfg)
+            resolve_device(cfg)
 
 
 def _free_port():

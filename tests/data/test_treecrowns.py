@@ -17,6 +17,7 @@ from PIL import Image
 
 from atss.data import cache as cache_mod
 from atss.data import treecrowns as tc
+from atss.data.tiling import boxes_in_window, tile_starts
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +80,17 @@ def test_missing_deepforest_raises_error_naming_package_and_fix(monkeypatch):
 
 
 def test_tile_starts_whole_tiles_only_unless_cover_edges():
-    assert tc.tile_starts(1000, 320, 240) == [0, 240, 480]
-    assert tc.tile_starts(1000, 320, 240, cover_edges=True) == [0, 240, 480, 680]
-    assert tc.tile_starts(300, 320, 240) == [0]  # short region: one tile, clipped by the caller
+    assert tile_starts(1000, 320, 240) == [0, 240, 480]
+    assert tile_starts(1000, 320, 240, cover_edges=True) == [0, 240, 480, 680]
+    assert tile_starts(300, 320, 240) == [0]  # short region: one tile, clipped by the caller
 
 
 def test_box_kept_only_when_more_than_half_inside_and_clipped_to_window():
     boxes = np.array([[90.0, 0, 110, 10], [88, 0, 108, 10], [10, 10, 20, 20]])  # 50%, 60%, 100%
-    clipped, idx = tc.boxes_in_window(boxes, (0, 0, 100, 50), 0.5)
+    clipped, idx = boxes_in_window(boxes, (0, 0, 100, 50), 0.5)
     assert idx.tolist() == [1, 2]
     np.testing.assert_allclose(clipped, [[88, 0, 100, 10], [10, 10, 20, 20]])
-    clipped, idx = tc.boxes_in_window(boxes, (50, 2, 150, 50), 0.5)  # 80% inside
+    clipped, idx = boxes_in_window(boxes, (50, 2, 150, 50), 0.5)  # 80% inside
     np.testing.assert_allclose(clipped[:1], [[40, 0, 60, 8]])  # in window coordinates
 
 
@@ -285,7 +286,7 @@ def test_non_finite_box_is_an_error_naming_the_file(tmp_path, bad):
 def test_out_of_image_boxes_are_clipped_and_empty_ones_dropped_with_logged_counts(tmp_path, caplog):
     boxes = [[-5, 2, 10, 10], [60, 40, 80, 60], [70, 10, 90, 20], [5, 5, 5, 9], [9, 9, 3, 12]]
     _write_voc(tmp_path, "F", boxes, size=(64, 48))
-    with caplog.at_level(logging.WARNING, logger="atss.data.treecrowns"):
+    with caplog.at_level(logging.WARNING, logger="atss.data.validation"):
         (img,) = tc.find_annotated_images(tmp_path)
     np.testing.assert_allclose(img.boxes, [[0, 2, 10, 10], [60, 40, 64, 48]])
     assert "dropped 2 box(es) of zero/negative size and 1 lying outside" in caplog.text

@@ -7,9 +7,14 @@
   repaired and counted.
 * :mod:`.shapes` — a small generated dataset for fast tests (``shapes_train/val``); call
   :func:`register_all_shapes` or :func:`register_shapes`.
+* :mod:`.registration` — :func:`register_dataset` and :func:`register_coco_json`, the one way
+  every dataset above (and a COCO JSON of one's own) is registered with Detectron2.
+* :mod:`.voc` (Pascal VOC XML), :mod:`.tiling` (windows and the boxes in them), :mod:`.cache`
+  (where generated datasets are written, atomically): the pieces the tree crowns are built from.
 """
 
 from .cache import default_cache_root
+from .registration import register_coco_json, register_dataset
 from .shapes import SHAPES_CLASSES, build_shapes_cache, register_all_shapes, register_shapes
 from .treecrowns import (
     TREECROWNS_CLASSES,
@@ -28,5 +33,6 @@ from .validation import (
     check_coco_json,
     find_unreadable_images,
     get_checked_detection_dataset_dicts,
+    repair_xyxy_boxes,
     validate_dataset_dicts,
 )

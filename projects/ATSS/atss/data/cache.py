@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..fileio import atomic_write
+
 __all__ = ["default_cache_root", "hash_file", "build_dir_atomically", "write_json_atomically"]
 
 # Marker written last into a completed cache folder; its absence means "incomplete, rebuild".
@@ -62,20 +64,11 @@ def hash_file(path) -> str:
 
 
 def write_json_atomically(obj, path) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file + rename (readers never see a
-    partial file). Keys are sorted and floats printed by ``json`` so equal inputs give
+    """Write ``obj`` as JSON to ``path`` with :func:`atss.fileio.atomic_write` (readers never see
+    a partial file). Keys are sorted and floats printed by ``json`` so equal inputs give
     byte-identical files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    atomic_write(str(path), lambda f: f.write(text.encode()))
 
 
 def is_complete(folder) -> bool:

@@ -21,17 +21,16 @@ Usage::
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image
 
 from .cache import build_dir_atomically, is_complete, resolve_root, write_json_atomically
+from .registration import register_dataset
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -41,7 +40,6 @@ __all__ = [
     "register_all_shapes",
 ]
 
-logger = logging.getLogger(__name__)
 
 SHAPES_CLASSES = ["rectangle", "ellipse", "triangle"]
 # Bump when generation changes, so caches of the old generator are not reused.
@@ -233,23 +231,17 @@ def register_shapes(
     """
     folder = build_shapes_cache(num_images, seed, image_size, max_shapes, root)
     json_file, image_root = str(folder / "annotations.json"), str(folder / "images")
-    if name in DatasetCatalog.list():
-        if getattr(MetadataCatalog.get(name), "json_file", None) == json_file:
-            return name
-        logger.info(f"Re-registering dataset {name} with {json_file}")
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
     def load():
         if not is_complete(folder):  # the cache was deleted after registration
             build_shapes_cache(num_images, seed, image_size, max_shapes, root)
         return load_coco_json(json_file, image_root, name)
 
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        thing_classes=list(SHAPES_CLASSES),
+    register_dataset(
+        name,
+        load,
+        thing_classes=SHAPES_CLASSES,
         thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
-        evaluator_type="coco",
         json_file=json_file,
         image_root=image_root,
     )

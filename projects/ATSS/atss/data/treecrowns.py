@@ -55,13 +55,11 @@ import json
 import logging
 import math
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image
 
@@ -72,6 +70,10 @@ from .cache import (
     resolve_root,
     write_json_atomically,
 )
+from .registration import register_dataset
+from .tiling import boxes_in_window, region_tiles
+from .validation import repair_xyxy_boxes
+from .voc import parse_voc_xml
 
 __all__ = [
     "TREECROWNS_CLASSES",
@@ -80,11 +82,7 @@ __all__ = [
     "TreeCrownSplitParams",
     "SourceImage",
     "deepforest_data_dir",
-    "parse_voc_xml",
     "find_annotated_images",
-    "clean_boxes",
-    "tile_starts",
-    "boxes_in_window",
     "plan_treecrown_splits",
     "treecrowns_cache_dir",
     "build_treecrowns_cache",
@@ -190,100 +188,6 @@ def deepforest_data_dir() -> Path:
     )
 
 
-def _xml_number(node, tag: str, xml_path, where: str) -> float:
-    child = node.find(tag)
-    if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{xml_path}: {where} has no <{tag}> value")
-    try:
-        return float(child.text)
-    except ValueError:
-        raise ValueError(
-            f"{xml_path}: {where} <{tag}> is not a number: {child.text.strip()!r}"
-        ) from None
-
-
-def parse_voc_xml(xml_path) -> dict:
-    """Read a Pascal VOC annotation file.
-
-    Returns:
-        dict with "filename" (str or None), "width"/"height" (int or None when <size> is
-        absent), "boxes" (float64 array (N, 4), XYXY as written, not validated) and "labels".
-
-    Raises:
-        ValueError: naming the file and the field, when the XML is malformed.
-    """
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
-        raise ValueError(f"{xml_path}: not well-formed XML ({e})") from None
-    if root.tag != "annotation":
-        raise ValueError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
-    filename = root.findtext("filename")
-    width = height = None
-    size = root.find("size")
-    if size is not None:
-        width = int(_xml_number(size, "width", xml_path, "<size>"))
-        height = int(_xml_number(size, "height", xml_path, "<size>"))
-    boxes, labels = [], []
-    for i, obj in enumerate(root.iter("object")):
-        where = f"<object> #{i}"
-        label = obj.findtext("name")
-        if label is None or not label.strip():
-            raise ValueError(f"{xml_path}: {where} has no <name>")
-        bnd = obj.find("bndbox")
-        if bnd is None:
-            raise ValueError(f"{xml_path}: {where} ({label}) has no <bndbox>")
-        boxes.append(
-            [_xml_number(bnd, k, xml_path, where) for k in ("xmin", "ymin", "xmax", "ymax")]
-        )
-        labels.append(label.strip())
-    return {
-        "filename": filename.strip() if filename else None,
-        "width": width,
-        "height": height,
-        "boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        "labels": labels,
-    }
-
-
-def clean_boxes(boxes: np.ndarray, width: int, height: int, source: str) -> np.ndarray:
-    """Validate boxes of one image: clip them to the image and drop the empty ones.
-
-    Args:
-        boxes: (N, 4) XYXY_ABS.
-        width, height: image size.
-        source: file name used in messages.
-
-    Returns:
-        keep: bool array (N,), boxes[keep] are valid after clipping; ``boxes`` is clipped in
-        place.
-
-    Raises:
-        ValueError: a coordinate is NaN or infinite (a corrupt file, not a fixable box).
-    """
-    bad = ~np.isfinite(boxes).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{source}: {int(bad.sum())} box(es) with NaN/inf coordinates, "
-            f"first is object #{i}: {boxes[i].tolist()}"
-        )
-    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-    outside = (boxes < 0).any(axis=1) | (boxes[:, [0, 2]] > width).any(axis=1)
-    outside |= (boxes[:, [1, 3]] > height).any(axis=1)
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
-    empty = ~degenerate & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
-    clipped = outside & ~degenerate & ~empty
-    if degenerate.any() or empty.any() or clipped.any():
-        logger.warning(
-            f"{source}: dropped {int(degenerate.sum())} box(es) of zero/negative size and "
-            f"{int(empty.sum())} lying outside the {width}x{height} image; clipped "
-            f"{int(clipped.sum())} box(es) to the image."
-        )
-    return ~(degenerate | empty)
-
-
 def _site_of(name: str) -> str:
     m = _SITE_RE.match(name)
     return m.group(1) if m else ""
@@ -325,7 +229,7 @@ def find_annotated_images(source_dir=None) -> List[SourceImage]:
                 f"is {width}x{height}"
             )
         boxes = ann["boxes"]
-        keep = clean_boxes(boxes, width, height, source=str(xml_path))
+        keep = repair_xyxy_boxes(boxes, width, height, source=str(xml_path))
         images.append(
             SourceImage(
                 name=xml_path.stem,
@@ -341,56 +245,8 @@ def find_annotated_images(source_dir=None) -> List[SourceImage]:
     return images
 
 
-def tile_starts(length: int, tile_size: int, stride: int, cover_edges: bool = False) -> List[int]:
-    """Origins of the tiles along one axis of a region of ``length`` pixels.
-
-    Whole tiles at multiples of ``stride``; with ``cover_edges`` one more tile flush with the end
-    when the last whole tile stops short of it. A region shorter than a tile gives ``[0]`` (the
-    caller clips that tile to the region).
-    """
-    if length <= tile_size:
-        return [0]
-    starts = list(range(0, length - tile_size + 1, stride))
-    if cover_edges and starts[-1] + tile_size < length:
-        starts.append(length - tile_size)
-    return starts
-
-
-def boxes_in_window(
-    boxes: np.ndarray, window: Sequence[int], min_visible: float = 0.5
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Boxes that mostly lie inside a window, clipped to it, in window coordinates.
-
-    Args:
-        boxes: (N, 4) XYXY_ABS in image coordinates, positive size.
-        window: (x0, y0, x1, y1) in image coordinates.
-        min_visible: keep a box when more than this fraction of its area is inside.
-
-    Returns:
-        boxes (K, 4) XYXY relative to the window's top-left corner, and their indices (K,).
-    """
-    x0, y0, x1, y1 = window
-    ix0 = np.maximum(boxes[:, 0], x0)
-    iy0 = np.maximum(boxes[:, 1], y0)
-    ix1 = np.minimum(boxes[:, 2], x1)
-    iy1 = np.minimum(boxes[:, 3], y1)
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    idx = np.flatnonzero(inter > min_visible * area)
-    clipped = np.stack([ix0[idx] - x0, iy0[idx] - y0, ix1[idx] - x0, iy1[idx] - y0], axis=1)
-    return clipped.reshape(-1, 4), idx
-
-
-def _tiles(region: Tuple[int, int, int, int], p: TreeCrownSplitParams) -> List[Tuple[int, ...]]:
-    """Tiles (x0, y0, x1, y1) covering ``region`` (same format), clipped to it."""
-    rx0, ry0, rx1, ry1 = region
-    xs = tile_starts(rx1 - rx0, p.tile_size, p.stride, p.cover_edges)
-    ys = tile_starts(ry1 - ry0, p.tile_size, p.stride, p.cover_edges)
-    return [
-        (rx0 + x, ry0 + y, min(rx0 + x + p.tile_size, rx1), min(ry0 + y + p.tile_size, ry1))
-        for y in ys
-        for x in xs
-    ]
+def _tiles(region, params: TreeCrownSplitParams) -> List[Tuple[int, int, int, int]]:
+    return region_tiles(region, params.tile_size, params.stride, params.cover_edges)
 
 
 def plan_treecrown_splits(
@@ -405,7 +261,8 @@ def plan_treecrown_splits(
     for i, img in enumerate(images):
         # Round so the validation crop is at least val_fraction wide; train gets the rest.
         split_x = img.width - int(math.ceil(img.width * params.val_fraction))
-        plan["treecrowns_train"] += [(i, t) for t in _tiles((0, 0, split_x, img.height), params)]
+        train_region = (0, 0, split_x, img.height)
+        plan["treecrowns_train"] += [(i, t) for t in _tiles(train_region, params)]
         plan["treecrowns_val"].append((i, (split_x, 0, img.width, img.height)))
         whole = (0, 0, img.width, img.height)
         if img.site in params.xsite_train_sites:
@@ -544,29 +401,6 @@ def _build_cache(images: Sequence[SourceImage], final_dir: Path, params) -> Path
     return build_dir_atomically(final_dir, build)
 
 
-def _register_one(name: str, json_file: Path, image_root: Path, loader) -> None:
-    """Register one split; a second call with the same files is a no-op, with other files it
-    replaces the registration (Metadata refuses to change a set value otherwise)."""
-    json_file, image_root = str(json_file), str(image_root)
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if getattr(meta, "json_file", None) == json_file:
-            return
-        logger.info(f"Re-registering dataset {name} with {json_file}")
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(
-        thing_classes=list(TREECROWNS_CLASSES),
-        # Set here (load_coco_json sets the same later) so COCOEvaluator maps class 0 back to
-        # category id 1 even when it is built before the dataset is first loaded.
-        thing_dataset_id_to_contiguous_id={1: 0},
-        evaluator_type="coco",
-        json_file=json_file,
-        image_root=image_root,
-    )
-
-
 def register_all_treecrowns(
     root=None,
     source_dir=None,
@@ -616,5 +450,14 @@ def register_all_treecrowns(
         return load
 
     for split in TREECROWNS_SPLITS:
-        _register_one(split, cache_dir / f"{split}.json", cache_dir / "images", make_loader(split))
+        register_dataset(
+            split,
+            make_loader(split),
+            thing_classes=TREECROWNS_CLASSES,
+            # Set here (load_coco_json sets the same later) so COCOEvaluator maps class 0 back
+            # to category id 1 even when it is built before the dataset is first loaded.
+            thing_dataset_id_to_contiguous_id={1: 0},
+            json_file=str(cache_dir / f"{split}.json"),
+            image_root=str(cache_dir / "images"),
+        )
     return list(TREECROWNS_SPLITS)

@@ -66,6 +66,8 @@ __all__ = [
     "DatasetError",
     "DatasetReport",
     "CheckedDatasetMapper",
+    "repair_box",
+    "repair_xyxy_boxes",
     "check_coco_json",
     "find_unreadable_images",
     "get_checked_detection_dataset_dicts",
@@ -179,8 +181,15 @@ def _check_annotation(ann, num_classes, dataset: str, where: Callable[[], str]) 
         )
 
 
-def _repair_box(report, ann, width, height, where) -> Optional[dict]:
-    """The annotation with its box clipped to the image, or None when it is dropped.
+def repair_box(report: DatasetReport, ann: dict, width, height, where) -> Optional[dict]:
+    """The repair policy for one box (the module docstring's table): the annotation with its
+    box clipped to the image, or None when it is dropped; ``report`` counts what was done.
+
+    Args:
+        ann: an annotation with a finite ``bbox`` in ``bbox_mode`` XYXY_ABS or XYWH_ABS.
+        width, height: image size; None when unknown (then only zero-size boxes are dropped).
+        where: called once per kind of repair to name the first case.
+
     Plain float arithmetic (no tensors): this runs once per box of the dataset."""
     b = [float(v) for v in ann["bbox"]]
     xywh = ann["bbox_mode"] == BoxMode.XYWH_ABS
@@ -199,6 +208,45 @@ def _repair_box(report, ann, width, height, where) -> Optional[dict]:
         report.add(CLIPPED, where)
         return {**ann, "bbox": [c[0], c[1], c[2] - c[0], c[3] - c[1]] if xywh else c}
     return ann
+
+
+def repair_xyxy_boxes(boxes: np.ndarray, width: int, height: int, source: str) -> np.ndarray:
+    """:func:`repair_box` on an array of boxes of one image (e.g. parsed from a VOC file):
+    clip them to the image and drop the empty ones, logging one warning with the counts.
+
+    Args:
+        boxes: (N, 4) float XYXY_ABS; clipped in place.
+        width, height: image size.
+        source: file name used in messages.
+
+    Returns:
+        keep: bool array (N,); ``boxes[keep]`` are the valid boxes after clipping.
+
+    Raises:
+        ValueError: a coordinate is NaN or infinite (a corrupt file, not a fixable box).
+    """
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{source}: {int(bad.sum())} box(es) with NaN/inf coordinates, "
+            f"first is object #{i}: {boxes[i].tolist()}"
+        )
+    report = DatasetReport(source)
+    keep = np.zeros(len(boxes), dtype=bool)
+    for i, box in enumerate(boxes.tolist()):
+        ann = {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS}
+        repaired = repair_box(report, ann, width, height, lambda i=i: f"object #{i}")
+        if repaired is not None:
+            keep[i] = True
+            boxes[i] = repaired["bbox"]
+    if report.changed_boxes():
+        logger.warning(
+            f"{source}: dropped {report.counts[DROPPED_ZERO_SIZE]} box(es) of zero/negative "
+            f"size and {report.counts[DROPPED_OUTSIDE]} lying outside the {width}x{height} "
+            f"image; clipped {report.counts[CLIPPED]} box(es) to the image."
+        )
+    return keep
 
 
 def validate_dataset_dicts(
@@ -248,7 +296,7 @@ def validate_dataset_dicts(
         for i, ann in enumerate(annotations):
             where = functools.partial(_where, None, record, i, ann)
             _check_annotation(ann, num_classes, dataset_name, where)
-            ann = _repair_box(report, ann, width, height, where)
+            ann = repair_box(report, ann, width, height, where)
             if ann is None:
                 continue
             if ann.get("iscrowd", 0):

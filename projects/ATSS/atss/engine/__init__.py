@@ -1,15 +1,33 @@
-"""atss.engine: training-loop helpers used by the repository's ``train_net.py``.
+"""atss.engine: what the entry points (``train_net.py``, ``demo.py``, ``scripts/``) share.
 
-* :class:`AtomicDetectionCheckpointer` — checkpoints written to a temporary file and moved into
-  place with ``os.replace``, so an interrupted save never leaves a truncated ``.pth`` (or a
-  ``last_checkpoint`` pointing at one).
-* :class:`RNGState` — a checkpointable holding the Python / NumPy / torch RNG states, so a resumed
-  run draws the same augmentations as an uninterrupted one.
-* :class:`ResumableTrainingSampler` — Detectron2's ``TrainingSampler`` that can start part-way
-  through its (seeded) index stream, so a resumed run sees the batches it would have seen.
+* :mod:`.train_loop` — training and evaluation from a LazyConfig (``train_net.py``'s body):
+  :func:`~.train_loop.main`, :func:`~.train_loop.do_train`, :func:`~.train_loop.do_test`.
+* :mod:`.checkpoint` — :class:`AtomicDetectionCheckpointer` (checkpoints written to a temporary
+  file and moved into place, so an interrupted save never leaves a truncated ``.pth`` or a
+  ``last_checkpoint`` pointing at one) and :class:`RNGState` (the Python / NumPy / torch RNG
+  states in the checkpoint, so a resumed run draws the same augmentations).
+* :mod:`.sampler` — :class:`ResumableTrainingSampler`: Detectron2's ``TrainingSampler`` that can
+  start part-way through its seeded index stream, so a resumed run sees the same batches.
+* :mod:`.device` — :func:`resolve_device` (CUDA -> CPU fallback, DDP on CPU, AMP needs CUDA).
+* :mod:`.datasets` — :func:`register_project_datasets` (shapes and tree crowns, every process).
+* :mod:`.predictor` — :class:`~.predictor.ATSSPredictor`: a config's model on single images.
+* :mod:`.schedule` — :func:`shortened_schedule_overrides`: one rule for shorter runs.
+* :mod:`.metrics` — reading a run's ``metrics.json``.
 """
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
+from .datasets import register_project_datasets
+from .device import available_device, resolve_device
 from .sampler import ResumableTrainingSampler
+from .schedule import scale_milestones, shortened_schedule_overrides
 
-__all__ = ["AtomicDetectionCheckpointer", "RNGState", "ResumableTrainingSampler"]
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "RNGState",
+    "ResumableTrainingSampler",
+    "available_device",
+    "register_project_datasets",
+    "resolve_device",
+    "scale_milestones",
+    "shortened_schedule_overrides",
+]

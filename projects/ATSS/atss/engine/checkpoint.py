@@ -1,53 +1,32 @@
 """Crash-safe checkpoints and a checkpointable for the random number generators."""
 
-import glob
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "RNGState", "atomic_torch_save"]
+from ..fileio import atomic_write
+
+__all__ = ["AtomicDetectionCheckpointer", "RNGState"]
 
 
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename it
-    over ``path``. Either the old file or the complete new one exists at every moment.
-
-    A process killed mid-write (SIGKILL, OOM killer) leaves its hidden temporary file behind;
-    the next write of the same ``path`` removes such leftovers, so they never pile up."""
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
-        os.remove(stale)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+def _is_local(path: str) -> bool:
+    """A plain file-system path; remote ones (``s3://``, ``manifold://``, ...) have a scheme."""
+    return "://" not in path
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """:class:`DetectionCheckpointer` whose ``save`` and ``tag_last_checkpoint`` are atomic.
+    """:class:`DetectionCheckpointer` whose ``save`` and ``tag_last_checkpoint`` are atomic on
+    local paths.
 
     fvcore's implementation streams ``torch.save`` straight into the final file, so a process
     killed mid-save (or a full disk) leaves a truncated checkpoint that ``--resume`` then tries to
     load. Here the data goes to a temporary file in the same folder, is fsync'ed, and replaces
-    the target with ``os.replace``; ``last_checkpoint`` is updated the same way, after the
-    checkpoint itself is complete.
+    the target (:func:`atss.fileio.atomic_write`); ``last_checkpoint`` is updated the same way,
+    after the checkpoint itself is complete. Remote paths (with a ``scheme://``) are written
+    through fvcore's ``PathManager`` as Detectron2 does (atomic as far as that store is).
     """
 
     def save(self, name: str, **kwargs) -> None:
@@ -60,13 +39,21 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        os.makedirs(self.save_dir, exist_ok=True)
-        atomic_torch_save(data, save_file)
+        self._write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        self._write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def _write(self, path: str, write) -> None:
+        """``write(binary_file)`` into ``path``: atomically when local, else via PathManager."""
+        if _is_local(path):
+            atomic_write(path, write)
+            return
+        self.path_manager.mkdirs(os.path.dirname(path))
+        with self.path_manager.open(path, "wb") as f:
+            write(f)
 
 
 class RNGState:

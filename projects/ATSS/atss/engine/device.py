@@ -1,0 +1,41 @@
+"""Which device a run uses: one rule for training, evaluation and the predictor."""
+
+import logging
+
+import torch
+from detectron2.utils import comm
+
+__all__ = ["available_device", "resolve_device"]
+
+logger = logging.getLogger("detectron2")
+
+
+def available_device(requested: str) -> str:
+    """``requested`` ("cpu", "cuda", "cuda:1", ...), or "cpu" (with a log line) when it asks for
+    CUDA and CUDA is not available."""
+    device = str(requested)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"device {device} requested but CUDA is not available: using the CPU.")
+        return "cpu"
+    return device
+
+
+def resolve_device(cfg) -> str:
+    """Set and return ``cfg.train.device`` for a training or evaluation run.
+
+    CUDA falls back to the CPU when absent (:func:`available_device`); several processes on the
+    CPU get DDP ``device_ids=None`` (gloo; the default ``[local_rank]`` fails on CPU modules).
+
+    Raises:
+        ValueError: ``train.amp.enabled`` on the CPU (Detectron2's AMPTrainer needs CUDA).
+    """
+    device = available_device(cfg.train.get("device", "cuda"))
+    cfg.train.device = device
+    if device == "cpu" and comm.get_world_size() > 1 and "device_ids" not in cfg.train.ddp:
+        cfg.train.ddp.device_ids = None
+    if cfg.train.get("amp", {}).get("enabled", False) and device == "cpu":
+        raise ValueError(
+            "train.amp.enabled=True needs CUDA (Detectron2's AMPTrainer is GPU-only); "
+            "run with train.amp.enabled=False on the CPU."
+        )
+    return device

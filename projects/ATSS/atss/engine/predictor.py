@@ -1,0 +1,86 @@
+"""Run a LazyConfig's model on single images: Detectron2's ``DefaultPredictor`` for LazyConfigs.
+
+    from detectron2.config import LazyConfig
+    from atss.engine.predictor import ATSSPredictor
+
+    cfg = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
+    cfg.train.init_checkpoint = "model_final.pth"
+    predictor = ATSSPredictor(cfg)
+    image = read_image("street.jpg", format=predictor.input_format)   # (H, W, 3) uint8
+    instances = predictor(image)      # boxes in the coordinates of `image`
+"""
+
+import logging
+from typing import List, Optional
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+from .device import available_device
+
+__all__ = ["ATSSPredictor", "dataset_class_names"]
+
+logger = logging.getLogger(__name__)
+
+
+class ATSSPredictor:
+    """
+    Build ``cfg.model`` on ``cfg.train.device`` (the CPU when CUDA is absent), load
+    ``cfg.train.init_checkpoint`` (a warning when it is empty: random weights), and resize each
+    image like the test loader (``cfg.dataloader.test.mapper.augmentations``; none when the
+    config has no test loader).
+
+    Attributes:
+        model: the detector, in eval mode.
+        device: where it runs.
+        input_format: channel order the images must be in ("RGB" or "BGR"), the model's.
+    """
+
+    def __init__(self, cfg):
+        self.device = available_device(cfg.train.get("device", "cuda"))
+        self.model = instantiate(cfg.model).to(self.device).eval()
+        weights = cfg.train.get("init_checkpoint", "")
+        if weights:
+            DetectionCheckpointer(self.model).load(weights)
+        else:
+            logger.warning("train.init_checkpoint is empty: the model has random weights")
+        try:
+            augmentations = instantiate(cfg.dataloader.test.mapper.augmentations)
+        except (AttributeError, KeyError):  # no test loader in the config: no resizing
+            augmentations = []
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.input_format = getattr(self.model, "input_format", None) or "BGR"
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Instances:
+        """
+        Args:
+            image: (H, W, 3) uint8 image in :attr:`input_format` channel order.
+
+        Returns:
+            the detections, in the coordinates of ``image`` (on :attr:`device`).
+        """
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(np.ascontiguousarray(image))
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+
+
+def dataset_class_names(cfg, num_classes: int) -> Optional[List[str]]:
+    """``thing_classes`` of the config's test dataset(s), the first registered one whose length
+    is ``num_classes``; None when the config has no test dataset or none matches."""
+    try:
+        names = cfg.dataloader.test.dataset.names
+    except (AttributeError, KeyError):  # configs without a test loader
+        return None
+    for name in [names] if isinstance(names, str) else list(names):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) == num_classes:
+            return list(classes)
+    return None

@@ -1,0 +1,158 @@
+"""Training and evaluation from a LazyConfig: the body of the repository's ``train_net.py``
+(Detectron2's ``lazyconfig_train_net`` contract), importable by other entry points.
+
+What it adds to Detectron2's script:
+
+* ``train.device`` "cuda" falls back to "cpu" when CUDA is unavailable, DDP on the CPU gets
+  ``device_ids=None``, AMP on the CPU is refused (:func:`atss.engine.device.resolve_device`);
+* checkpoints are written atomically and carry the RNG states; ``--resume`` continues the data
+  stream where it stopped (:class:`AtomicDetectionCheckpointer`, :class:`RNGState`,
+  :class:`ResumableTrainingSampler`);
+* a non-finite loss stops training with a message naming the iteration and the last good
+  checkpoint; no optimizer step is taken with it;
+* evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
+  ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
+* the project's datasets are registered in every process (:func:`register_project_datasets`).
+"""
+
+import logging
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.registry import locate
+
+from atss.modeling.tta import build_tta_model
+
+from .checkpoint import AtomicDetectionCheckpointer, RNGState
+from .datasets import register_project_datasets
+from .device import resolve_device
+from .sampler import ResumableTrainingSampler
+
+__all__ = ["main", "do_train", "do_test", "build_train_loader"]
+
+logger = logging.getLogger("detectron2")
+
+
+def do_test(cfg, model) -> dict:
+    """Evaluate ``model`` (already wrapped for TTA if wanted) with ``cfg.dataloader.evaluator``
+    on ``cfg.dataloader.test``; {} when the config has no evaluator."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_train_loader(cfg):
+    """``cfg.dataloader.train`` with a :class:`ResumableTrainingSampler` when the config sets
+    no sampler (its start is set after the checkpoint is loaded, before the first batch).
+
+    Returns:
+        (data loader, sampler)
+    """
+    loader_cfg = cfg.dataloader.train
+    kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k != "_target_"}
+    sampler = kwargs.get("sampler")
+    if sampler is None:
+        sampler = ResumableTrainingSampler(len(kwargs["dataset"]), seed=cfg.train.get("seed"))
+        kwargs["sampler"] = sampler
+    target = loader_cfg._target_
+    if isinstance(target, str):
+        target = locate(target)
+    return target(**kwargs), sampler
+
+
+def do_train(args, cfg):
+    """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations (from the last checkpoint with
+    ``args.resume``), checkpointing and evaluating periodically.
+
+    Raises:
+        FloatingPointError: the loss became NaN or inf (logged with the last good checkpoint).
+    """
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader, sampler = build_train_loader(cfg)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer = trainer_cls(model, train_loader, optimizer)
+    checkpointer = AtomicDetectionCheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, rng=RNGState()
+    )
+    eval_model = build_tta_model(cfg, model)  # the model itself unless test.aug.enabled
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if comm.is_main_process()
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if comm.is_main_process()
+                else None
+            ),
+        ]
+    )
+
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if args.resume and checkpointer.has_checkpoint():
+        start_iter = trainer.iter + 1
+    else:
+        start_iter = 0
+    if isinstance(sampler, ResumableTrainingSampler):
+        sampler.start_index = start_iter * cfg.dataloader.train.total_batch_size
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except FloatingPointError as e:
+        last = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
+        logger.error(
+            f"Training stopped: the loss is not finite at iteration {trainer.iter} ({e}). "
+            "The failing step was not applied. Last good checkpoint: "
+            f"{last or 'none written yet'}. Try a lower optimizer.lr or a longer warmup."
+        )
+        raise
+    return trainer
+
+
+def main(args):
+    """Train, or with ``args.eval_only`` evaluate ``train.init_checkpoint``; the function each
+    process runs under Detectron2's ``launch``.
+
+    Args:
+        args: parsed by Detectron2's ``default_argument_parser`` (``config_file``, ``opts``,
+            ``eval_only``, ``resume``, ...).
+
+    Returns:
+        the evaluation results with ``--eval-only``, else None.
+    """
+    register_project_datasets()
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    resolve_device(cfg)
+    default_setup(cfg, args)
+
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model, **cfg.train.ddp)
+        AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, build_tta_model(cfg, model))
+    do_train(args, cfg)
+    return None
