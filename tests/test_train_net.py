@@ -37,6 +37,15 @@ COMMON = [
     "train.log_period=1",
 ]
 MAX_ITER = 4
+# Test-time augmentation at small scales (the shapes images are 128-256 px).
+TTA = [
+    "test.aug.enabled=True",
+    "test.aug.test_size=128",
+    "test.aug.test_max_size=256",
+    "test.aug.min_sizes=[96,160]",
+    "test.aug.max_size=256",
+    "test.aug.size_ranges=null",
+]
 
 
 def run(output_dir, *opts, eval_only=False, resume=False, num_gpus=1):
@@ -95,15 +104,7 @@ def test_eval_only_reproduces_the_numbers_of_the_training_run(trained):
 def test_eval_only_with_test_time_augmentation(trained):
     """--eval-only with test.aug.enabled=True evaluates the TTA-wrapped model (small scales)."""
     final = os.path.join(trained, "model_final.pth")
-    tta = [
-        "test.aug.enabled=True",
-        "test.aug.test_size=128",
-        "test.aug.test_max_size=256",
-        "test.aug.min_sizes=[96,160]",
-        "test.aug.max_size=256",
-        "test.aug.size_ranges=null",
-    ]
-    results = train_net.main(run(trained, f"train.init_checkpoint={final}", *tta, eval_only=True))
+    results = train_net.main(run(trained, f"train.init_checkpoint={final}", *TTA, eval_only=True))
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
     assert all(math.isnan(v) or 0 <= v <= 100 for v in results["bbox"].values())
 
@@ -381,3 +382,71 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     # The NaN step was not applied: the live weights equal the last checkpoint, all finite.
     torch.testing.assert_close(model.w.detach(), last["model"]["w"])
     assert torch.isfinite(model.w).all()
+
+
+class _NaNLossAtIter2(SimpleTrainer):
+    """The model's losses turn NaN at iteration 2 (as after a divergent step): Detectron2's
+    trainer raises FloatingPointError before the optimizer step, and train_net's handler runs."""
+
+    def run_step(self):
+        if self.iter != 2:
+            return super().run_step()
+        poison = self.model.register_forward_hook(
+            lambda module, inputs, losses: {k: v * float("nan") for k, v in losses.items()}
+        )
+        try:
+            return super().run_step()
+        finally:
+            poison.remove()
+
+
+def test_train_net_stops_on_a_non_finite_loss_naming_the_iteration_and_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    """train_net's own non-finite-loss handler (not only Detectron2's check): training stops
+    at iteration 2 with an error naming it and the last complete checkpoint (iteration 1),
+    which loads with finite weights; nothing later is written. Catches a handler that is
+    removed, swallows the error (training would go on to model_final.pth) or names the wrong
+    checkpoint."""
+    out = str(tmp_path)
+    monkeypatch.setattr(train_loop, "SimpleTrainer", _NaNLossAtIter2)
+    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=1", "train.eval_period=0"]
+    with pytest.raises(FloatingPointError):
+        train_net.main(run(out, *opts))
+    last = os.path.join(out, "model_0000001.pth")
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "Training stopped: the loss is not finite at iteration 2" in log
+    assert f"The failing step was not applied. Last good checkpoint: {last}." in log
+    assert not os.path.exists(os.path.join(out, "model_0000002.pth"))
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    ckpt = torch.load(last, map_location="cpu")
+    assert ckpt["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_periodic_evaluation_during_training_uses_test_time_augmentation(tmp_path, monkeypatch):
+    """With test.aug.enabled=True the evaluation at train.eval_period runs the TTA model (as
+    --eval-only does, and as configs/README.md says): the TTA wrapper runs during training,
+    and the AP logged in metrics.json equals --eval-only with TTA on the final weights.
+    Catches wrapping only the --eval-only model (the wrapper would not run during training)."""
+    from atss.modeling import tta
+
+    calls = []
+    real_forward = tta.ATSSWithTTA.forward
+
+    def counting_forward(self, batched_inputs):
+        calls.append(len(batched_inputs))
+        return real_forward(self, batched_inputs)
+
+    monkeypatch.setattr(tta.ATSSWithTTA, "forward", counting_forward)
+    out = str(tmp_path)
+    opts = ["train.max_iter=2", "train.checkpointer.period=2", "train.eval_period=2", *TTA]
+    train_net.main(run(out, *opts))
+    assert sum(calls) == 4  # the 4 images of the validation set, once each
+    final = os.path.join(out, "model_final.pth")
+    results = train_net.main(run(out, f"train.init_checkpoint={final}", *TTA, eval_only=True))
+    assert sum(calls) == 8
+    logged = final_eval_metrics(out)
+    for k, v in results["bbox"].items():
+        assert v == pytest.approx(logged[f"bbox/{k}"], abs=1e-9, nan_ok=True), k

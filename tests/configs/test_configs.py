@@ -76,7 +76,7 @@ ZOO = {
         *(101, 64, 4, False, RES4_5, MSRA_STD, "FAIR/X-101-64x4d", 180000, True),
     ),
 }
-# Backbone parameters (FrozenBN affine terms are buffers), Detectron2 yacs builds (notes §7.1).
+# Backbone parameters (FrozenBN affine terms are buffers), Detectron2 yacs builds.
 BACKBONE_PARAMS_M = {(50, 1): 23.45, (101, 1): 42.39, (101, 32): 86.54, (101, 64): 81.20}
 
 

@@ -1,4 +1,4 @@
-"""Encode/decode round trips of the two box codings (reference §11.14)."""
+"""Encode/decode round trips of the two box codings (BOX and POINT)."""
 
 import pytest
 import torch

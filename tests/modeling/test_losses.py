@@ -1,4 +1,5 @@
-"""Loss functions: centerness targets, GIoU, focal, normalisers (reference §4, §11.15-16)."""
+"""Loss functions: centerness targets, GIoU, focal, normalisers (the formulas of the paper and
+the authors' code, as projects/ATSS/README.md "How ATSS works" states them)."""
 
 import math
 

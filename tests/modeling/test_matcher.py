@@ -1,6 +1,6 @@
 """
 Tests of :func:`atss.atss_match` against a slow dense implementation of the paper's Algorithm 1,
-and of the invariants and edge cases of the reference notes (§10, §11).
+and of the matcher's invariants and edge cases (the rule as projects/ATSS/README.md states it).
 """
 
 import os
@@ -129,7 +129,7 @@ def _candidates_and_stats(anchors, gt, k=9, n_a=1):
 
 
 def test_invariants_1_to_5_hold_on_random_images():
-    """§11 invariants 1-5: centre inside, candidate-ness, threshold, highest-IoU rule, counts."""
+    """Invariants: centre inside, candidate-ness, threshold, highest-IoU rule, counts."""
     g = torch.Generator().manual_seed(2)
     anchors, sizes, _ = grid_anchors(480, 640)
     flat = torch.cat(anchors)
@@ -178,7 +178,7 @@ def test_invariants_1_to_5_hold_on_random_images():
 
 
 def test_positives_per_gt_match_the_paper_statistics():
-    """§11.12: ~0.2·k·L (about 9) positives per well-separated GT, mostly on 1-2 adjacent levels."""
+    """~0.2·k·L (about 9) positives per well-separated GT, mostly on 1-2 adjacent levels."""
     g = torch.Generator().manual_seed(11)
     anchors, sizes, _ = grid_anchors(800, 1344)
     level_of = torch.cat([torch.full((len(a),), i) for i, a in enumerate(anchors)])
@@ -196,7 +196,7 @@ def test_positives_per_gt_match_the_paper_statistics():
 
 
 def test_default_anchors_follow_the_paper():
-    """§11.13: H_l·W_l anchors per level, centres at ((j+0.5)s, (i+0.5)s), side 8s."""
+    """H_l·W_l anchors per level, centres at ((j+0.5)s, (i+0.5)s), side 8s."""
     anchors, sizes, n_a = grid_anchors(96, 160)
     assert n_a == 1
     for a, (h, w), s in zip(anchors, sizes, [8, 16, 32, 64, 128]):
@@ -209,7 +209,7 @@ def test_default_anchors_follow_the_paper():
 
 
 def test_zero_gts_and_zero_anchor_levels():
-    """§10: G = 0 gives all background; empty levels are skipped."""
+    """G = 0 gives all background; empty levels are skipped."""
     anchors, sizes, _ = grid_anchors(128, 128)
     out = atss_match(anchors, torch.zeros(0, 4), grid_sizes=sizes)
     assert out.shape == (sum(len(a) for a in anchors),) and bool((out == -1).all())
@@ -221,7 +221,7 @@ def test_zero_gts_and_zero_anchor_levels():
 
 
 def test_tiny_gt_gets_no_positive_without_error():
-    """§10/§11.6: a 1x1-px GT between anchor centres has no positive and raises nothing."""
+    """a 1x1-px GT between anchor centres has no positive and raises nothing."""
     anchors, sizes, _ = grid_anchors(256, 256)
     gt = torch.tensor([[10.0, 10.0, 11.0, 11.0], [100.0, 100.0, 102.0, 102.0]])
     assert bool((atss_match(anchors, gt, grid_sizes=sizes) == -1).all())
@@ -237,7 +237,7 @@ def test_gt_larger_than_image():
 
 
 def test_k_larger_than_level_uses_all_anchors():
-    """§11.7: with k >= anchors on every level the candidates are all anchors."""
+    """with k >= anchors on every level the candidates are all anchors."""
     anchors, sizes, _ = grid_anchors(24, 24, strides=[8, 16])  # 9 and 4 anchors
     gt = torch.tensor([[2.0, 3.0, 20.0, 19.0]])
     cand = candidate_anchors(anchors, gt, 9)
@@ -251,7 +251,7 @@ def test_k_larger_than_level_uses_all_anchors():
 
 
 def test_anchor_centre_on_gt_edge_is_not_inside():
-    """§10: an anchor centre exactly on the GT edge fails the strict > 0.01 centre test."""
+    """an anchor centre exactly on the GT edge fails the strict > 0.01 centre test."""
     anchors = [torch.tensor([[-28.0, -28.0, 36.0, 36.0]])]  # centre (4, 4)
     gt_on_edge = torch.tensor([[4.0, -20.0, 40.0, 40.0]])
     gt_margin = torch.tensor([[4.0 - 0.02, -20.0, 40.0, 40.0]])
@@ -266,7 +266,7 @@ def test_single_candidate_has_zero_std():
 
 
 def test_all_candidate_ious_equal_pass_the_threshold():
-    """§10: equal candidate IoUs (std 0): every candidate with its centre inside is positive."""
+    """equal candidate IoUs (std 0): every candidate with its centre inside is positive."""
     # four anchors symmetric around the GT centre: equal distances and IoUs
     anchors = [torch.tensor([[0.0, 0, 8, 8], [8, 0, 16, 8], [0, 8, 8, 16], [8, 8, 16, 16]])]
     out = atss_match(anchors, torch.tensor([[2.0, 2.0, 14.0, 14.0]]), topk=4)
@@ -274,7 +274,7 @@ def test_all_candidate_ious_equal_pass_the_threshold():
 
 
 def test_two_gts_competing_for_an_anchor_highest_iou_wins():
-    """§10: an anchor positive for two GTs goes to the higher-IoU one; equal IoU: lower index."""
+    """an anchor positive for two GTs goes to the higher-IoU one; equal IoU: lower index."""
     anchors = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
     big = torch.tensor([0.0, 0.0, 11.0, 11.0])
     small = torch.tensor([1.0, 1.0, 9.0, 9.0])
@@ -294,7 +294,7 @@ def test_nearest_ties_prefer_lower_anchor_index():
 
 
 def test_gt_permutation_permutes_matches():
-    """§11.9: permuting GTs permutes matched indices."""
+    """permuting GTs permutes matched indices."""
     g = torch.Generator().manual_seed(4)
     anchors, sizes, _ = grid_anchors(320, 480)
     gt = random_boxes(30, 320, 480, g, min_size=8)
@@ -305,7 +305,7 @@ def test_gt_permutation_permutes_matches():
 
 
 def test_translation_by_largest_stride_shifts_positives():
-    """§11.10: translating GTs by 128 px shifts each level's positives by 128/stride cells."""
+    """translating GTs by 128 px shifts each level's positives by 128/stride cells."""
     g = torch.Generator().manual_seed(8)
     h, w = 640, 768
     anchors, sizes, _ = grid_anchors(h, w)

@@ -193,7 +193,7 @@ def test_inference_end_to_end_returns_instances_in_input_resolution():
 
 
 def test_at_most_topk_candidates_per_level_enter_nms():
-    """§11.18: each level contributes at most test_topk_candidates detections."""
+    """each level contributes at most test_topk_candidates detections."""
     model = tiny_model(num_classes=2)
     model.test_topk_candidates = 5
     n = 13 * 15
@@ -205,7 +205,7 @@ def test_at_most_topk_candidates_per_level_enter_nms():
 
 
 def test_losses_follow_the_authors_formulas():
-    """§11.16: cls = Σfocal / max(#pos, 1); reg = 2·Σ ctr·(1-GIoU) / Σ ctr; ctr = ΣBCE / #pos."""
+    """cls = Σfocal / max(#pos, 1); reg = 2·Σ ctr·(1-GIoU) / Σ ctr; ctr = ΣBCE / #pos."""
     from torch.nn import functional as F
 
     from atss.modeling.losses import centerness_targets, focal_loss, giou

@@ -1,13 +1,12 @@
 """Run a LazyConfig's model on single images: Detectron2's ``DefaultPredictor`` for LazyConfigs.
 
-    from detectron2.config import LazyConfig
-    from atss.engine.predictor import ATSSPredictor
+Usage (images read in the model's channel order)::
 
     cfg = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
     cfg.train.init_checkpoint = "model_final.pth"
     predictor = ATSSPredictor(cfg)
-    image = read_image("street.jpg", format=predictor.input_format)   # (H, W, 3) uint8
-    instances = predictor(image)      # boxes in the coordinates of `image`
+    image = read_image("street.jpg", format=predictor.input_format)  # (H, W, 3) uint8
+    instances = predictor(image)  # boxes in the coordinates of `image`
 """
 
 import logging
