@@ -130,25 +130,19 @@ def test_batch_of_two_is_frozen_and_matches(tmp_path):
     _assert_close(split_outputs(flat), _eager(model, images))
 
 
-def test_export_script_writes_a_loadable_model(tmp_path):
-    """scripts/export_model.py on the R-50 config writes a model and says how to run it."""
-    cmd = [
-        sys.executable,
-        "scripts/export_model.py",
-        "--config-file",
-        "configs/COCO/atss_R_50_FPN_1x.py",
-        "--format",
-        "torchscript",
-        "--output",
-        str(tmp_path),
-        "--sample-size",
-        "160",
-        "192",
-        "model.test_score_thresh=0.0",
-    ]
+def _run_export_script(output, fmt):
+    """scripts/export_model.py on the R-50 config, traced at 160 x 192; returns its stdout."""
+    cmd = [sys.executable, "scripts/export_model.py", "--config-file"]
+    cmd += ["configs/COCO/atss_R_50_FPN_1x.py", "--format", fmt, "--output", str(output)]
+    cmd += ["--sample-size", "160", "192", "model.test_score_thresh=0.0"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "torch.jit.load" in run.stdout
+    return run.stdout
+
+
+def test_export_script_writes_a_loadable_model(tmp_path):
+    """scripts/export_model.py on the R-50 config writes a model and says how to run it."""
+    assert "torch.jit.load" in _run_export_script(tmp_path, "torchscript")
     flat = torch.jit.load(str(tmp_path / "model.ts"))(torch.rand(3, 224, 160) * 255)
     assert flat[0].shape[1] == 4 and flat[3].tolist() == [224, 160]
 
@@ -159,23 +153,7 @@ def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
     boxes (N, 4), classes, scores and the image size, and the script says how to run it."""
     import onnxruntime
 
-    cmd = [
-        sys.executable,
-        "scripts/export_model.py",
-        "--config-file",
-        "configs/COCO/atss_R_50_FPN_1x.py",
-        "--format",
-        "onnx",
-        "--output",
-        str(tmp_path),
-        "--sample-size",
-        "160",
-        "192",
-        "model.test_score_thresh=0.0",
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "onnxruntime.InferenceSession" in run.stdout
+    assert "onnxruntime.InferenceSession" in _run_export_script(tmp_path, "onnx")
     session = onnxruntime.InferenceSession(
         str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]
     )
