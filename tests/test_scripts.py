@@ -23,8 +23,8 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
     """scripts/train_treecrowns_demo.py (what `make demo` runs) with its real config, shortened
     to 2 iterations and evaluated on the 2 small cross-site images: it trains with the shared
     schedule rule (steps floor(800*2/1100), floor(1000*2/1100) = 1, 1), evaluates, writes the
-    PNG and demo_results.json, and prints the AP line. Catches a broken import path, a
-    schedule rule of its own, a missing output."""
+    PNG and demo_results.json, and prints the AP line. Catches a broken import or argument
+    path and a missing output (the rule itself: tests/engine/test_schedule_and_metrics.py)."""
     from scripts.train_treecrowns_demo import main
 
     out = tmp_path / "demo"
