@@ -9,7 +9,9 @@
 # has all of it except the mean, which differs from Detectron2's MSRA mean by ~0.5 per channel.
 from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
-model.pixel_mean = [102.9801, 115.9465, 122.7717]
+# maskrcnn-benchmark's INPUT.PIXEL_MEAN (BGR), std 1 (INPUT.PIXEL_STD), INPUT.TO_BGR255.
+AUTHORS_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)
+model.pixel_mean = list(AUTHORS_PIXEL_MEAN)
 model.pixel_std = [1.0, 1.0, 1.0]
 model.input_format = "BGR"
 model.anchor_generator.offset = 0.5

@@ -5,17 +5,14 @@ from detectron2.model_zoo import get_config
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 from atss import ATSS, AnchorAssigner, ATSSHead
+from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
 model = get_config("common/models/fcos.py").model
 model._target_ = ATSS
 
-# One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride.
-model.anchor_generator = L(DefaultAnchorGenerator)(
-    sizes=[[64], [128], [256], [512], [1024]],
-    aspect_ratios=[1.0],
-    strides=[8, 16, 32, 64, 128],
-    offset=0.5,
-)
+# One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride (sizes
+# [[64], [128], [256], [512], [1024]]); the ablations edit sizes / aspect_ratios / offset.
+model.anchor_generator = L(DefaultAnchorGenerator)(**atss_anchor_args(ATSS_STRIDES))
 # The switches: assigner mode ("ATSS" | "IoU" | "SSC" | "TOPK") and box coding ("BOX" | "POINT").
 model.assigner = L(AnchorAssigner)(mode="ATSS", topk=9)
 model.box_coding = "BOX"

@@ -1,6 +1,5 @@
 """The ATSS head: GN conv towers, classification, box and centerness predictors, per-level scale."""
 
-import logging
 from typing import List
 
 import torch
@@ -9,8 +8,6 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import Tensor, nn
 
 __all__ = ["ATSSHead", "Scale"]
-
-logger = logging.getLogger(__name__)
 
 
 class Scale(nn.Module):

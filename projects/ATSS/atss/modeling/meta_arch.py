@@ -1,17 +1,16 @@
 """The ATSS detector on Detectron2's :class:`DenseDetector`."""
 
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.layers import batched_nms
 from detectron2.modeling import Backbone
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from .anchors import atss_anchor_generator
 from .assigners import AnchorAssigner
 from .box_coding import anchor_scale_of, build_box_transform
 from .losses import (
@@ -23,8 +22,6 @@ from .losses import (
 )
 
 __all__ = ["ATSS"]
-
-logger = logging.getLogger(__name__)
 
 
 class ATSS(DenseDetector):
@@ -60,7 +57,7 @@ class ATSS(DenseDetector):
             backbone, head, head_in_features, pixel_mean, pixel_std: as in
                 :class:`DenseDetector`; the head returns (logits, bbox_reg, centerness).
             anchor_generator: default: one square anchor of side 8·stride per location,
-                centres at (i + 0.5)·stride (:class:`DefaultAnchorGenerator`, offset 0.5).
+                centres at (i + 0.5)·stride (:func:`atss.modeling.anchors.atss_anchor_generator`).
             box_coding: "BOX" (anchor deltas, weights 10, 10, 5, 5) or "POINT" (l, t, r, b
                 distances / stride, anchor-free "FCOS + ATSS").
             assigner: label assignment; default ``AnchorAssigner("ATSS", topk=9)``.
@@ -81,9 +78,7 @@ class ATSS(DenseDetector):
         if anchor_generator is None:
             shapes = backbone.output_shape()
             strides = [shapes[f].stride for f in self.head_in_features]
-            anchor_generator = DefaultAnchorGenerator(
-                sizes=[[8 * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.5
-            )
+            anchor_generator = atss_anchor_generator(strides)
         self.anchor_generator = anchor_generator
         num_cell = anchor_generator.num_cell_anchors
         if len(set(num_cell)) != 1:
