@@ -261,6 +261,23 @@ def test_zoo_configs_follow_the_authors_recipes(name):
         assert test_resize[0].short_edge_length == 800 and test_resize[0].max_size == 1333
 
 
+DCN_CONFIGS = [f for f in COCO_CONFIGS if "dcnv2" in _name(f)]
+
+
+@pytest.mark.parametrize("path", DCN_CONFIGS, ids=_name)
+def test_dcn_configs_initialise_deformable_convs_as_the_authors(path):
+    """
+    Every DCNv2 config starts its deformable convs as sfzhang15/ATSS does (head and backbone,
+    one switch, model.head.dcn_init); "detectron2" reaches the backbone too. Fails if a config
+    leaves the backbone at Detectron2's zero offsets or the backbone ignores the switch.
+    """
+    cfg = _cfg(path)
+    assert cfg.model.head.use_dcn and cfg.model.head.dcn_init == "authors"
+    assert cfg.model.backbone.bottom_up.stages.dcn_init == "authors"
+    other = LazyConfig.apply_overrides(copy.deepcopy(cfg), ["model.head.dcn_init=detectron2"])
+    assert other.model.backbone.bottom_up.stages.dcn_init == "detectron2"
+
+
 def test_tta_switch_wraps_the_model_only_when_on():
     base = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
     model = _model("configs/COCO/atss_R_50_FPN_1x.py")
