@@ -158,16 +158,24 @@ def test_inference_scores_are_sqrt_p_times_c_and_threshold_on_p():
 
 
 def test_inference_caps_detections_respects_nms_and_clips():
-    """<= 100 detections, no same-class pair above IoU 0.6, boxes inside the image."""
+    """
+    More than 100 detections survive NMS here, and the output keeps the 100 best; no same-class
+    pair above IoU 0.6; boxes inside the image. Fails if the cap is dropped or applied before
+    NMS (fewer than 100 would remain), or keeps other than the highest scores.
+    """
     torch.manual_seed(0)
     model = tiny_model(num_classes=3)
     model.eval()
     n = 13 * 15
     anchors = model.anchor_generator([torch.zeros(1, 1, 13, 15)])
-    res = model.inference_single_image(
-        anchors, [torch.randn(n, 3) * 3], [torch.randn(n, 4)], [torch.randn(n, 1)], (90, 110)
-    )
-    assert 0 < len(res) <= 100
+    preds = [torch.randn(n, 3) * 3], [torch.randn(n, 4)], [torch.randn(n, 1)]
+    model.max_detections_per_image = 10**6
+    uncapped = model.inference_single_image(anchors, *preds, (90, 110))
+    assert len(uncapped) > 100  # the cap below has something to cut
+    model.max_detections_per_image = 100
+    res = model.inference_single_image(anchors, *preds, (90, 110))
+    assert len(res) == 100
+    torch.testing.assert_close(res.scores, uncapped.scores.sort(descending=True).values[:100])
     b = res.pred_boxes.tensor
     assert bool((b[:, 0] >= 0).all() & (b[:, 2] <= 110).all() & (b[:, 3] <= 90).all())
     assert bool(((res.scores >= 0) & (res.scores <= 1)).all())
@@ -179,17 +187,23 @@ def test_inference_caps_detections_respects_nms_and_clips():
 
 
 def test_inference_end_to_end_returns_instances_in_input_resolution():
-    """model(inputs) in eval returns Instances rescaled to the requested height/width."""
+    """
+    model(inputs) in eval returns Instances rescaled to the requested height/width: the same
+    detections as without height/width, boxes times (320/160, 256/128) = 2. Fails if the boxes
+    are left in the input's resolution (only the image size changed) or scaled the wrong way.
+    """
     model = tiny_model()
     model.eval()
     inputs = make_inputs(SIZES, _boxes())
-    inputs[0]["height"], inputs[0]["width"] = 256, 320
     model.test_score_thresh = 0.0
     with torch.no_grad():
-        out = model(inputs)
-    inst = out[0]["instances"]
-    assert inst.image_size == (256, 320) and 0 < len(inst) <= 100
-    assert bool((inst.pred_boxes.tensor[:, 2] <= 320).all())
+        native = model([{"image": inputs[0]["image"]}])[0]["instances"]
+        scaled = model([{"image": inputs[0]["image"], "height": 256, "width": 320}])[0]["instances"]
+    assert native.image_size == (128, 160) and scaled.image_size == (256, 320)
+    assert 0 < len(scaled) == len(native) <= 100
+    torch.testing.assert_close(scaled.scores, native.scores)
+    torch.testing.assert_close(scaled.pred_boxes.tensor, native.pred_boxes.tensor * 2)
+    assert bool((scaled.pred_boxes.tensor[:, 2] > 160).any())  # some box beyond the input size
 
 
 def test_at_most_topk_candidates_per_level_enter_nms():
