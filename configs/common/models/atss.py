@@ -32,3 +32,6 @@ model.test_topk_candidates = 1000
 model.test_nms_thresh = 0.6
 model.max_detections_per_image = 100
 model.input_format = "BGR"
+# Output boxes: "detectron2" (continuous). "authors" only for evaluating the authors' published
+# weights as they did (configs/COCO/converted/*_authors.py).
+model.box_convention = "detectron2"
