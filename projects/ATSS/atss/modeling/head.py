@@ -1,8 +1,7 @@
 """The ATSS head: GN conv towers, classification, box and centerness predictors, per-level scale."""
 
-from typing import List
-
 import math
+from typing import List
 
 import torch
 from detectron2.layers import ShapeSpec
