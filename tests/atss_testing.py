@@ -6,16 +6,17 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, Instances
 
-STRIDES = [8, 16, 32, 64, 128]
+from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
+
+STRIDES = list(ATSS_STRIDES)
 R50_CONFIG = "configs/COCO/atss_R_50_FPN_1x.py"
 
 
 def grid_anchors(height, width, strides=STRIDES, sizes=None, ratios=(1.0,), offset=0.5):
     """Detectron2 anchors for a padded (height, width) input: (list of (A_l, 4), grid sizes)."""
-    sizes = sizes or [[8 * s] for s in strides]
-    gen = DefaultAnchorGenerator(
-        sizes=sizes, aspect_ratios=list(ratios), strides=strides, offset=offset
-    )
+    args = atss_anchor_args(strides, offset=offset)
+    args.update(sizes=sizes or args["sizes"], aspect_ratios=list(ratios))
+    gen = DefaultAnchorGenerator(**args)
     feats = [torch.zeros(1, 1, -(-height // s), -(-width // s)) for s in strides]
     anchors = [b.tensor for b in gen(feats)]
     return anchors, [tuple(f.shape[-2:]) for f in feats], gen.num_cell_anchors[0]

@@ -5,9 +5,8 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from ..common.schedule import atss_schedule
 from ..TreeCrowns.atss_MNV2_FPN_treecrowns import dataloader, model, optimizer, test, train
 
 CHANNELS = 32
@@ -35,11 +34,8 @@ dataloader.evaluator.max_dets_per_image = 100
 
 optimizer.lr = 0.01
 MAX_ITER = 20
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[15], num_updates=MAX_ITER),
-    warmup_length=5 / MAX_ITER,
-    warmup_method="linear",
-    warmup_factor=0.1,
+lr_multiplier = atss_schedule(
+    MAX_ITER, steps=(15,), warmup_iters=5, warmup_factor=0.1, warmup_method="linear"
 )
 
 train.max_iter = MAX_ITER

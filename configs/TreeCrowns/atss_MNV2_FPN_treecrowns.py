@@ -24,8 +24,6 @@ from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from atss.modeling.backbone import (
     MOBILENET_V2_PIXEL_MEAN,
@@ -36,6 +34,7 @@ from atss.modeling.backbone import (
 from ..common.coco_data import dataloader
 from ..common.models.atss import model
 from ..common.optim import SGD as optimizer
+from ..common.schedule import atss_schedule
 from ..common.tta import test
 
 CHANNELS = 128
@@ -75,13 +74,8 @@ dataloader.evaluator = L(COCOEvaluator)(
 # --- solver --------------------------------------------------------------------------------
 optimizer.lr = 0.0025  # linear scaling of 0.01 @ 16 images
 MAX_ITER = 1100
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[800, 1000], num_updates=MAX_ITER
-    ),
-    warmup_length=150 / MAX_ITER,
-    warmup_method="linear",
-    warmup_factor=0.001,
+lr_multiplier = atss_schedule(
+    MAX_ITER, steps=(800, 1000), warmup_iters=150, warmup_factor=0.001, warmup_method="linear"
 )
 
 train = get_config("common/train.py").train

@@ -5,10 +5,17 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from .atss_MNV2_FPN_treecrowns import dataloader, lr_multiplier, model, optimizer, train
 
 model._target_ = FCOS
-for key in ("anchor_generator", "box_coding", "assigner", "reg_loss_weight", "input_format"):
+for key in (
+    "anchor_generator",
+    "box_coding",
+    "box_convention",
+    "assigner",
+    "reg_loss_weight",
+    "input_format",
+):
     del model[key]
 model.head._target_ = FCOSHead
-for key in ("num_anchors", "box_coding", "use_dcn"):
+for key in ("num_anchors", "box_coding", "use_dcn", "dcn_init"):
     del model.head[key]
 model.test_score_thresh = 0.2  # Detectron2's FCOS thresholds sqrt(p * ctr)
 train.output_dir = "./output/fcos_MNV2_FPN_treecrowns"

@@ -9,14 +9,14 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from .atss_MNV2_FPN_treecrowns import dataloader, lr_multiplier, model, optimizer, train
 
 model._target_ = RetinaNet
-for key in ("box_coding", "assigner", "reg_loss_weight"):
+for key in ("box_coding", "box_convention", "assigner", "reg_loss_weight"):
     del model[key]
 model.box2box_transform = L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0])
 model.anchor_matcher = L(Matcher)(
     thresholds=[0.4, 0.5], labels=[0, -1, 1], allow_low_quality_matches=True
 )
 model.head._target_ = RetinaNetHead
-for key in ("box_coding", "use_dcn"):
+for key in ("box_coding", "use_dcn", "dcn_init"):
     del model.head[key]
 model.head.num_anchors = 1
 model.test_score_thresh = 0.05

@@ -15,6 +15,7 @@ import functools
 import glob
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint.catalog import ModelCatalog
@@ -261,6 +262,23 @@ def test_zoo_configs_follow_the_authors_recipes(name):
         assert test_resize[0].short_edge_length == 800 and test_resize[0].max_size == 1333
 
 
+DCN_CONFIGS = [f for f in COCO_CONFIGS if "dcnv2" in _name(f)]
+
+
+@pytest.mark.parametrize("path", DCN_CONFIGS, ids=_name)
+def test_dcn_configs_initialise_deformable_convs_as_the_authors(path):
+    """
+    Every DCNv2 config starts its deformable convs as sfzhang15/ATSS does (head and backbone,
+    one switch, model.head.dcn_init); "detectron2" reaches the backbone too. Fails if a config
+    leaves the backbone at Detectron2's zero offsets or the backbone ignores the switch.
+    """
+    cfg = _cfg(path)
+    assert cfg.model.head.use_dcn and cfg.model.head.dcn_init == "authors"
+    assert cfg.model.backbone.bottom_up.stages.dcn_init == "authors"
+    other = LazyConfig.apply_overrides(copy.deepcopy(cfg), ["model.head.dcn_init=detectron2"])
+    assert other.model.backbone.bottom_up.stages.dcn_init == "detectron2"
+
+
 def test_tta_switch_wraps_the_model_only_when_on():
     base = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
     model = _model("configs/COCO/atss_R_50_FPN_1x.py")
@@ -347,3 +365,109 @@ def test_ablations_train_and_infer_with_a_small_backbone(name):
     with torch.no_grad():
         (out,) = model([{"image": inputs[0]["image"]}])
     assert out["instances"].image_size == (96, 128)
+
+
+# --- facts asserted where they live (the values below are typed from the papers/codebases, not
+# read from the code under test) ------------------------------------------------------------
+
+
+def _anchors_of(generator, height, width):
+    feats = [torch.zeros(1, 1, -(-height // s), -(-width // s)) for s in generator.strides]
+    return [b.tensor for b in generator(feats)]
+
+
+def test_atss_model_config_has_one_8_stride_anchor_centred_in_its_cell():
+    """
+    configs/common/models/atss.py: one square anchor of side 8·stride per location on P3-P7,
+    centred at (i + 0.5)·stride. Fails on offset 0 (mmdetection's centres), on Detectron2's
+    RetinaNet sizes (32..512, 4·stride) or on several anchors per location.
+    """
+    cfg = LazyConfig.load("configs/common/models/atss.py")
+    generator = instantiate(cfg.model.anchor_generator)
+    anchors = _anchors_of(generator, 256, 256)
+    for level, stride in enumerate([8, 16, 32, 64, 128]):
+        first = anchors[level][0].tolist()  # cell (0, 0): centre (stride / 2, stride / 2)
+        half = 4 * stride
+        assert first == [stride / 2 - half, stride / 2 - half, stride / 2 + half, stride / 2 + half]
+        second = anchors[level][1].tolist()  # cell (0, 1): one stride to the right
+        assert second[0] - first[0] == stride and second[1] == first[1]
+    assert generator.num_cell_anchors == [1] * 5
+
+
+CONVERTED = {
+    # authors (maskrcnn-benchmark): Caffe2 BGR mean, std 1, BGR input, MSRA R-50 with the stride
+    # in the 1x1 conv, centres (i + 0.5)·stride, their resize and results-file boxes.
+    "atss_R_50_FPN_1x_authors": dict(
+        mean=[102.9801, 115.9465, 122.7717],
+        std=[1.0, 1.0, 1.0],
+        fmt="BGR",
+        offset=0.5,
+        stride_in_1x1=True,
+        boxes="authors",
+        width_640x480=1066,
+    ),
+    # authors' X-101-64x4d: the same conventions, ResNeXt puts the stride in the 3x3 conv.
+    "atss_dcnv2_X_101_64x4d_FPN_2x_authors": dict(
+        mean=[102.9801, 115.9465, 122.7717],
+        std=[1.0, 1.0, 1.0],
+        fmt="BGR",
+        offset=0.5,
+        stride_in_1x1=False,
+        boxes="authors",
+        width_640x480=1066,
+    ),
+    # mmdetection 2.x: RGB, ImageNet mean/std, pytorch-style ResNet (stride in the 3x3 conv),
+    # centres i·stride; continuous boxes and a rounded resize as Detectron2's.
+    "atss_R_50_FPN_1x_mmdet": dict(
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        fmt="RGB",
+        offset=0.0,
+        stride_in_1x1=False,
+        boxes="detectron2",
+        width_640x480=1067,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTED))
+def test_converted_configs_mirror_their_codebase(name):
+    """
+    The conventions the published weights were trained and evaluated with (projects/ATSS
+    README, "Conventions the config must mirror"). Fails if a converted config falls back to
+    a base-config value: Detectron2's BGR mean, BGR input for mmdetection weights, offset 0.5
+    for mmdetection, the wrong bottleneck stride, Detectron2's rounded test resize or
+    continuous boxes for the authors' weights.
+    """
+    exp = CONVERTED[name]
+    path = f"configs/COCO/converted/{name}.py"
+    cfg, model = _cfg(path), _model(path)
+    assert list(cfg.model.pixel_mean) == exp["mean"] and list(cfg.model.pixel_std) == exp["std"]
+    assert model.input_format == exp["fmt"]
+    assert cfg.dataloader.train.mapper.image_format == exp["fmt"]
+    assert instantiate(cfg.dataloader.test.mapper).image_format == exp["fmt"]
+    first = _anchors_of(model.anchor_generator, 64, 64)[0][0].tolist()
+    assert (first[0] + first[2]) / 2 == 8 * exp["offset"]  # P3 cell (0, 0)
+    res3 = model.backbone.bottom_up.res3[0]
+    assert (tuple(res3.conv1.stride) == (2, 2)) == exp["stride_in_1x1"]
+    assert (tuple(res3.conv2.stride) == (2, 2)) != exp["stride_in_1x1"]
+    assert model.box_convention == exp["boxes"]
+    (resize,) = instantiate(cfg.dataloader.test.mapper.augmentations)
+    tfm = resize.get_transform(np.zeros((480, 640, 3), dtype=np.uint8))
+    assert (tfm.new_h, tfm.new_w) == (800, exp["width_640x480"])
+
+
+def test_treecrown_config_reads_rgb_normalises_as_imagenet_and_keeps_300_detections():
+    """
+    The MobileNetV2 backbone was trained on RGB inputs normalised with ImageNet's mean/std (0-255
+    scale), and the 208-tree validation crop needs more than COCO's 100 detections. Fails on
+    Detectron2's BGR/std-1 defaults or a cap of 100 in the model or the evaluator.
+    """
+    cfg = _cfg("configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py")
+    model = _model("configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py")
+    assert model.input_format == "RGB" and cfg.dataloader.train.mapper.image_format == "RGB"
+    assert instantiate(cfg.dataloader.test.mapper).image_format == "RGB"
+    assert list(cfg.model.pixel_mean) == [123.675, 116.28, 103.53]
+    assert list(cfg.model.pixel_std) == [58.395, 57.12, 57.375]
+    assert model.max_detections_per_image == 300
+    assert cfg.dataloader.evaluator.max_dets_per_image == 300

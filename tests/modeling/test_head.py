@@ -1,5 +1,6 @@
 """The ATSS head: shapes, initialisation, per-level scales, DCN towers."""
 
+import pytest
 import torch
 from detectron2.layers import ShapeSpec
 
@@ -70,3 +71,42 @@ def test_dcn_in_the_last_conv_of_each_tower_runs_and_trains_on_cpu():
     logits, boxes, ctr = head(_features())
     (sum(x.sum() for x in logits) + sum(x.sum() for x in boxes)).backward()
     assert head.cls_subnet[-3].conv.weight.grad is not None
+
+
+def _is_uniform_in(w, bound):
+    """All values in [-bound, bound] and spread over it (std of U(-b, b) is b / sqrt(3))."""
+    return bool(w.abs().max() <= bound) and abs(w.std().item() - bound / 3**0.5) < 0.1 * bound
+
+
+def test_dcn_towers_start_as_in_the_authors_code():
+    """
+    dcn_init="authors" (the default, used by the dcnv2 configs): sfzhang15/ATSS's head init loop
+    sets every nn.Conv2d to N(0, 0.01), zero bias — DFConv2d's offset/mask conv is one — and
+    skips its ModulatedDeformConv, which keeps its own reset_parameters():
+    uniform(±1/sqrt(C_in·3·3)), zero bias. Fails if the deformable weights get N(0, 0.01)
+    or the offset conv stays zero (the Detectron2 convention).
+    """
+    head = _head(use_dcn=True, conv_dims=[64, 64], input_shape=[ShapeSpec(channels=64)] * 3)
+    bound = 1.0 / (64 * 3 * 3) ** 0.5  # 1/24, independent of the code: C_in = 64, 3x3 kernel
+    for tower in (head.cls_subnet, head.bbox_subnet):
+        dcn = tower[-3]
+        assert _is_uniform_in(dcn.conv.weight, bound)
+        assert torch.all(dcn.conv.bias == 0)
+        offset = dcn.conv_offset.weight
+        assert abs(offset.std().item() - 0.01) < 0.001 and abs(offset.mean().item()) < 0.001
+        assert torch.all(dcn.conv_offset.bias == 0)
+
+
+def test_dcn_towers_detectron2_init_is_reachable():
+    """
+    dcn_init="detectron2": zero offset/mask conv (offsets 0, masks 0.5 at the start, the DCNv2
+    convention) and N(0, 0.01) deformable weights like the other tower convs. Fails if the switch
+    is ignored (authors' init) or an unknown value is accepted silently.
+    """
+    head = _head(use_dcn=True, dcn_init="detectron2")
+    for tower in (head.cls_subnet, head.bbox_subnet):
+        dcn = tower[-3]
+        assert torch.all(dcn.conv_offset.weight == 0) and torch.all(dcn.conv_offset.bias == 0)
+        assert abs(dcn.conv.weight.std().item() - 0.01) < 0.001
+    with pytest.raises(ValueError, match="dcn_init"):
+        _head(use_dcn=True, dcn_init="zero")

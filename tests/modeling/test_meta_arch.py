@@ -158,16 +158,24 @@ def test_inference_scores_are_sqrt_p_times_c_and_threshold_on_p():
 
 
 def test_inference_caps_detections_respects_nms_and_clips():
-    """<= 100 detections, no same-class pair above IoU 0.6, boxes inside the image."""
+    """
+    More than 100 detections survive NMS here, and the output keeps the 100 best; no same-class
+    pair above IoU 0.6; boxes inside the image. Fails if the cap is dropped or applied before
+    NMS (fewer than 100 would remain), or keeps other than the highest scores.
+    """
     torch.manual_seed(0)
     model = tiny_model(num_classes=3)
     model.eval()
     n = 13 * 15
     anchors = model.anchor_generator([torch.zeros(1, 1, 13, 15)])
-    res = model.inference_single_image(
-        anchors, [torch.randn(n, 3) * 3], [torch.randn(n, 4)], [torch.randn(n, 1)], (90, 110)
-    )
-    assert 0 < len(res) <= 100
+    preds = [torch.randn(n, 3) * 3], [torch.randn(n, 4)], [torch.randn(n, 1)]
+    model.max_detections_per_image = 10**6
+    uncapped = model.inference_single_image(anchors, *preds, (90, 110))
+    assert len(uncapped) > 100  # the cap below has something to cut
+    model.max_detections_per_image = 100
+    res = model.inference_single_image(anchors, *preds, (90, 110))
+    assert len(res) == 100
+    torch.testing.assert_close(res.scores, uncapped.scores.sort(descending=True).values[:100])
     b = res.pred_boxes.tensor
     assert bool((b[:, 0] >= 0).all() & (b[:, 2] <= 110).all() & (b[:, 3] <= 90).all())
     assert bool(((res.scores >= 0) & (res.scores <= 1)).all())
@@ -179,17 +187,23 @@ def test_inference_caps_detections_respects_nms_and_clips():
 
 
 def test_inference_end_to_end_returns_instances_in_input_resolution():
-    """model(inputs) in eval returns Instances rescaled to the requested height/width."""
+    """
+    model(inputs) in eval returns Instances rescaled to the requested height/width: the same
+    detections as without height/width, boxes times (320/160, 256/128) = 2. Fails if the boxes
+    are left in the input's resolution (only the image size changed) or scaled the wrong way.
+    """
     model = tiny_model()
     model.eval()
     inputs = make_inputs(SIZES, _boxes())
-    inputs[0]["height"], inputs[0]["width"] = 256, 320
     model.test_score_thresh = 0.0
     with torch.no_grad():
-        out = model(inputs)
-    inst = out[0]["instances"]
-    assert inst.image_size == (256, 320) and 0 < len(inst) <= 100
-    assert bool((inst.pred_boxes.tensor[:, 2] <= 320).all())
+        native = model([{"image": inputs[0]["image"]}])[0]["instances"]
+        scaled = model([{"image": inputs[0]["image"], "height": 256, "width": 320}])[0]["instances"]
+    assert native.image_size == (128, 160) and scaled.image_size == (256, 320)
+    assert 0 < len(scaled) == len(native) <= 100
+    torch.testing.assert_close(scaled.scores, native.scores)
+    torch.testing.assert_close(scaled.pred_boxes.tensor, native.pred_boxes.tensor * 2)
+    assert bool((scaled.pred_boxes.tensor[:, 2] > 160).any())  # some box beyond the input size
 
 
 def test_at_most_topk_candidates_per_level_enter_nms():
@@ -280,3 +294,65 @@ def test_bad_image_shapes_fail_clearly():
         model([{"image": torch.zeros(2, 64, 64)}])
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         model([{"image": torch.zeros(64, 64)}])
+
+
+class _FixedHead(torch.nn.Module):
+    """A head that predicts class 0 with certainty (p = c = 1) at the given P3 cells only, with
+    zero deltas: each detection is its anchor, so the decoded boxes are known by hand."""
+
+    def __init__(self, num_classes, cells):
+        super().__init__()
+        self.num_classes, self.cells = num_classes, cells
+
+    def forward(self, features):
+        logits = [
+            f.new_full((f.shape[0], self.num_classes, *f.shape[-2:]), -30.0) for f in features
+        ]
+        for row, col in self.cells:
+            logits[0][:, 0, row, col] = 30.0
+        deltas = [f.new_zeros((f.shape[0], 4, *f.shape[-2:])) for f in features]
+        ctr = [f.new_full((f.shape[0], 1, *f.shape[-2:]), 30.0) for f in features]
+        return logits, deltas, ctr
+
+
+# Input 96 x 128 (h x w); P3 cells (row 5, col 7) and (row 2, col 15): anchors of side 64 centred
+# at (60, 44) and (124, 20), i.e. [28, 12, 92, 76] and [92, -12, 156, 52] (the second crosses
+# the right and top borders). COCO results-file boxes (x, y, w, h) at output scale r:
+# * ours: the anchor, clipped to [0, 128] x [0, 96], times r, w = x2 - x1;
+# * the authors': anchor stored as centre ± (64 - 1) / 2 = [28.5, 12.5, 91.5, 75.5] and
+#   [92.5, -11.5, 155.5, 51.5]; zero deltas decode to the same; clip_to_image clamps to
+#   [0, 127] x [0, 95] -> [92.5, 0, 127, 51.5]; BoxList.resize multiplies by r; convert("xywh")
+#   gives (x1, y1, x2 - x1 + 1, y2 - y1 + 1).
+FILE_BOXES = {
+    ("detectron2", 1.0): [[28.0, 12.0, 64.0, 64.0], [92.0, 0.0, 36.0, 52.0]],
+    ("authors", 1.0): [[28.5, 12.5, 64.0, 64.0], [92.5, 0.0, 35.5, 52.5]],
+    ("detectron2", 0.5): [[14.0, 6.0, 32.0, 32.0], [46.0, 0.0, 18.0, 26.0]],
+    ("authors", 0.5): [[14.25, 6.25, 32.5, 32.5], [46.25, 0.0, 18.25, 26.75]],
+}
+
+
+@pytest.mark.parametrize("convention,scale", sorted(FILE_BOXES))
+def test_results_file_boxes_follow_the_box_convention(convention, scale):
+    """
+    What COCOEvaluator writes for hand-computed detections, with box_convention "detectron2"
+    (continuous boxes) and "authors" (their legacy "+1" boxes, worked out above from their
+    BoxCoder.decode, BoxList.clip_to_image / resize / convert and coco_eval.py). Fails if the
+    authors' mode shifts by 1 px or not at all, ignores their W - 1 clip, or scales their
+    "+1" widths (x2 - x1 + 1)·r instead of (x2 - x1)·r + 1 (only visible at r != 1).
+    """
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+    model = tiny_model(box_convention=convention)
+    model.head = _FixedHead(model.num_classes, [(5, 7), (2, 15)])
+    model.eval()
+    image = torch.zeros(3, 96, 128)
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": int(96 * scale), "width": int(128 * scale)}])
+    results = instances_to_coco_json(out["instances"], img_id=1)
+    written = torch.tensor(sorted(r["bbox"] for r in results))
+    torch.testing.assert_close(written, torch.tensor(FILE_BOXES[(convention, scale)]))
+
+
+def test_unknown_box_convention_is_refused():
+    with pytest.raises(ValueError, match="box_convention"):
+        tiny_model(box_convention="legacy")

@@ -182,13 +182,11 @@ class _SquareDetector(nn.Module):
             self.calls.append((tuple(img.shape[-2:]), "height" in x))
             ys, xs = torch.nonzero(img[0] > 128, as_tuple=True)
             inst = Instances(tuple(img.shape[-2:]))
-            inst.pred_boxes = Boxes(
-                torch.tensor(
-                    [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32
-                )
-            )
-            inst.scores = torch.tensor([0.9])
-            inst.pred_classes = torch.tensor([1])
+            found = len(xs) > 0
+            box = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]] if found else []
+            inst.pred_boxes = Boxes(torch.tensor(box, dtype=torch.float32).reshape(-1, 4))
+            inst.scores = torch.tensor([0.9] if found else [])
+            inst.pred_classes = torch.tensor([1] if found else [], dtype=torch.int64)
             out.append({"instances": inst})
         return out
 
@@ -257,6 +255,64 @@ def test_tta_on_an_original_size_image_resizes_it_like_the_test_mapper():
     )
 
 
+class _ScaleTaggedSquareDetector(_SquareDetector):
+    """_SquareDetector whose class is its input's shorter side: batched_box_voting never merges
+    different classes, so the output shows which runs survived their size filter."""
+
+    def forward(self, batched_inputs):
+        out = super().forward(batched_inputs)
+        for x, o in zip(batched_inputs, out):
+            o["instances"].pred_classes = torch.tensor([min(x["image"].shape[-2:])])
+        return out
+
+
+def test_size_filter_applies_to_each_runs_input_pixels():
+    """
+    The authors filter each extra scale's boxes by their area in that scale's input pixels. The
+    40-px square (120 x 160 original) is 20, 30 and 80 px at shorter sides 60, 90 and 240; the
+    ranges keep it at 60 (< 25) and 240 (> 70) and drop it at 90 (> 35), the opposite of what
+    its original size (40 px) would give. Fails if the filter is removed ({60, 90, 120, 240})
+    or applied to the boxes mapped back to the original image ({90, 120}).
+    """
+    model = _ScaleTaggedSquareDetector().eval()
+    tta = ATSSWithTTA(
+        model,
+        test_size=120,
+        test_max_size=400,
+        flip=False,
+        min_sizes=[60, 90, 240],
+        max_size=1000,
+        scale_flip=False,
+        size_ranges=[[0, 25], [35, 10000], [70, 10000]],
+    ).eval()
+    (out,) = tta([{"image": _square_image(), "height": 120, "width": 160}])
+    assert [s for s, _ in model.calls] == [(120, 160), (60, 80), (90, 120), (240, 320)]
+    assert sorted(out["instances"].pred_classes.tolist()) == [60, 120, 240]
+
+
+def test_file_name_input_is_read_in_the_models_format(tmp_path):
+    """
+    {"file_name": ...} inputs are read from disk in the wrapped model's input_format (BGR here)
+    and "height"/"width" default to the file's size. The square is only in the blue channel:
+    read as RGB, channel 0 would be red (empty) and no box would come out. Fails if the file is
+    ignored, read in the wrong channel order, or its size not used as the original size.
+    """
+    from PIL import Image
+
+    rgb = np.zeros((120, 160, 3), dtype=np.uint8)
+    rgb[30:70, 100:140, 2] = 255  # blue
+    path = tmp_path / "square.png"
+    Image.fromarray(rgb).save(path)
+    model = _SquareDetector().eval()
+    tta = ATSSWithTTA(model, test_size=240, min_sizes=[], size_ranges=None).eval()
+    (out,) = tta([{"file_name": str(path)}])
+    inst = out["instances"]
+    assert model.calls[0][0] == (240, 320) and inst.image_size == (120, 160)
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([[100.0, 30.0, 140.0, 70.0]]), atol=1.0, rtol=0
+    )
+
+
 # ------------------------------------------------------------------------------ real model
 @pytest.fixture(scope="module")
 def detector():
@@ -317,6 +373,59 @@ def test_full_tta_returns_valid_capped_boxes(detector):
     with pytest.raises(RuntimeError):
         tta.train()([inp])
     tta.eval()
+
+
+class _CallCounter(nn.Module):
+    """Wraps a detector and records the batch size of each forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batch_sizes = model, []
+        self.input_format = model.input_format
+
+    def forward(self, batched_inputs):
+        self.batch_sizes.append(len(batched_inputs))
+        return self.model(batched_inputs)
+
+
+def test_batched_tta_equals_one_by_one(detector):
+    """
+    Runs of one input size (a scale and its flip) batched together (batch_size=2), and two
+    images in one call, give what one run / one image at a time gives. Fails if batched outputs
+    are paired with the wrong run (a flip un-flipped as a plain run), if runs of different sizes
+    are batched (padding changes the features), or if images leak into each other.
+    """
+    inputs = [_test_input(), _test_input(original=(96, 144), resized=(96, 144))]
+    inputs[1]["image"] = inputs[1]["image"].flip(-1)  # a different second image
+    kwargs = dict(
+        test_size=96,
+        test_max_size=150,
+        min_sizes=[88, 112],
+        max_size=200,
+        size_ranges=[[0, 10000], [0, 64]],
+    )
+
+    def rows(inst):
+        t = torch.cat(
+            [inst.scores[:, None], inst.pred_classes[:, None].float(), inst.pred_boxes.tensor], 1
+        )
+        return t[torch.argsort(t[:, 0], descending=True, stable=True)]
+
+    batched = _CallCounter(detector)
+    together = ATSSWithTTA(batched, batch_size=2, **kwargs).eval()(inputs)
+    assert batched.batch_sizes == [2, 2, 2] * 2  # (96, flip), (88, flip), (112, flip) per image
+    for inp, out in zip(inputs, together):
+        single = _CallCounter(detector)
+        (alone,) = ATSSWithTTA(single, batch_size=1, **kwargs).eval()([inp])
+        assert single.batch_sizes == [1] * 6
+        assert len(out["instances"]) > 0
+        torch.testing.assert_close(
+            rows(out["instances"]), rows(alone["instances"]), atol=1e-4, rtol=1e-4
+        )
+    # Without flips every run has its own size: nothing may be batched.
+    no_flip = _CallCounter(detector)
+    ATSSWithTTA(no_flip, batch_size=2, flip=False, scale_flip=False, **kwargs).eval()(inputs[:1])
+    assert no_flip.batch_sizes == [1, 1, 1]
 
 
 # ------------------------------------------------------------------------------ config switch

@@ -5,17 +5,14 @@ from detectron2.model_zoo import get_config
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 from atss import ATSS, AnchorAssigner, ATSSHead
+from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
 model = get_config("common/models/fcos.py").model
 model._target_ = ATSS
 
-# One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride.
-model.anchor_generator = L(DefaultAnchorGenerator)(
-    sizes=[[64], [128], [256], [512], [1024]],
-    aspect_ratios=[1.0],
-    strides=[8, 16, 32, 64, 128],
-    offset=0.5,
-)
+# One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride (sizes
+# [[64], [128], [256], [512], [1024]]); the ablations edit sizes / aspect_ratios / offset.
+model.anchor_generator = L(DefaultAnchorGenerator)(**atss_anchor_args(ATSS_STRIDES))
 # The switches: assigner mode ("ATSS" | "IoU" | "SSC" | "TOPK") and box coding ("BOX" | "POINT").
 model.assigner = L(AnchorAssigner)(mode="ATSS", topk=9)
 model.box_coding = "BOX"
@@ -25,6 +22,9 @@ model.head._target_ = ATSSHead
 model.head.num_anchors = 1
 model.head.box_coding = "${..box_coding}"
 model.head.use_dcn = False
+# How the deformable convs start when use_dcn is on (head, and the backbone's DCN stages follow
+# it, see backbones.py): "authors" (sfzhang15/ATSS) or "detectron2" (zero offset/mask convs).
+model.head.dcn_init = "authors"
 
 # Authors' inference: raw p > 0.05, top 1000 per level by p*c, class-wise NMS 0.6, 100 per image.
 model.test_score_thresh = 0.05
@@ -32,3 +32,6 @@ model.test_topk_candidates = 1000
 model.test_nms_thresh = 0.6
 model.max_detections_per_image = 100
 model.input_format = "BGR"
+# Output boxes: "detectron2" (continuous). "authors" only for evaluating the authors' published
+# weights as they did (configs/COCO/converted/*_authors.py).
+model.box_convention = "detectron2"

@@ -68,8 +68,10 @@ def use_backbone(model, train, name, dcn=False):
     """
     Put backbone `name` (a key of BACKBONES) into an ATSS `model` config and its ImageNet
     checkpoint into `train.init_checkpoint`. dcn=True adds the authors' DCNv2: in the backbone
-    stages of `dcn_stages` and in the last conv of both head towers. Everything else (FrozenBN,
-    freeze_at, FPN, head) stays as in the base config.
+    stages of `dcn_stages` and in the last conv of both head towers; the backbone's offset convs
+    are initialised as `model.head.dcn_init` says ("authors": kaiming-uniform a=1 as their
+    DFConv2d; "detectron2": zeros). Everything else (FrozenBN, freeze_at, FPN, head) stays as
+    in the base config.
     """
     spec = BACKBONES[name]
     model.backbone.bottom_up.stages = L(make_resnet_stages)(
@@ -82,6 +84,9 @@ def use_backbone(model, train, name, dcn=False):
         deform_modulated=True,
         deform_num_groups=1,
     )
+    if dcn:
+        # One switch for head and backbone (relative to stages: bottom_up, backbone, model).
+        model.backbone.bottom_up.stages.dcn_init = "${....head.dcn_init}"
     model.head.use_dcn = bool(dcn)
     model.pixel_mean = list(spec["pixel_mean"])
     model.pixel_std = list(spec["pixel_std"])

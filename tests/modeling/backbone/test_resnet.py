@@ -260,3 +260,27 @@ def test_stage_builder_arguments():
         make_resnet_stages(depth=18, deform_on_per_stage=(True, False, False, False))
     with pytest.raises(AssertionError):
         make_resnet_stages(depth=50, deform_on_per_stage=(True, False))
+
+
+def test_dcn_offsets_start_as_in_the_authors_code_or_detectron2():
+    """
+    dcn_init="authors": the offset/mask conv of every deformable block starts as the authors'
+    DFConv2d.offset, kaiming_uniform_(a=1) — uniform(±sqrt(3 / fan_in)), fan_in = C_in·3·3 —
+    with zero bias; "detectron2" (the default, Detectron2's builder) zero-initialises it.
+    Fails if the switch does not reach the blocks or the authors' bound is wrong (e.g.
+    kaiming's ReLU gain, bound sqrt(6 / fan_in)).
+    """
+    kwargs = dict(depth=50, deform_on_per_stage=DCN_RES3_RES5, deform_modulated=True)
+    torch.manual_seed(0)
+    authors = make_resnet_stages(dcn_init="authors", **kwargs)
+    detectron2 = make_resnet_stages(**kwargs)
+    for stage_a, stage_d in zip(authors[1:], detectron2[1:]):
+        for block_a, block_d in zip(stage_a, stage_d):
+            w = block_a.conv2_offset.weight
+            bound = (3.0 / (block_a.conv2_offset.in_channels * 9)) ** 0.5
+            assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+            assert abs(w.std().item() - bound / 3**0.5) < 0.05 * bound
+            assert torch.all(block_a.conv2_offset.bias == 0)
+            assert torch.all(block_d.conv2_offset.weight == 0)
+    with pytest.raises(ValueError, match="dcn_init"):
+        make_resnet_stages(dcn_init="kaiming", **kwargs)

@@ -72,24 +72,46 @@ def deform_conv2d_grid_sample(
 class _DeformConvBase(nn.Module):
     """
     Attributes and parameters shared by :class:`DeformConv` and :class:`ModulatedDeformConv`,
-    named as in Detectron2 so that state dicts load in both directions.
+    named as in Detectron2 so that state dicts load in both directions. Subclasses set
+    ``default_bias`` and ``supports_bias``; the constructor is that of Detectron2's classes.
     """
+
+    default_bias = True
+    supports_bias = True
 
     def __init__(
         self,
         in_channels,
         out_channels,
         kernel_size,
-        stride,
-        padding,
-        dilation,
-        groups,
-        deformable_groups,
-        bias,
-        norm,
-        activation,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        deformable_groups=1,
+        bias=None,
+        norm=None,
+        activation=None,
     ):
+        """
+        Arguments are those of :class:`detectron2.layers.DeformConv` /
+        :class:`detectron2.layers.ModulatedDeformConv`:
+
+        Args:
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as in
+                :class:`nn.Conv2d`.
+            deformable_groups (int): number of groups of input channels that share offsets
+                (and masks).
+            bias (bool or None): add a learnable bias (initialised to 0); None: the class
+                default (False for :class:`DeformConv`, which has none, True for
+                :class:`ModulatedDeformConv`).
+            norm (nn.Module, optional): a normalization layer applied after the convolution.
+            activation (callable(Tensor) -> Tensor, optional): applied after ``norm``.
+        """
         super().__init__()
+        bias = self.default_bias if bias is None else bool(bias)
+        name = type(self).__name__
+        assert self.supports_bias or not bias, f"{name} has no bias (as in Detectron2)"
         assert in_channels % groups == 0, f"in_channels={in_channels} not divisible by {groups=}"
         assert out_channels % groups == 0, f"out_channels={out_channels} not divisible by {groups=}"
         assert (
@@ -175,47 +197,12 @@ class _DeformConvBase(nn.Module):
 class DeformConv(_DeformConvBase):
     """
     Deformable convolution (DCNv1, :paper:`deformconv`): a drop-in replacement for
-    :class:`detectron2.layers.DeformConv` that also runs backward on CPU and can be traced
-    and saved. Like Detectron2's, it has no bias.
+    :class:`detectron2.layers.DeformConv` (same constructor) that also runs backward on CPU and
+    can be traced and saved. Like Detectron2's, it has no bias (``bias=True`` is refused).
     """
 
-    def __init__(
-        self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        deformable_groups=1,
-        bias=False,
-        norm=None,
-        activation=None,
-    ):
-        """
-        Arguments are those of :class:`detectron2.layers.DeformConv`:
-
-        Args:
-            deformable_groups (int): number of groups of input channels that share offsets.
-            bias (bool): must be False (kept for signature compatibility).
-            norm (nn.Module, optional): a normalization layer applied after the convolution.
-            activation (callable(Tensor) -> Tensor, optional): applied after ``norm``.
-        """
-        assert not bias, "DeformConv has no bias (as in Detectron2); use ModulatedDeformConv"
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            deformable_groups,
-            False,
-            norm,
-            activation,
-        )
+    default_bias = False
+    supports_bias = False
 
     def forward(self, x, offset):
         """
@@ -233,47 +220,9 @@ class DeformConv(_DeformConvBase):
 class ModulatedDeformConv(_DeformConvBase):
     """
     Modulated deformable convolution (DCNv2, :paper:`deformconv2`): a drop-in replacement for
-    :class:`detectron2.layers.ModulatedDeformConv` that runs forward and backward on CPU and
-    can be traced and saved.
+    :class:`detectron2.layers.ModulatedDeformConv` (same constructor, bias by default) that
+    runs forward and backward on CPU and can be traced and saved.
     """
-
-    def __init__(
-        self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        deformable_groups=1,
-        bias=True,
-        norm=None,
-        activation=None,
-    ):
-        """
-        Arguments are those of :class:`detectron2.layers.ModulatedDeformConv`:
-
-        Args:
-            deformable_groups (int): number of groups of input channels that share offsets
-                and masks.
-            bias (bool): whether to add a learnable bias (initialised to 0).
-            norm (nn.Module, optional): a normalization layer applied after the convolution.
-            activation (callable(Tensor) -> Tensor, optional): applied after ``norm``.
-        """
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            deformable_groups,
-            bias,
-            norm,
-            activation,
-        )
 
     def forward(self, x, offset, mask):
         """

@@ -1,5 +1,6 @@
 """ATSS modeling: matcher, assigners, box coding, head, losses and the meta-architecture."""
 
+from .anchors import atss_anchor_args, atss_anchor_generator
 from .assigners import AnchorAssigner, iou_match, ssc_match, topk_match
 from .box_coding import PointBoxTransform, build_box_transform
 from .head import ATSSHead, Scale

@@ -1,6 +1,6 @@
 """The ATSS head: GN conv towers, classification, box and centerness predictors, per-level scale."""
 
-import logging
+import math
 from typing import List
 
 import torch
@@ -9,8 +9,6 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import Tensor, nn
 
 __all__ = ["ATSSHead", "Scale"]
-
-logger = logging.getLogger(__name__)
 
 
 class Scale(nn.Module):
@@ -36,7 +34,16 @@ class ATSSHead(RetinaNetHead):
     Weights are normal(0, 0.01) with zero bias (RetinaNetHead's init). With ``box_coding="POINT"``
     the box bias starts at 4, so that the initial box spans ±4 strides, the size of the 8·stride
     anchor (authors' POINT mode). With ``use_dcn=True`` the last conv of each tower is a
-    modulated deformable conv (DCNv2), as in the authors' DCN models.
+    modulated deformable conv (DCNv2) with its offset/mask conv, as in the authors' DCN models,
+    initialised by ``dcn_init``:
+
+    * ``"authors"`` (default; sfzhang15/ATSS ``atss.py`` + ``DFConv2d``): their init loop sets
+      every ``nn.Conv2d`` of the towers to normal(0, 0.01), zero bias — the offset/mask conv
+      included (it is a ``Conv2d``) — but skips the deformable conv itself (not a ``Conv2d``),
+      which keeps its layer's own init: uniform(±1/sqrt(C_in·kh·kw)), zero bias;
+    * ``"detectron2"``: the DCNv2 / Detectron2 convention, a zero offset/mask conv (all offsets
+      0, masks 0.5 at the start), and the deformable conv normal(0, 0.01) like the other tower
+      convs.
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class ATSSHead(RetinaNetHead):
         prior_prob: float = 0.01,
         box_coding: str = "BOX",
         use_dcn: bool = False,
+        dcn_init: str = "authors",
     ):
         """
         Args:
@@ -60,7 +68,12 @@ class ATSSHead(RetinaNetHead):
             prior_prob: initial foreground probability of every class.
             box_coding: "BOX" or "POINT" (only changes the box-bias init here).
             use_dcn: deformable last tower conv.
+            dcn_init: "authors" or "detectron2", the init of the deformable convs (see above).
         """
+        if dcn_init not in ("authors", "detectron2"):
+            raise ValueError(
+                f"ATSSHead: dcn_init must be 'authors' or 'detectron2', got {dcn_init!r}"
+            )
         conv_dims = [int(c) for c in conv_dims]
         super().__init__(
             input_shape=list(input_shape),
@@ -80,9 +93,9 @@ class ATSSHead(RetinaNetHead):
                 raise ValueError("ATSSHead: POINT box coding needs one anchor per location")
             nn.init.constant_(self.bbox_pred.bias, 4.0)
         if use_dcn:
-            self._use_deformable_last_conv(conv_dims)
+            self._use_deformable_last_conv(conv_dims, dcn_init)
 
-    def _use_deformable_last_conv(self, conv_dims):
+    def _use_deformable_last_conv(self, conv_dims, dcn_init):
         from ..layers import DeformConvWithOffset
 
         for tower in (self.cls_subnet, self.bbox_subnet):
@@ -90,9 +103,15 @@ class ATSSHead(RetinaNetHead):
             last = convs[-1]
             in_channels = tower[last].in_channels
             dcn = DeformConvWithOffset(in_channels, conv_dims[-1], kernel_size=3, padding=1)
-            nn.init.normal_(dcn.conv.weight, std=0.01)
-            if dcn.conv.bias is not None:
-                nn.init.constant_(dcn.conv.bias, 0.0)
+            if dcn_init == "authors":
+                nn.init.normal_(dcn.conv_offset.weight, std=0.01)
+                fan_in = in_channels * dcn.conv.kernel_size[0] * dcn.conv.kernel_size[1]
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(dcn.conv.weight, -bound, bound)
+            else:  # DeformConvWithOffset zero-initialises conv_offset itself
+                nn.init.normal_(dcn.conv.weight, std=0.01)
+            nn.init.constant_(dcn.conv_offset.bias, 0.0)
+            nn.init.constant_(dcn.conv.bias, 0.0)
             tower[last] = dcn
 
     def forward(self, features: List[Tensor]):

@@ -1,17 +1,16 @@
 """The ATSS detector on Detectron2's :class:`DenseDetector`."""
 
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.layers import batched_nms
 from detectron2.modeling import Backbone
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from .anchors import atss_anchor_generator
 from .assigners import AnchorAssigner
 from .box_coding import anchor_scale_of, build_box_transform
 from .losses import (
@@ -22,9 +21,11 @@ from .losses import (
     weighted_giou_loss,
 )
 
-__all__ = ["ATSS"]
+__all__ = ["ATSS", "BOX_CONVENTIONS"]
 
-logger = logging.getLogger(__name__)
+# "detectron2": continuous boxes (width x2 - x1). "authors": the boxes sfzhang15/ATSS writes to
+# its COCO results file, for evaluating their published weights as they did (see ATSS.__init__).
+BOX_CONVENTIONS = ("detectron2", "authors")
 
 
 class ATSS(DenseDetector):
@@ -54,13 +55,14 @@ class ATSS(DenseDetector):
         pixel_mean,
         pixel_std,
         input_format: Optional[str] = "BGR",
+        box_convention: str = "detectron2",
     ):
         """
         Args:
             backbone, head, head_in_features, pixel_mean, pixel_std: as in
                 :class:`DenseDetector`; the head returns (logits, bbox_reg, centerness).
             anchor_generator: default: one square anchor of side 8·stride per location,
-                centres at (i + 0.5)·stride (:class:`DefaultAnchorGenerator`, offset 0.5).
+                centres at (i + 0.5)·stride (:func:`atss.modeling.anchors.atss_anchor_generator`).
             box_coding: "BOX" (anchor deltas, weights 10, 10, 5, 5) or "POINT" (l, t, r, b
                 distances / stride, anchor-free "FCOS + ATSS").
             assigner: label assignment; default ``AnchorAssigner("ATSS", topk=9)``.
@@ -72,7 +74,22 @@ class ATSS(DenseDetector):
             test_nms_thresh: class-wise NMS IoU threshold.
             max_detections_per_image: detections kept per image after NMS.
             input_format: "BGR" or "RGB", the channel order the backbone expects.
+            box_convention: "detectron2" (continuous boxes, our own models) or "authors": output
+                the boxes the authors' code (maskrcnn-benchmark's legacy "+1" convention) writes
+                to its COCO results file, for evaluating their converted weights as they did.
+                Their decoder spans x2 - x1 = w - 1 around the same centre (ours: w), they clip
+                x1, x2 to [0, W_in - 1], run NMS with "+1" IoUs, scale x1, x2 by r = W_out / W_in
+                and write (x1·r, (x2 - x1)·r + 1). With "authors" each box (ours: x1', x2') is
+                shifted by half a pixel and clipped as theirs — x1 = clip(x1' + 0.5, 0, W_in - 1),
+                x2 + 1 = clip(x2' + 0.5, 1, W_in) — NMS then sees the same IoUs as theirs, and the
+                output is (x1·r, x2·r + 1): Detectron2's COCO writer (x, y, x2 - x1, y2 - y1)
+                then writes their numbers. At r = 1 that is their box 0.5 px right/down of ours,
+                same size. Not for TTA (the wrapper runs at r = 1 and merges its own way).
         """
+        if box_convention not in BOX_CONVENTIONS:
+            raise ValueError(
+                f"ATSS: box_convention must be one of {BOX_CONVENTIONS}, got {box_convention!r}"
+            )
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
@@ -81,9 +98,7 @@ class ATSS(DenseDetector):
         if anchor_generator is None:
             shapes = backbone.output_shape()
             strides = [shapes[f].stride for f in self.head_in_features]
-            anchor_generator = DefaultAnchorGenerator(
-                sizes=[[8 * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.5
-            )
+            anchor_generator = atss_anchor_generator(strides)
         self.anchor_generator = anchor_generator
         num_cell = anchor_generator.num_cell_anchors
         if len(set(num_cell)) != 1:
@@ -102,6 +117,7 @@ class ATSS(DenseDetector):
         self.test_nms_thresh = float(test_nms_thresh)
         self.max_detections_per_image = int(max_detections_per_image)
         self.input_format = input_format
+        self.box_convention = box_convention
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
@@ -111,7 +127,17 @@ class ATSS(DenseDetector):
             return []
         if self.training and not torch.jit.is_tracing():
             _check_finite_boxes(batched_inputs)
-        return super().forward(batched_inputs)
+        outputs = super().forward(batched_inputs)
+        if self.training or self.box_convention == "detectron2":
+            return outputs
+        for x, out in zip(batched_inputs, outputs):
+            in_h, in_w = x["image"].shape[-2:]
+            scale_x = x.get("width", in_w) / in_w
+            scale_y = x.get("height", in_h) / in_h
+            out["instances"].pred_boxes = Boxes(
+                authors_results_file_boxes(out["instances"].pred_boxes.tensor, scale_x, scale_y)
+            )
+        return outputs
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]):
         """
@@ -301,9 +327,13 @@ class ATSS(DenseDetector):
         # A diverged model can decode inf/NaN boxes: drop them rather than fail later.
         finite = torch.isfinite(boxes).all(dim=1)
         boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
+        if self.box_convention == "authors":
+            boxes = authors_clip(boxes, image_size)
+        else:
+            boxes = _clip(boxes, image_size)
         return Instances(
             image_size,
-            pred_boxes=Boxes(_clip(boxes, image_size)),
+            pred_boxes=Boxes(boxes),
             scores=scores.sqrt(),
             pred_classes=classes,
         )
@@ -321,6 +351,35 @@ def _clip(boxes: Tensor, image_size) -> Tensor:
     x = boxes[:, 0::2].clamp(min=0, max=w)
     y = boxes[:, 1::2].clamp(min=0, max=h)
     return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def authors_clip(boxes: Tensor, image_size) -> Tensor:
+    """
+    (R, 4) continuous XYXY boxes -> the authors' clipped "+1" boxes as half-open boxes
+    (x1, y1, x2 + 1, y2 + 1) of theirs: shifted by +0.5 px (their decoder's box is ours shrunk by
+    0.5 px per side, their "+1" widths add 1 back on the right), then clipped as their
+    ``clip_to_image`` clips x1, x2 to [0, W - 1]: x1 to [0, W - 1], x2 + 1 to [1, W].
+    """
+    h, w = image_size[0], image_size[1]
+    b = boxes + 0.5
+    x1 = b[:, 0].clamp(min=0, max=w - 1)
+    y1 = b[:, 1].clamp(min=0, max=h - 1)
+    x2 = b[:, 2].clamp(min=1, max=w)
+    y2 = b[:, 3].clamp(min=1, max=h)
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def authors_results_file_boxes(boxes: Tensor, scale_x, scale_y) -> Tensor:
+    """
+    Half-open boxes of :func:`authors_clip`, already scaled by (scale_x, scale_y) to the output
+    resolution (Detectron2's postprocess), -> the boxes whose (x1, y1, x2 - x1, y2 - y1) is what
+    the authors' ``coco_eval.py`` writes: their ``BoxList.resize`` scales x1 and the *inclusive*
+    x2 (ours minus 1), their xywh adds 1: x2_out = (x2 - 1)·s + 1.
+    """
+    out = boxes.clone()
+    out[:, 2] += 1 - scale_x
+    out[:, 3] += 1 - scale_y
+    return out
 
 
 def _check_finite_boxes(batched_inputs):

@@ -47,6 +47,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -234,10 +235,15 @@ def batched_box_voting(
 # ----------------------------------------------------------------------------- the wrapper
 class ATSSWithTTA(nn.Module):
     """
-    A detector with the authors' multi-scale + flip test-time augmentation and box voting (see
-    the module docstring). Like Detectron2's ``GeneralizedRCNNWithTTA``: call it with a list of
-    dataset dicts ("image" as a CHW tensor, or "file_name"; "height"/"width" of the original
-    image); returns one ``{"instances": Instances}`` per image, in original-image coordinates.
+    Wraps a trained detector ``model`` (an :class:`atss.ATSS`, or any Detectron2 dense detector
+    whose ``forward`` takes a list of ``{"image": CHW tensor}`` dicts and returns
+    ``{"instances"}`` in the input's resolution) and evaluates it with the authors' multi-scale
+    + flip test-time augmentation and box voting (see the module docstring): the wrapper
+    resizes and flips the image, calls ``model`` once per scale (and flip), and merges.
+
+    Like Detectron2's ``GeneralizedRCNNWithTTA``: call it with a list of dataset dicts ("image"
+    as a CHW tensor, or "file_name"; "height"/"width" of the original image); returns one
+    ``{"instances": Instances}`` per image, in original-image coordinates.
     """
 
     def __init__(
@@ -400,18 +406,7 @@ def build_tta_model(cfg, model: nn.Module) -> nn.Module:
         aug = test.get("aug", None)
     if aug is None or not aug.get("enabled", False):
         return model
-    params = _to_container(aug)
+    params = OmegaConf.to_container(aug, resolve=True) if isinstance(aug, DictConfig) else dict(aug)
     params.pop("enabled", None)
     logger.info("Test-time augmentation on: %s", params)
     return ATSSWithTTA(model, **params)
-
-
-def _to_container(node):
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with detectron2
-        pass
-    return dict(node)

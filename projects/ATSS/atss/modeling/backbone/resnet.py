@@ -33,10 +33,16 @@ from detectron2.layers import ModulatedDeformConv as D2ModulatedDeformConv
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 from detectron2.modeling.backbone.resnet import DeformBottleneckBlock as D2DeformBottleneckBlock
 from detectron2.modeling.backbone.resnet import ResNet
+from torch import nn
 
 from atss.layers import DeformConv, ModulatedDeformConv
 
-__all__ = ["DeformBottleneckBlock", "make_resnet_stages", "build_resnet"]
+__all__ = ["DCN_INITS", "DeformBottleneckBlock", "make_resnet_stages", "build_resnet"]
+
+# How a deformable conv's offset (and mask) predictor starts: "detectron2" zero-initialises it
+# (Detectron2's DeformBottleneckBlock, the DCNv2 paper), "authors" as sfzhang15/ATSS (their
+# maskrcnn-benchmark DFConv2d: kaiming-uniform with a=1, zero bias).
+DCN_INITS = ("authors", "detectron2")
 
 # Residual blocks in res2..res5 for each supported depth (as in Detectron2).
 _NUM_BLOCKS_PER_STAGE = {
@@ -88,8 +94,11 @@ class DeformBottleneckBlock(D2DeformBottleneckBlock):
     Detectron2's :class:`~detectron2.modeling.backbone.resnet.DeformBottleneckBlock` with its
     3x3 deformable conv ``conv2`` replaced by the torchvision-based op from
     :mod:`atss.layers`, so it runs forward and backward on CPU and traces into a saveable
-    module. Everything else (``conv2_offset`` predicting 18 or 27 channels per deformable group,
-    zero-initialised; forward; state-dict keys and shapes; initialisation) is Detectron2's.
+    module. Everything else (``conv2_offset`` predicting 18 or 27 channels per deformable group;
+    forward; state-dict keys and shapes; initialisation) is Detectron2's, except with
+    ``dcn_init="authors"``: then ``conv2_offset`` starts as in the authors' ``DFConv2d``
+    (``kaiming_uniform_(a=1)`` weight, zero bias) instead of zeros, so the offsets and masks of
+    an ImageNet-initialised backbone are not all 0 / 0.5 at the first step.
     """
 
     def __init__(
@@ -105,10 +114,14 @@ class DeformBottleneckBlock(D2DeformBottleneckBlock):
         dilation=1,
         deform_modulated=False,
         deform_num_groups=1,
+        dcn_init="detectron2",
     ):
         """
-        Arguments are those of Detectron2's ``DeformBottleneckBlock``.
+        Arguments are those of Detectron2's ``DeformBottleneckBlock``, plus ``dcn_init`` (one of
+        :data:`DCN_INITS`), the initialisation of ``conv2_offset``.
         """
+        if dcn_init not in DCN_INITS:
+            raise ValueError(f"DeformBottleneckBlock: dcn_init must be one of {DCN_INITS}")
         super().__init__(
             in_channels,
             out_channels,
@@ -122,6 +135,9 @@ class DeformBottleneckBlock(D2DeformBottleneckBlock):
             deform_num_groups=deform_num_groups,
         )
         self.conv2 = _torchvision_deform_conv_like(self.conv2)
+        if dcn_init == "authors":
+            nn.init.kaiming_uniform_(self.conv2_offset.weight, a=1)
+            nn.init.constant_(self.conv2_offset.bias, 0.0)
 
 
 def make_resnet_stages(
@@ -136,6 +152,7 @@ def make_resnet_stages(
     deform_on_per_stage=(False, False, False, False),
     deform_modulated=False,
     deform_num_groups=1,
+    dcn_init="detectron2",
 ):
     """
     Build the res2..res5 stages of a ResNet / ResNeXt exactly as Detectron2's yacs
@@ -160,6 +177,8 @@ def make_resnet_stages(
             convs (:class:`DeformBottleneckBlock`).
         deform_modulated (bool): DCNv2 (offsets + mask) instead of DCNv1.
         deform_num_groups (int): deformable groups of the deformable convs.
+        dcn_init (str): "detectron2" (zero offsets, Detectron2's builder) or "authors" (the
+            authors' offset init), see :class:`DeformBottleneckBlock`.
 
     Returns:
         list[list[CNNBlockBase]]: blocks of res2, res3, res4, res5.
@@ -210,6 +229,7 @@ def make_resnet_stages(
                     block_class=DeformBottleneckBlock,
                     deform_modulated=deform_modulated,
                     deform_num_groups=deform_num_groups,
+                    dcn_init=dcn_init,
                 )
             else:
                 stage_kwargs["block_class"] = BottleneckBlock
@@ -232,6 +252,7 @@ def build_resnet(
     deform_modulated=False,
     deform_num_groups=1,
     res5_dilation=1,
+    dcn_init="detectron2",
 ):
     """
     A :class:`detectron2.modeling.backbone.ResNet` with a ``BasicStem(3, 64, norm)`` and the
@@ -259,6 +280,7 @@ def build_resnet(
         deform_on_per_stage=deform_on_per_stage,
         deform_modulated=deform_modulated,
         deform_num_groups=deform_num_groups,
+        dcn_init=dcn_init,
     )
     # A plain list of str: ResNet keeps it as an attribute, and TorchScript scripting rejects
     # omegaconf ListConfig attributes.
