@@ -41,6 +41,8 @@ from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from atss.data.coco_json import register_datasets_from_config  # noqa: E402
+
 logger = logging.getLogger("demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -243,6 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts + trailing)
+        register_datasets_from_config(cfg, required=())
         device = str(cfg.train.get("device", "cpu"))
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"

@@ -44,6 +44,7 @@ from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
+from atss.data.coco_json import register_datasets_from_config  # noqa: E402
 from atss.engine import (  # noqa: E402
     AtomicDetectionCheckpointer,
     ResumableTrainingSampler,
@@ -183,6 +184,7 @@ def main(args):
     register_datasets()
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    register_datasets_from_config(cfg, required=("test",) if args.eval_only else ("train", "test"))
     resolve_device(cfg)
     default_setup(cfg, args)
 

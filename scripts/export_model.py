@@ -21,6 +21,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
 
+from atss.data.coco_json import register_datasets_from_config  # noqa: E402
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def load_model(config_file, opts, device, weights=""):
     from detectron2.config import LazyConfig, instantiate
 
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+    register_datasets_from_config(cfg, required=())
     model = instantiate(cfg.model).to(device).eval()
     if weights:
         if not os.path.isfile(weights):

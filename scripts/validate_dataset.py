@@ -9,6 +9,10 @@ or wrongly sized images at once instead of failing at the first one mid-training
     python scripts/validate_dataset.py treecrowns_train treecrowns_val --decode
     # a COCO-format JSON of your own
     python scripts/validate_dataset.py --coco-json ann.json --image-root images/ --decode
+    # the data given to a config on the command line (configs/Custom/*)
+    python scripts/validate_dataset.py --config-file configs/Custom/atss_MNV2_FPN_coco_json.py \
+        dataset.train.json_file=train.json dataset.train.image_root=images/ \
+        dataset.test.json_file=val.json dataset.test.image_root=images/ --decode
 
 Exit status 0 when the datasets can be used (repairs are reported, not fatal), 1 otherwise.
 """
@@ -40,13 +44,26 @@ def main(argv=None) -> int:
     parser.add_argument("--image-root", help="folder the JSON's file_name entries are relative to")
     parser.add_argument("--decode", action="store_true", help="read every image (slow)")
     parser.add_argument("--no-file-check", action="store_true", help="skip the existence check")
+    parser.add_argument("--config-file", help="a configs/Custom config (key=value overrides)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     import train_net  # registers the project's datasets, as in training
 
     train_net.register_datasets()
-    names = list(args.names)
+    names = [n for n in args.names if "=" not in n]
+    if args.config_file:  # key=value overrides stand among the names
+        from detectron2.config import LazyConfig
+
+        from atss.data.coco_json import register_datasets_from_config
+
+        opts = [n for n in args.names if "=" in n]
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), opts)
+        try:
+            names += register_datasets_from_config(cfg, required=())
+        except DatasetError as e:
+            print(f"ERROR {e}\nFAILED")
+            return 1
     if args.coco_json:
         if not args.image_root:
             parser.error("--coco-json needs --image-root")
