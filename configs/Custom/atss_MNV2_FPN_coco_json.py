@@ -45,6 +45,9 @@ TEST_SHORT_EDGE, MAX_SIZE = 512, 853
 dataset = dict(
     train=dict(json_file="", image_root=""),
     test=dict(json_file="", image_root=""),
+    # Set from the train JSON's categories by atss.data.coco_json.register_datasets_from_config;
+    # 1 is a placeholder that only a config loaded without data sees.
+    num_classes=1,
 )
 
 # --- model ---------------------------------------------------------------------------------
@@ -52,7 +55,8 @@ model.backbone = L(build_mobilenetv2_fpn)(out_channels=CHANNELS, freeze_at=2, pr
 model.pixel_mean = MOBILENET_V2_PIXEL_MEAN
 model.pixel_std = MOBILENET_V2_PIXEL_STD
 model.input_format = "RGB"
-model.num_classes = None  # None: from the train JSON's categories
+# From the data; `model.num_classes=N` on the command line forces a count.
+model.num_classes = "${dataset.num_classes}"
 model.head.input_shape = [ShapeSpec(channels=CHANNELS)] * 5
 model.head.conv_dims = [CHANNELS, CHANNELS]
 

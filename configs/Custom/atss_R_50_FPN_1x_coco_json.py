@@ -6,7 +6,7 @@
 #       dataset.train.json_file=data/train.json dataset.train.image_root=data/images \
 #       dataset.test.json_file=data/val.json dataset.test.image_root=data/images
 #
-# model.num_classes comes from the train JSON's categories (None below). The 1x schedule's steps
+# model.num_classes comes from the train JSON's categories. The 1x schedule's steps
 # (60k/80k of 90k) and warmup are fractions of the run, so `train.max_iter=N` rescales them; a
 # small dataset wants far fewer than 90k iterations (see the README, "Train on your own data").
 # To fine-tune a COCO-trained ATSS: `train.init_checkpoint=PATH.pth`; every weight but the
@@ -21,8 +21,12 @@ from ..COCO.atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer,
 dataset = dict(
     train=dict(json_file="", image_root=""),
     test=dict(json_file="", image_root=""),
+    # Set from the train JSON's categories by atss.data.coco_json.register_datasets_from_config;
+    # 1 is a placeholder that only a config loaded without data sees.
+    num_classes=1,
 )
-model.num_classes = None  # None: from the train JSON's categories
+# From the data; `model.num_classes=N` on the command line forces a count.
+model.num_classes = "${dataset.num_classes}"
 dataloader.train.dataset.names = CUSTOM_TRAIN
 dataloader.test.dataset.names = CUSTOM_TEST
 dataloader.evaluator = L(COCOEvaluator)(

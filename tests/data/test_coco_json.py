@@ -162,7 +162,6 @@ def test_reregistering_from_other_files_replaces_the_datasets(example, tmp_path)
 def test_r50_config_takes_the_class_count_from_the_data(example):
     """The GPU config composes the COCO recipe; its 80 classes are replaced by the data's."""
     cfg = load(R50, data_opts(example))
-    assert cfg.model.num_classes is None
     register_datasets_from_config(cfg)
     assert cfg.model.num_classes == 2 and cfg.model.head.num_classes == 2
     assert cfg.optimizer.lr == 0.01 and cfg.dataloader.train.total_batch_size == 16

@@ -13,8 +13,8 @@ applied and before anything reads a dataset or the class count. It
    ``load_coco_json`` maps the sorted ids to contiguous classes 0..N-1, and COCOEvaluator maps
    them back) and checks that the test JSON has the same ones (an error before training, not a
    wrong AP after it);
-3. sets ``model.num_classes`` to their number unless the config or the command line gave one
-   (``None`` in the Custom configs means "from the data");
+3. sets ``model.num_classes`` to their number unless the command line gave one (the Custom
+   configs' ``"${dataset.num_classes}"``, or ``None``, means "from the data");
 4. registers the datasets as ``custom_train`` and ``custom_test`` (the names the Custom configs'
    loaders and evaluator use), with the category names as ``thing_classes``.
 
@@ -29,6 +29,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from omegaconf import OmegaConf
 
 from .registration import register_coco_json
 from .validation import DatasetError
@@ -121,11 +122,16 @@ def _check_same_categories(
 
 
 def _set_num_classes(cfg, num_classes: int, source: str) -> None:
-    """``model.num_classes`` from the data unless set: ``None`` means "from the data". A given
-    count smaller than the data's is an error (labels would fall outside the classifier);
-    a larger one leaves unused outputs, which is allowed (e.g. to keep a checkpoint's layout)."""
-    given = cfg.model.get("num_classes")
+    """``model.num_classes`` from the data unless given. "From the data" is an interpolation
+    (the Custom configs' ``"${dataset.num_classes}"``) or ``None``; a number (the command
+    line's ``model.num_classes=N``) is the user's. A given count smaller than the data's is an
+    error (labels would fall outside the classifier); a larger one leaves unused outputs, which
+    is allowed."""
+    from_data = OmegaConf.is_interpolation(cfg.model, "num_classes")
+    given = None if from_data else cfg.model.get("num_classes")
     if given is None:
+        if "num_classes" in cfg.dataset:
+            cfg.dataset.num_classes = num_classes
         cfg.model.num_classes = num_classes
         logger.info(f"model.num_classes={num_classes}, from the categories of {source}")
     elif given < num_classes:
