@@ -24,7 +24,6 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
-from detectron2.config import LazyConfig
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -32,7 +31,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
-from atss.engine import register_project_datasets
+from atss.engine.config import load_config
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
 
 logger = logging.getLogger("demo")
@@ -184,12 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
     try:
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts + trailing)
+        cfg = load_config(args.config_file, args.opts + trailing)
         predictor = ATSSPredictor(cfg)
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
-    register_project_datasets()  # so that the project's datasets have their class names
     classes = dataset_class_names(cfg, predictor.model.num_classes)
     metadata = Metadata(name="demo", thing_classes=classes) if classes else Metadata(name="demo")
     names = "unknown, indices shown"

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from atss.engine.config import load_config
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript
 
 
@@ -37,9 +38,9 @@ def parse_args(argv=None):
 
 def load_model(config_file, opts, device, weights=""):
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+    cfg = load_config(config_file, opts)
     model = instantiate(cfg.model).to(device).eval()
     if weights:
         if not os.path.isfile(weights):

@@ -26,6 +26,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from atss.engine import resolve_device, shortened_schedule_overrides
+from atss.engine.config import load_config
 from atss.engine.metrics import median_iteration_time, read_metrics
 from atss.engine.predictor import ATSSPredictor
 from atss.engine.train_loop import main as train_or_evaluate
@@ -99,7 +100,7 @@ def main(argv=None):
     results = train_or_evaluate(eval_args)
     t_eval = time.time() - t1
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), eval_args.opts)
+    cfg = load_config(args.config_file, eval_args.opts)
     resolve_device(cfg)
     png, record, n_gt, n_det = visualise(cfg, out)
 

@@ -9,6 +9,10 @@ or wrongly sized images at once instead of failing at the first one mid-training
     python scripts/validate_dataset.py treecrowns_train treecrowns_val --decode
     # a COCO-format JSON of your own
     python scripts/validate_dataset.py --coco-json ann.json --image-root images/ --decode
+    # the data given to a config on the command line (configs/Custom/*)
+    python scripts/validate_dataset.py --config-file configs/Custom/atss_MNV2_FPN_coco_json.py \
+        dataset.train.json_file=train.json dataset.train.image_root=images/ \
+        dataset.test.json_file=val.json dataset.test.image_root=images/ --decode
 
 Exit status 0 when the datasets can be used (repairs are reported, not fatal), 1 otherwise.
 """
@@ -20,7 +24,7 @@ import sys
 
 from atss.data import DatasetError, find_unreadable_images, get_checked_detection_dataset_dicts
 from atss.data.registration import register_coco_json
-from atss.engine import register_project_datasets
+from atss.engine.config import config_dataset_names, load_config
 
 
 def main(argv=None) -> int:
@@ -30,11 +34,23 @@ def main(argv=None) -> int:
     parser.add_argument("--image-root", help="folder the JSON's file_name entries are relative to")
     parser.add_argument("--decode", action="store_true", help="read every image (slow)")
     parser.add_argument("--no-file-check", action="store_true", help="skip the existence check")
+    parser.add_argument("--config-file", help="a configs/Custom config (key=value overrides)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    register_project_datasets()  # as in training
-    names = list(args.names)
+    names = [n for n in args.names if "=" not in n]
+    overrides = [n for n in args.names if "=" in n]
+    if overrides and not args.config_file:
+        parser.error(f"key=value overrides {overrides} need --config-file")
+    try:
+        # Registers the project's datasets (as in training) and those the config is given.
+        cfg = load_config(args.config_file, overrides) if args.config_file else None
+    except DatasetError as e:
+        print(f"ERROR {e}")
+        print("FAILED")
+        return 1
+    if cfg is not None:
+        names += config_dataset_names(cfg)
     if args.coco_json:
         if not args.image_root:
             parser.error("--coco-json needs --image-root")

@@ -6,6 +6,12 @@ import random
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import (
+    _filter_reused_missing_keys,
+    _group_checkpoint_keys,
+    _group_to_str,
+    _IncompatibleKeys,
+)
 
 from ..fileio import atomic_write
 
@@ -42,6 +48,20 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self._write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        """One warning line for the tensors not loaded (fvcore logs one line per tensor plus
+        multi-line lists): typically the classifier's output layer when fine-tuning a COCO
+        model to another class count, which then keeps its fresh (prior-probability) init."""
+        missing = _filter_reused_missing_keys(self.model, incompatible.missing_keys)
+        incompatible = _IncompatibleKeys(
+            missing_keys=missing,
+            unexpected_keys=incompatible.unexpected_keys,
+            incorrect_shapes=incompatible.incorrect_shapes,
+        )
+        message = incompatible_keys_message(incompatible, self.model.state_dict().keys())
+        if message:
+            self.logger.warning(message)
+
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         self._write(path, lambda f: f.write(last_filename_basename.encode()))
@@ -54,6 +74,48 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self.path_manager.mkdirs(os.path.dirname(path))
         with self.path_manager.open(path, "wb") as f:
             write(f)
+
+
+def _grouped(keys) -> str:
+    """``head.cls_score.{bias, weight}, ...``: keys grouped by their module (fvcore's style)."""
+    return ", ".join(sorted(k + _group_to_str(v) for k, v in _group_checkpoint_keys(keys).items()))
+
+
+def incompatible_keys_message(incompatible: _IncompatibleKeys, model_keys) -> str:
+    """One line saying which model tensors were not loaded and why, or "" if all were.
+
+    Args:
+        incompatible: what fvcore's ``_load_model`` reports (``incorrect_shapes`` as
+            ``(key, checkpoint shape, model shape)``, ``missing_keys``, ``unexpected_keys``).
+        model_keys: the keys of the model's state dict (for the count of loaded tensors).
+    """
+    # fvcore drops the tensors of another shape before load_state_dict, which then reports
+    # them as missing too: count each once, under its reason.
+    other_shape = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in other_shape]
+    parts = []
+    if incompatible.incorrect_shapes:
+        shapes = [
+            f"{k} {tuple(ckpt)} in the checkpoint vs {tuple(model)} in the model"
+            for k, ckpt, model in incompatible.incorrect_shapes
+        ]
+        parts.append("shape differs (e.g. another class count): " + ", ".join(shapes))
+    if missing:
+        parts.append("not in the checkpoint: " + _grouped(missing))
+    if not parts and not incompatible.unexpected_keys:
+        return ""
+    not_loaded = len(other_shape) + len(missing)
+    message = (
+        f"Loaded {len(model_keys) - not_loaded} of {len(model_keys)} model tensors; "
+        f"{not_loaded} keep their initialisation"
+    )
+    if parts:
+        message += ": " + "; ".join(parts)
+    if incompatible.unexpected_keys:
+        message += "; checkpoint tensors the model has no place for: " + _grouped(
+            incompatible.unexpected_keys
+        )
+    return message
 
 
 class RNGState:

@@ -12,12 +12,13 @@ What it adds to Detectron2's script:
   checkpoint; no optimizer step is taken with it;
 * evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
   ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
-* the project's datasets are registered in every process (:func:`register_project_datasets`).
+* the project's datasets, and those given on the command line, are registered in every process
+  (:func:`~.config.load_config`).
 """
 
 import logging
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -27,7 +28,7 @@ from detectron2.utils.registry import locate
 from atss.modeling.tta import build_tta_model
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
-from .datasets import register_project_datasets
+from .config import load_config
 from .device import resolve_device
 from .sampler import ResumableTrainingSampler
 
@@ -142,9 +143,10 @@ def main(args):
     Returns:
         the evaluation results with ``--eval-only``, else None.
     """
-    register_project_datasets()
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    # Before default_setup, so that the saved config.yaml holds the class count of the data.
+    cfg = load_config(
+        args.config_file, args.opts, data_splits=("test",) if args.eval_only else ("train", "test")
+    )
     resolve_device(cfg)
     default_setup(cfg, args)
 

@@ -1,0 +1,175 @@
+"""Datasets given on the command line (atss.data.coco_json): paths, categories, class count,
+registration, and the two configs/Custom configs."""
+
+import json
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from atss.data import DatasetError, get_checked_detection_dataset_dicts
+from atss.data.coco_example import write_coco_example
+from atss.data.coco_json import CUSTOM_TEST, CUSTOM_TRAIN, register_datasets_from_config
+
+MNV2 = "configs/Custom/atss_MNV2_FPN_coco_json.py"
+R50 = "configs/Custom/atss_R_50_FPN_1x_coco_json.py"
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """6 train + 3 val images, categories {3: rectangle, 7: ellipse}."""
+    return write_coco_example(str(tmp_path_factory.mktemp("coco")), 6, 3, size=(64, 96))
+
+
+def data_opts(paths, train_json=None, test_json=None):
+    return [
+        f"dataset.train.json_file={train_json or paths['train_json']}",
+        f"dataset.train.image_root={paths['image_root']}",
+        f"dataset.test.json_file={test_json or paths['val_json']}",
+        f"dataset.test.image_root={paths['image_root']}",
+    ]
+
+
+def load(config, opts):
+    return LazyConfig.apply_overrides(LazyConfig.load(config), opts)
+
+
+def test_registers_both_splits_with_the_json_classes(example):
+    """Class names and count come from the train JSON; the sparse ids 3 and 7 become classes
+    0 and 1 in the loaded records (oracle: the JSON read here). Fails if the class count is
+    taken from the largest id (8), if ids are used as labels (id - 1), or if the datasets are
+    not registered under the names the configs' loaders use."""
+    cfg = load(MNV2, data_opts(example))
+    names = register_datasets_from_config(cfg)
+    assert names == [CUSTOM_TRAIN, CUSTOM_TEST]
+    assert cfg.dataloader.train.dataset.names == CUSTOM_TRAIN
+    assert cfg.dataloader.test.dataset.names == CUSTOM_TEST
+    assert cfg.model.num_classes == 2 and cfg.model.head.num_classes == 2
+    assert MetadataCatalog.get(CUSTOM_TRAIN).thing_classes == ["rectangle", "ellipse"]
+    with open(example["train_json"]) as f:
+        coco = json.load(f)
+    expected = sorted(
+        (a["image_id"], tuple(a["bbox"]), {3: 0, 7: 1}[a["category_id"]])
+        for a in coco["annotations"]
+    )
+    records = DatasetCatalog.get(CUSTOM_TRAIN)
+    got = sorted(
+        (r["image_id"], tuple(a["bbox"]), a["category_id"])
+        for r in records
+        for a in r["annotations"]
+    )
+    assert got == expected
+
+
+def test_grey_png_loads_as_three_channels(example):
+    """An 8-bit grey PNG (every third example image) goes through the checked loader and mapper
+    as a (3, H, W) image. Fails if grey images are passed on with one channel."""
+    cfg = load(MNV2, data_opts(example))
+    register_datasets_from_config(cfg)
+    dicts = get_checked_detection_dataset_dicts(CUSTOM_TRAIN)
+    record = next(d for d in dicts if d["file_name"].endswith("000002.png"))
+    from PIL import Image
+
+    assert Image.open(record["file_name"]).mode == "L"
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    image = mapper(record)["image"]
+    assert image.shape[0] == 3 and torch.equal(image[0], image[1])
+
+
+def test_given_num_classes_is_kept_and_too_small_is_an_error(example):
+    """``model.num_classes`` given on the command line wins (larger than the data: allowed);
+    smaller than the data's category count is an error naming the key. Fails if the data
+    silently overwrite the user's value or if a too small value is accepted."""
+    cfg = load(MNV2, data_opts(example) + ["model.num_classes=5"])
+    register_datasets_from_config(cfg)
+    assert cfg.model.num_classes == 5 and cfg.model.head.num_classes == 5
+    cfg = load(MNV2, data_opts(example) + ["model.num_classes=1"])
+    with pytest.raises(DatasetError, match="model.num_classes=1"):
+        register_datasets_from_config(cfg)
+
+
+def test_test_categories_differing_from_train_is_an_error(example, tmp_path):
+    """A test JSON whose categories differ (a renamed class, same ids) fails before anything
+    is trained, naming both files and the differing (id, name). Fails if only the count or
+    only the ids are compared, or if the test categories are not checked."""
+    with open(example["val_json"]) as f:
+        coco = json.load(f)
+    coco["categories"] = [{"id": 3, "name": "rectangle"}, {"id": 7, "name": "circle"}]
+    other = tmp_path / "val_renamed.json"
+    other.write_text(json.dumps(coco))
+    cfg = load(MNV2, data_opts(example, test_json=str(other)))
+    with pytest.raises(DatasetError) as e:
+        register_datasets_from_config(cfg)
+    message = str(e.value)
+    assert str(other) in message and example["train_json"] in message
+    assert "(7, 'circle')" in message and "(7, 'ellipse')" in message
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("dataset.train.json_file", "/nonexistent/train.json"),
+        ("dataset.train.image_root", "/nonexistent/images"),
+        ("dataset.test.json_file", "/nonexistent/val.json"),
+        ("dataset.test.image_root", "/nonexistent/val_images"),
+    ],
+)
+def test_bad_path_names_the_key_and_the_path(example, key, value):
+    """Each of the four keys pointing nowhere gives an error with ``key=path``. Fails if a
+    path is not checked (Detectron2 would fail later with a bare FileNotFoundError) or the
+    message names the wrong key."""
+    cfg = load(MNV2, data_opts(example) + [f"{key}={value}"])
+    with pytest.raises(DatasetError, match=f"{key}={value}"):
+        register_datasets_from_config(cfg)
+
+
+def test_missing_split_names_the_keys(example):
+    """Training needs both splits, evaluation the test split, demo/export either one. Fails if
+    a missing split is only noticed when the loader asks for an unregistered dataset."""
+    train_only = load(MNV2, data_opts(example)[:2])
+    with pytest.raises(DatasetError, match="dataset.test.json_file=PATH"):
+        register_datasets_from_config(train_only)
+    test_only = load(MNV2, data_opts(example)[2:])
+    assert register_datasets_from_config(test_only, required=("test",)) == [CUSTOM_TEST]
+    assert test_only.model.num_classes == 2  # from the test JSON when there is no train JSON
+    with pytest.raises(DatasetError, match="dataset.train.json_file=PATH"):
+        register_datasets_from_config(load(MNV2, []), required=())
+
+
+def test_config_without_dataset_node_is_left_alone():
+    """Configs that name registered datasets (tree crowns, shapes) are untouched."""
+    cfg = LazyConfig.load("configs/Shapes/atss_tiny_shapes.py")
+    before = LazyConfig.to_py(cfg)
+    assert register_datasets_from_config(cfg) == []
+    assert LazyConfig.to_py(cfg) == before
+
+
+def test_reregistering_from_other_files_replaces_the_datasets(example, tmp_path):
+    """Calling again (every process, every entry point) with the same files is a no-op; with
+    other files the custom_* datasets follow the new config. Fails if a second call raises
+    (Detectron2 refuses a name twice) or keeps serving the first dataset."""
+    cfg = load(MNV2, data_opts(example))
+    register_datasets_from_config(cfg)
+    register_datasets_from_config(load(MNV2, data_opts(example)))
+    other = write_coco_example(str(tmp_path), 2, 1, size=(64, 80), seed=5)
+    register_datasets_from_config(load(MNV2, data_opts(other)))
+    assert MetadataCatalog.get(CUSTOM_TRAIN).json_file == os.path.abspath(other["train_json"])
+    assert len(DatasetCatalog.get(CUSTOM_TRAIN)) == 2
+
+
+def test_r50_config_takes_the_class_count_from_the_data(example):
+    """The GPU config composes the COCO recipe; its 80 classes are replaced by the data's."""
+    cfg = load(R50, data_opts(example))
+    register_datasets_from_config(cfg)
+    assert cfg.model.num_classes == 2 and cfg.model.head.num_classes == 2
+    assert cfg.optimizer.lr == 0.01 and cfg.dataloader.train.total_batch_size == 16
+
+
+def test_mnv2_model_has_one_output_per_class(example):
+    """The instantiated head predicts the data's 2 classes (the classifier's output channels)."""
+    cfg = load(MNV2, data_opts(example) + ["model.backbone.pretrained=False"])
+    register_datasets_from_config(cfg)
+    model = instantiate(cfg.model)
+    assert model.num_classes == 2 and model.head.cls_score.out_channels == 2  # 1 anchor
