@@ -41,6 +41,8 @@ from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from atss.engine.cli import reject_flags_in_overrides  # noqa: E402
+
 logger = logging.getLogger("demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -238,6 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, trailing = split_overrides(argv)
     args = get_parser().parse_args(rest)
+    reject_flags_in_overrides(args.opts + trailing)
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2

@@ -38,7 +38,6 @@ from detectron2.engine import (  # noqa: E402
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
@@ -49,6 +48,7 @@ from atss.engine import (  # noqa: E402
     ResumableTrainingSampler,
     RNGState,
 )
+from atss.engine.cli import launch_training, parse_launch_args  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
@@ -198,16 +198,9 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = parse_launch_args(default_argument_parser())  # + --dist-timeout; flags after overrides
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_training(main, args)  # Detectron2's launch, with --dist-timeout
 
 
 if __name__ == "__main__":

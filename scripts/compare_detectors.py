@@ -305,6 +305,9 @@ def main():
     for p in (t, r):
         p.add_argument("--output", default=os.path.join(ROOT, "output", "compare"))
     args = parser.parse_args()
+    from atss.engine.cli import reject_flags_in_overrides
+
+    reject_flags_in_overrides(getattr(args, "opts", []))
     timing(args) if args.mode == "timing" else train(args)
 
 

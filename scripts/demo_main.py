@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import train_net  # noqa: E402  (puts this checkout's projects/ATSS on sys.path)
+from atss.engine.cli import reject_flags_in_overrides  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py")
 SCORE_THRESH = 0.3  # detections drawn in the PNG (the AP uses all of them)
@@ -90,6 +91,7 @@ def visualise(cfg, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    reject_flags_in_overrides(args.opts, argv)
     out = os.path.abspath(args.output_dir)
     opts = [f"train.output_dir={out}"]
     if args.max_iter:

@@ -21,6 +21,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
 
+from atss.engine.cli import reject_flags_in_overrides  # noqa: E402
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript  # noqa: E402
 
 
@@ -74,6 +75,7 @@ def sample_images(args, input_format):
 
 def main(argv=None):
     args = parse_args(argv)
+    reject_flags_in_overrides(args.opts, argv)
     model = load_model(args.config_file, args.opts, args.device, args.weights)
     images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
     ext = "ts" if args.format == "torchscript" else "onnx"
