@@ -114,12 +114,15 @@ ENTRY_POINTS = {  # script -> argv with a flag after an override; the config doe
 
 
 @pytest.mark.parametrize("script", sorted(ENTRY_POINTS))
-def test_every_entry_point_with_overrides_refuses_a_flag_among_them(script, monkeypatch, capsys):
+def test_every_entry_point_with_overrides_refuses_a_flag_among_them(
+    script, monkeypatch, capsys, tmp_path
+):
     """Fails for an entry point that does not call reject_flags_in_overrides before using its
     overrides (it would then fail on the missing config, or start working)."""
     argv = ENTRY_POINTS[script]
     module = _load_script(script)
     monkeypatch.setattr(sys, "argv", [script, *argv])
+    monkeypatch.chdir(tmp_path)  # without the check, compare_detectors would start runs in o/
     with pytest.raises(SystemExit) as e:
         module.main() if script.endswith("compare_detectors.py") else module.main(argv)
     assert e.value.code == 2

@@ -41,10 +41,11 @@ def test_without_cuda_it_says_so_and_exits_0_having_run_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_any_failed_check_makes_the_exit_status_non_zero(monkeypatch, capsys):
+def test_any_failed_check_makes_the_exit_status_non_zero(monkeypatch, capsys, tmp_path):
     """The runner catches a check's exception, reports it in the table and main() returns 1;
     with only passing or skipped checks it returns 0."""
     gpu_check = _gpu_check_module()
+    monkeypatch.setattr(gpu_check.tempfile, "tempdir", str(tmp_path))  # its work folder
 
     def broken(device, num_cases):
         raise gpu_check.CheckFailed("seed 3 (grid): 2 anchors differ")
