@@ -68,7 +68,7 @@ def test_any_failed_check_makes_the_exit_status_non_zero(monkeypatch, capsys, tm
 def test_cpu_smoke_run_passes_every_check(tmp_path):
     """Every check's code runs (against the CPU, at small sizes) and passes: catches a broken
     API call in a path that otherwise only runs on a GPU machine."""
-    proc = _run(tmp_path, "--device", "cpu", "--cases", "4", "--gts", "100", "--steps", "1")
+    proc = _run(tmp_path, "--device", "cpu", "--cases", "2", "--gts", "100", "--steps", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout.split("| detail", 1)[1]
     for name in ["matcher_random", "matcher_100_gts", "amp_training", "inference", "export"]:
