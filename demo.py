@@ -31,6 +31,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
+from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
 
@@ -179,6 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, trailing = split_overrides(argv)
     args = get_parser().parse_args(rest)
+    reject_flags_in_overrides(args.opts + trailing)
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2

@@ -12,22 +12,17 @@ Detectron2's script); ``import atss`` needs the package installed (``pip install
 ``make venv`` does).
 """
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
+from atss.engine.cli import launch_training, parse_launch_args
 from atss.engine.train_loop import main
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    # Detectron2's flags + --dist-timeout; a --flag written among the overrides is refused.
+    args = parse_launch_args(default_argument_parser())
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_training(main, args)  # Detectron2's launch, bounded rendezvous
 
 
 if __name__ == "__main__":

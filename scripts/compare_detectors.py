@@ -31,6 +31,7 @@ import sys
 import time
 
 from atss.engine import shortened_schedule_overrides
+from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.metrics import read_metrics, summarize_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,6 +280,7 @@ def main():
     for p in (t, r):
         p.add_argument("--output", default=os.path.join(ROOT, "output", "compare"))
     args = parser.parse_args()
+    reject_flags_in_overrides(getattr(args, "opts", []))
     timing(args) if args.mode == "timing" else train(args)
 
 

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript
 
@@ -71,6 +72,7 @@ def sample_images(args, input_format):
 
 def main(argv=None):
     args = parse_args(argv)
+    reject_flags_in_overrides(args.opts, argv)
     model = load_model(args.config_file, args.opts, args.device, args.weights)
     images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
     ext = "ts" if args.format == "torchscript" else "onnx"

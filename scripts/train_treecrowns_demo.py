@@ -26,6 +26,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from atss.engine import resolve_device, shortened_schedule_overrides
+from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.metrics import median_iteration_time, read_metrics
 from atss.engine.predictor import ATSSPredictor
@@ -83,6 +84,7 @@ def visualise(cfg, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    reject_flags_in_overrides(args.opts, argv)
     out = os.path.abspath(args.output_dir)
     opts = [f"train.output_dir={out}"]
     if args.max_iter:

@@ -1,0 +1,194 @@
+"""atss.engine.cli: flags written after the key=value overrides are refused by every entry point
+that takes overrides, and a machine that cannot complete the rendezvous stops in bounded time
+with a message saying what to check."""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from detectron2.engine import default_argument_parser
+
+from atss.engine.cli import flags_among_overrides, parse_launch_args, reject_flags_in_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = "configs/Shapes/atss_tiny_shapes.py"
+# The issue's example: a new user appends --machine-rank after an override.
+MISPLACED = [
+    "--config-file",
+    CONFIG,
+    "--num-machines",
+    "2",
+    "train.max_iter=4",
+    "--machine-rank",
+    "1",
+]
+
+
+def _load_script(relpath):
+    """Import an entry-point script as a module (without running its ``__main__`` block)."""
+    path = os.path.join(ROOT, relpath)
+    name = "_entry_" + relpath.replace("/", "_").replace(".py", "")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_detectron2_parser_alone_takes_a_late_flag_as_an_override():
+    """The bug this module exists for (so the tests below test something real): argparse's
+    REMAINDER puts ``--machine-rank 1`` into the overrides and the machine runs as rank 0."""
+    args = default_argument_parser().parse_args(MISPLACED)
+    assert args.machine_rank == 0 and args.opts == ["train.max_iter=4", "--machine-rank", "1"]
+
+
+def test_a_late_flag_is_refused_with_where_flags_go(capsys):
+    """Fails if the check is skipped (parse succeeds as rank 0) or the message does not say
+    where flags go; the suggested command line must put the flag and its value before the
+    overrides."""
+    with pytest.raises(SystemExit) as e:
+        parse_launch_args(default_argument_parser(), MISPLACED)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'--machine-rank'" in err and "Flags go before the overrides" in err
+    fixed = err.split("e.g.: ", 1)[1].split()[1:]  # without the program name
+    assert fixed == [*MISPLACED[:4], "--machine-rank", "1", "train.max_iter=4"]
+    assert parse_launch_args(default_argument_parser(), fixed).machine_rank == 1
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["optimizer.lr=-1"],  # a negative value
+        ["model.pixel_mean=[-1.0,0,1]", "train.output_dir=/tmp/a-b/--c"],  # dashes inside values
+        ["+train.extra=1", "++train.more=2", "~train.amp"],  # Hydra's add / force-add / delete
+        [],
+    ],
+)
+def test_valid_overrides_pass(opts):
+    """Fails if the check flags any token containing a dash, or any token without '='."""
+    assert flags_among_overrides(opts) == []
+    reject_flags_in_overrides(opts, argv=["--config-file", CONFIG, *opts], prog="x")
+    args = parse_launch_args(default_argument_parser(), ["--config-file", CONFIG, *opts])
+    assert args.opts == opts
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-machines", "2", "--machine-rank", "2"], "--machine-rank 2 is not in 0..1"),
+        (["--dist-timeout", "0"], "--dist-timeout must be positive"),
+    ],
+)
+def test_impossible_launch_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_launch_args(default_argument_parser(), ["--config-file", CONFIG, *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_dist_timeout_defaults_to_detectron2s():
+    args = parse_launch_args(default_argument_parser(), ["--config-file", CONFIG])
+    assert args.dist_timeout == 30 * 60
+
+
+ENTRY_POINTS = {  # script -> argv with a flag after an override; the config does not exist,
+    # so an entry point that skipped the check would fail later with a different error.
+    "scripts/train_treecrowns_demo.py": [
+        "--config-file",
+        "missing.py",
+        "train.max_iter=4",
+        "--skip-train",
+    ],
+    "scripts/export_model.py": [
+        "--config-file",
+        "missing.py",
+        "--output",
+        "o",
+        "a.b=1",
+        "--opset",
+        "17",
+    ],
+    # demo.py and compare_detectors.py take overrides after --opts (nargs '*' / '+'); argparse
+    # only lets a flag-like token in when it looks like a negative number.
+    "demo.py": ["--config-file", "missing.py", "--input", "x.jpg", "--opts", "a.b=1", "-1"],
+    "scripts/compare_detectors.py": ["train", "--opts", "a.b=1", "-1", "--output", "o"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(ENTRY_POINTS))
+def test_every_entry_point_with_overrides_refuses_a_flag_among_them(
+    script, monkeypatch, capsys, tmp_path
+):
+    """Fails for an entry point that does not call reject_flags_in_overrides before using its
+    overrides (it would then fail on the missing config, or start working)."""
+    argv = ENTRY_POINTS[script]
+    module = _load_script(script)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    monkeypatch.chdir(tmp_path)  # without the check, compare_detectors would start runs in o/
+    with pytest.raises(SystemExit) as e:
+        module.main() if script.endswith("compare_detectors.py") else module.main(argv)
+    assert e.value.code == 2
+    assert "Flags go before the overrides" in capsys.readouterr().err
+
+
+def test_train_net_command_line_refuses_a_late_flag_before_launching(tmp_path):
+    """The issue's command, run as a user would: refused at once (exit 2), nothing launched."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", *MISPLACED, f"train.output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "'--machine-rank' came after the first key=value" in proc.stderr
+    assert not out.exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_unreachable_rendezvous_fails_within_the_timeout_with_a_clear_message(tmp_path):
+    """Machine 1 pointed at a port nobody listens on, and machine 0 whose peer never comes,
+    both with --dist-timeout 3: each exits non-zero well before Detectron2's default 30 minutes
+    with a message naming the URL and what to check. Fails if the timeout is not passed to
+    launch (the processes would still be waiting at the deadline) or if the worker's traceback
+    is left as the only message."""
+    timeout_s, limit_s = 3, 240  # limit: spawn + imports on a loaded 2-core machine, then 3 s
+    procs = {}
+    start = time.monotonic()
+    for rank in (0, 1):
+        url = f"tcp://127.0.0.1:{_free_port()}"
+        cmd = [sys.executable, "train_net.py", "--config-file", CONFIG, "--num-machines", "2"]
+        cmd += ["--machine-rank", str(rank), "--dist-url", url, "--dist-timeout", str(timeout_s)]
+        cmd += [f"train.output_dir={tmp_path / str(rank)}"]
+        log = open(tmp_path / f"rank{rank}.log", "w+")
+        procs[rank] = (
+            subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
+            log,
+            url,
+        )
+    try:
+        for rank, (proc, log, url) in procs.items():
+            rc = proc.wait(timeout=max(1.0, limit_s - (time.monotonic() - start)))
+            log.seek(0)
+            text = log.read()
+            assert rc != 0, text[-3000:]
+            assert f"machine {rank} of 2 could not join the process group" in text, text[-3000:]
+            assert f"--dist-url {url} within --dist-timeout 3 s" in text
+            assert "that machine 0 is running" in text
+        # The machine-0 message carries torch's reason: its peer never arrived.
+        assert "waiting for clients" in open(tmp_path / "rank0.log").read()
+        assert "trying to connect" in open(tmp_path / "rank1.log").read()
+    finally:
+        for proc, log, _ in procs.values():
+            proc.kill()
+            log.close()
