@@ -49,6 +49,8 @@ from atss.engine import (  # noqa: E402
     ResumableTrainingSampler,
     RNGState,
 )
+from atss.evaluation import build_evaluator  # noqa: E402
+from atss.inference import build_tiled_model  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
@@ -86,7 +88,7 @@ def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        build_tiled_model(cfg, model), instantiate(cfg.dataloader.test), build_evaluator(cfg)
     )
     if comm.is_main_process():
         print_csv_format(results)

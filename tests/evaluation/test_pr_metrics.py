@@ -211,11 +211,11 @@ def test_field_metrics_per_class_overall_and_images():
 
 
 # ------------------------------------------------------------------------------ evaluator
-def test_evaluator_writes_json_png_and_returns_floats(tmp_path, caplog):
+def test_evaluator_writes_json_png_and_returns_floats(tmp_path):
     """The evaluator on a registered 2-image dataset, one tree each: a hit on one image and a
-    miss (one false detection) on the other give P 0.5, R 0.5; JSON and PNG written; the returned values are floats
-    (Detectron2's EvalHook refuses anything else). Fails if unprocessed images counted or
-    predictions are not mapped back by image_id."""
+    miss (one false detection) on the other give P 0.5, R 0.5; JSON and PNG written; the
+    returned values are floats (Detectron2's EvalHook refuses anything else). Fails if
+    predictions are not mapped back to their image by image_id."""
     name = "pr_metrics_test_dataset"
     dicts = [
         {
@@ -255,3 +255,31 @@ def test_evaluator_writes_json_png_and_returns_floats(tmp_path, caplog):
     saved = json.loads((tmp_path / "field_metrics.json").read_text())
     assert saved["overall"]["best_f1"]["tp"] == 1 and saved["iou_threshold"] == 0.4
     assert (tmp_path / "field_metrics_pr.png").stat().st_size > 1000
+
+
+def test_build_evaluator_adds_field_metrics_beside_the_configs_evaluator():
+    """train_net's evaluator: the config's COCOEvaluator plus the field metrics on the same
+    dataset, with test.iou_threshold / test.score_threshold / train.output_dir from the config.
+    Fails if the overrides are not passed on, or the COCO evaluator is replaced."""
+    from detectron2.config import LazyConfig
+    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+    from atss.data import register_all_shapes
+    from atss.evaluation import build_evaluator
+
+    register_all_shapes()
+    cfg = LazyConfig.load("configs/Shapes/atss_tiny_shapes.py")
+    cfg = LazyConfig.apply_overrides(
+        cfg,
+        ["test.iou_threshold=0.4", "test.score_threshold=0.1", "train.output_dir=/tmp/x_out"],
+    )
+    ev = build_evaluator(cfg)
+    assert isinstance(ev, DatasetEvaluators)
+    coco, field = ev._evaluators
+    assert isinstance(coco, COCOEvaluator) and isinstance(field, FieldMetricsEvaluator)
+    assert field.dataset_name == cfg.dataloader.test.dataset.names
+    assert (field.iou_threshold, field.score_threshold, field.output_dir) == (
+        0.4,
+        0.1,
+        "/tmp/x_out",
+    )

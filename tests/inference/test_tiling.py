@@ -252,3 +252,22 @@ def test_config_switch():
     on = LazyConfig.apply_overrides(cfg, ["test.tile.size=256", "test.tile.overlap=48"])
     tiled = build_tiled_model(on, model)
     assert isinstance(tiled, TiledDetector) and (tiled.size, tiled.overlap) == (256, 48)
+
+
+# ------------------------------------------------------------------------------ entry points
+from tests.test_demo import setup  # noqa: E402,F401  (the demo's tiny model, config, images)
+
+
+def test_demo_tile_options(setup, tmp_path):  # noqa: F811
+    """demo.py --tile-size/--tile-overlap runs the tiled model and writes the pictures; an
+    overlap not smaller than the tile is refused with exit status 2. Fails if the options are
+    not wired or a bad overlap crashes with a traceback."""
+    from demo import main
+
+    base = ["--config-file", str(setup["config"]), "--input", *map(str, setup["images"])]
+    base += [f"train.init_checkpoint={setup['weights']}"]
+    out = tmp_path / "tiled"
+    assert main(base + ["--output", str(out), "--tile-size", "48", "--tile-overlap", "16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png"]
+    bad = ["--output", str(tmp_path / "bad"), "--tile-size", "48", "--tile-overlap", "48"]
+    assert main(base + bad) == 2

@@ -406,7 +406,9 @@ class FieldMetricsEvaluator(DatasetEvaluator):
         result = field_metrics(
             predictions, ground_truths, classes, self.iou_threshold, self.score_threshold
         )
-        logger.info(f"Field metrics on {self.dataset_name}:\n" + format_table(result))
+        table = f"Field metrics on {self.dataset_name}:\n" + format_table(result)
+        print(table, flush=True)  # printed: this module's logger is not set up by default_setup
+        logger.info(table)
         if self.output_dir:
             PathManager.mkdirs(self.output_dir)
             json_path = os.path.join(self.output_dir, "field_metrics.json")
