@@ -34,6 +34,7 @@ from tqdm import tqdm
 from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
+from atss.inference import TiledDetector
 
 logger = logging.getLogger("demo")
 
@@ -56,6 +57,16 @@ def get_parser():
         type=float,
         default=0.5,
         help="minimum score of a drawn detection (ATSS scores are sqrt(p_class * p_centerness))",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="tiled inference: tile side (0 = off)",
+    )
+    parser.add_argument(
+        "--tile-overlap", type=int, default=0, metavar="PIXELS", help="tile overlap"
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
     return parser
@@ -191,6 +202,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
     classes = dataset_class_names(cfg, predictor.model.num_classes)
+    if args.tile_size:  # large images: run the model on overlapping tiles
+        try:
+            predictor.model = TiledDetector(
+                predictor.model, size=args.tile_size, overlap=args.tile_overlap
+            )
+        except ValueError as e:
+            logger.error(f"--tile-size {args.tile_size} --tile-overlap {args.tile_overlap}: {e}")
+            return 2
     metadata = Metadata(name="demo", thing_classes=classes) if classes else Metadata(name="demo")
     names = "unknown, indices shown"
     if classes:

@@ -26,5 +26,12 @@ test = dict(
         # The authors keep 1000 boxes per image; COCO's AP then uses <= 100 per image and class.
         max_detections_per_image=1000,
         batch_size=2,
-    )
+    ),
+    # Tiled inference for large images (atss.inference.tiling.TiledDetector, whose arguments the
+    # keys are): tile side and overlap in model-input pixels; size 0 = off.
+    tile=dict(size=0, overlap=0, merge_type="nms", batch_size=1),
+    # Field metrics (atss.evaluation.pr_metrics): precision / recall / F1 at this IoU, at the
+    # F1-best score threshold and, when set, at score_threshold.
+    iou_threshold=0.5,
+    score_threshold=None,
 )

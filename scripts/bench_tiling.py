@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""
+Peak memory and time of tiled vs untiled inference on large square mosaics made from the
+tree-crown images (deepforest's largest YELL crop repeated to 1k, 4k, 8k px).
+
+    python scripts/bench_tiling.py                                  # 1024 4096 8192, both modes
+    python scripts/bench_tiling.py --sizes 1024 4096 --tile-size 512 --tile-overlap 64 \
+        --weights output/atss_MNV2_FPN_treecrowns_xsite/model_final.pth
+
+Every case runs in a fresh subprocess (peak RSS = ``resource.getrusage`` maxrss of that process:
+the model, the mosaic and the inference) under an address-space cap (``--mem-cap-gb``), so an
+untiled case too large for this machine fails alone instead of swapping it; such a case is
+reported as not fitting. Columns: ``rss_before_MB`` (model + mosaic loaded, before inference),
+``peak_MB``, ``seconds`` (inference only), ``dets`` (detections returned).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = os.path.join(ROOT, "configs", "TreeCrowns", "atss_MNV2_FPN_treecrowns_xsite.py")
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_case(args) -> dict:
+    """One measurement, in this process (the child)."""
+    import numpy as np
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    from atss.data.treecrowns import find_annotated_images
+    from atss.inference import TiledDetector
+
+    torch.set_num_threads(args.threads)
+    cfg = LazyConfig.load(args.config_file)
+    cfg.model.backbone.pretrained = False  # the weights come from --weights (or stay random)
+    model = instantiate(cfg.model).eval()
+    if args.weights:
+        DetectionCheckpointer(model).load(args.weights)
+    if args.mode == "tiled":
+        model = TiledDetector(model, size=args.tile_size, overlap=args.tile_overlap).eval()
+
+    from PIL import Image
+
+    source = max(find_annotated_images(), key=lambda im: im.width * im.height)
+    with Image.open(source.image_path) as im:
+        pixels = np.asarray(im.convert("RGB"))  # the model's input format (RGB)
+    n = args.size
+    reps = (-(-n // pixels.shape[0]), -(-n // pixels.shape[1]), 1)
+    mosaic = np.ascontiguousarray(np.tile(pixels, reps)[:n, :n].transpose(2, 0, 1))
+    del pixels
+    image = torch.from_numpy(mosaic)  # uint8 (3, n, n), held once
+    before = maxrss_mb()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model([{"image": image, "height": n, "width": n}])[0]["instances"]
+    seconds = time.perf_counter() - start
+    return {
+        "size": n,
+        "mode": args.mode,
+        "rss_before_MB": round(before),
+        "peak_MB": round(maxrss_mb()),
+        "seconds": round(seconds, 1),
+        "dets": len(out),
+        "source": source.image_path.name,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192])
+    parser.add_argument("--modes", nargs="+", default=["tiled", "untiled"])
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--tile-overlap", type=int, default=64)
+    parser.add_argument("--config-file", default=CONFIG)
+    parser.add_argument("--weights", default="", help="checkpoint (default: random weights)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    parser.add_argument("--mem-cap-gb", type=float, default=10.0, help="address-space cap")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # child: one case
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.size is not None:  # child process
+        cap = int(args.mem_cap_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        print("RESULT " + json.dumps(run_case(args)), flush=True)
+        return 0
+
+    common = [
+        f"--tile-size={args.tile_size}",
+        f"--tile-overlap={args.tile_overlap}",
+        f"--config-file={args.config_file}",
+        f"--weights={args.weights}",
+        f"--threads={args.threads}",
+        f"--mem-cap-gb={args.mem_cap_gb}",
+    ]
+    print(
+        f"tiles {args.tile_size} px, overlap {args.tile_overlap} px; {args.threads} thread(s); "
+        f"address space capped at {args.mem_cap_gb:g} GB per case"
+    )
+    print(
+        f"{'size':>6} {'mode':>8} {'rss_before_MB':>14} {'peak_MB':>8} {'seconds':>8} {'dets':>5}"
+    )
+    rows = []
+    for size in args.sizes:
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, f"--size={size}", f"--mode={mode}", *common]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode == 0 and lines:
+                    row = json.loads(lines[-1][len("RESULT ") :])
+                else:
+                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    row = {"size": size, "mode": mode, "failed": tail[:200]}
+            except subprocess.TimeoutExpired:
+                row = {"size": size, "mode": mode, "failed": f"over {args.timeout:g} s"}
+            rows.append(row)
+            if "failed" in row:
+                print(f"{size:>6} {mode:>8}  did not fit: {row['failed']}", flush=True)
+            else:
+                print(
+                    f"{size:>6} {mode:>8} {row['rss_before_MB']:>14} {row['peak_MB']:>8} "
+                    f"{row['seconds']:>8} {row['dets']:>5}",
+                    flush=True,
+                )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
