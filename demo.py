@@ -65,6 +65,12 @@ def get_parser():
         default=0.5,
         help="minimum score of a drawn detection (ATSS scores are sqrt(p_class * p_centerness))",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=["eager", "onnxruntime"],
+        default="eager",
+        help="onnxruntime: export once (cached next to the weights) and run the ONNX model",
+    )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
     return parser
 
@@ -246,7 +252,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = str(cfg.train.get("device", "cpu"))
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
-        predictor = Predictor(cfg, device)
+        if args.runtime == "onnxruntime":
+            from atss.engine.onnx_runtime import OnnxPredictor
+
+            predictor = OnnxPredictor(cfg, device)
+        else:
+            predictor = Predictor(cfg, device)
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
