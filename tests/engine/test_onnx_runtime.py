@@ -1,4 +1,4 @@
-"""atss.engine.onnx_runtime and `demo.py --runtime onnxruntime`: same detections as eager, cached."""
+"""atss.engine.onnx_runtime, `demo.py --runtime onnxruntime`: eager detections, cached export."""
 
 import textwrap
 
