@@ -218,7 +218,7 @@ class MobileNetV2Backbone(Backbone):
         """
         assert x.dim() == 4, f"MobileNetV2Backbone takes (N, C, H, W) input, got {tuple(x.shape)}"
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            pass
         outputs = {}
         for i in range(self._num_blocks):
             x = self.features[i](x)
