@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
+from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
 from atss.inference import TiledDetector
 
@@ -67,6 +68,12 @@ def get_parser():
     )
     parser.add_argument(
         "--tile-overlap", type=int, default=0, metavar="PIXELS", help="tile overlap"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["eager", "onnxruntime"],
+        default="eager",
+        help="onnxruntime: export once (cached next to the weights) and run the ONNX model",
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
     return parser
@@ -195,9 +202,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
+    if args.tile_size and args.runtime != "eager":
+        logger.error("--tile-size runs the eager model on tiles: use it with --runtime eager")
+        return 2
     try:
         cfg = load_config(args.config_file, args.opts + trailing)
-        predictor = ATSSPredictor(cfg)
+        if args.runtime == "onnxruntime":  # exported once, cached next to the weights
+            predictor = OnnxPredictor(cfg)
+        else:
+            predictor = ATSSPredictor(cfg)
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2

@@ -41,7 +41,9 @@ CHANNELS = 128
 MAX_DETS = 300
 
 # --- model ---------------------------------------------------------------------------------
-model.backbone = L(build_mobilenetv2_fpn)(out_channels=CHANNELS, freeze_at=2, pretrained=True)
+model.backbone = L(build_mobilenetv2_fpn)(
+    out_channels=CHANNELS, freeze_at=2, pretrained=True, channels_last=True
+)  # channels_last: ~1.5x faster CPU training step, same results (docs/profile_train_step.md)
 model.pixel_mean = MOBILENET_V2_PIXEL_MEAN
 model.pixel_std = MOBILENET_V2_PIXEL_STD
 model.input_format = "RGB"

@@ -10,7 +10,7 @@ Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 
 """
 
 import os
-from typing import List, Sequence
+from typing import BinaryIO, List, Sequence, Union
 
 import torch
 from detectron2.export import TracingAdapter
@@ -53,8 +53,11 @@ def export_torchscript(model: nn.Module, images: Sequence[Tensor], path: str):
     return traced
 
 
-def export_onnx(model: nn.Module, images: Sequence[Tensor], path: str, opset: int = 16):
-    """Export ``model`` to ONNX (``opset`` >= 16) with dynamic image height and width."""
+def export_onnx(
+    model: nn.Module, images: Sequence[Tensor], path: Union[str, BinaryIO], opset: int = 16
+):
+    """Export ``model`` to ONNX (``opset`` >= 16) with dynamic image height and width, into the
+    file ``path`` or a binary file object."""
     if opset < 16:
         raise ValueError(f"export_onnx: opset {opset} < 16 is not supported")
     adapter = build_traceable(model, images)
@@ -65,7 +68,8 @@ def export_onnx(model: nn.Module, images: Sequence[Tensor], path: str, opset: in
     for name in output_names:
         if not name.startswith("image_size"):
             dynamic[name] = {0: "detections"}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if isinstance(path, str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             adapter,

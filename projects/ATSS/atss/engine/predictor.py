@@ -65,10 +65,15 @@ class ATSSPredictor:
             the detections, in the coordinates of ``image`` (on :attr:`device`).
         """
         height, width = image.shape[:2]
+        tensor = torch.as_tensor(self.preprocess(image))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The (3, H', W') float32 input of the model for an (H, W, 3) uint8 ``image``: resized
+        like the test loader, channels first."""
         aug_input = T.AugInput(np.ascontiguousarray(image))
         self.augmentations(aug_input)
-        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+        return np.ascontiguousarray(aug_input.image.astype("float32").transpose(2, 0, 1))
 
 
 def dataset_class_names(cfg, num_classes: int) -> Optional[List[str]]:

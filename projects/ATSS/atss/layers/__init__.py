@@ -1,3 +1,4 @@
 """atss.layers"""
 
 from .deform_conv import DeformConv, DeformConvWithOffset, ModulatedDeformConv
+from .frozen_bn import FoldedConvBNSequential, conv_frozen_bn, fold_frozen_batchnorm

@@ -44,6 +44,8 @@ from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
+from ...layers.frozen_bn import fold_frozen_batchnorm
+
 __all__ = [
     "MOBILENET_V2_PIXEL_MEAN",
     "MOBILENET_V2_PIXEL_STD",
@@ -139,6 +141,7 @@ class MobileNetV2Backbone(Backbone):
         norm: str = "FrozenBN",
         out_features: Sequence[str] = ("m3", "m4", "m5"),
         weights_path: Optional[str] = None,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -151,6 +154,10 @@ class MobileNetV2Backbone(Backbone):
                 FrozenBN).
             out_features: stage names to return, a subset of stem, m2, m3, m4, m5.
             weights_path: checkpoint to load instead of the packaged one.
+            channels_last: run in ``torch.channels_last`` memory format (weights and input), so
+                every later conv, FPN and head included, gets channels-last activations: the
+                same results up to float rounding, faster oneDNN convolutions on the CPU
+                (docs/profile_train_step.md).
         """
         super().__init__()
         names = [s[0] for s in _STAGES]
@@ -183,6 +190,9 @@ class MobileNetV2Backbone(Backbone):
         self._num_blocks = _STAGES[last][2]
         self._stage_ends = {s[2]: s[0] for s in _STAGES}
         self.freeze(freeze_at)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # .to(device) and checkpoint loading keep these strides
+            self.features.to(memory_format=torch.channels_last)
 
     def freeze(self, freeze_at: int = 0):
         """Freeze the first ``freeze_at`` stages: parameters get ``requires_grad=False`` and
@@ -194,6 +204,8 @@ class MobileNetV2Backbone(Backbone):
                 for p in block.parameters():
                     p.requires_grad = False
                 self.features[i] = FrozenBatchNorm2d.convert_frozen_batchnorm(block)
+        # Conv + frozen BN as one conv (same parameters and state dict; atss/layers/frozen_bn.py)
+        fold_frozen_batchnorm(self.features)
         return self
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -205,6 +217,8 @@ class MobileNetV2Backbone(Backbone):
             dict stage name -> (N, C, ceil(H / stride), ceil(W / stride)) for ``out_features``.
         """
         assert x.dim() == 4, f"MobileNetV2Backbone takes (N, C, H, W) input, got {tuple(x.shape)}"
+        if self.channels_last:
+            pass
         outputs = {}
         for i in range(self._num_blocks):
             x = self.features[i](x)
@@ -229,6 +243,7 @@ def build_mobilenetv2_fpn(
     norm: str = "FrozenBN",
     fpn_norm: str = "",
     weights_path: Optional[str] = None,
+    channels_last: bool = False,
 ) -> FPN:
     """MobileNetV2-FPN with P3-P7 (strides 8, 16, 32, 64, 128), usable from LazyConfig::
 
@@ -238,7 +253,8 @@ def build_mobilenetv2_fpn(
 
     Args:
         out_channels: channels of every FPN level.
-        freeze_at, pretrained, norm, weights_path: see :class:`MobileNetV2Backbone`.
+        freeze_at, pretrained, norm, weights_path, channels_last: see
+            :class:`MobileNetV2Backbone`.
         fpn_norm: norm of the FPN lateral/output convs ("" = none, as Detectron2's FCOS).
 
     Returns:
@@ -250,6 +266,7 @@ def build_mobilenetv2_fpn(
         norm=norm,
         out_features=("m3", "m4", "m5"),
         weights_path=weights_path,
+        channels_last=channels_last,
     )
     return FPN(
         bottom_up=bottom_up,

@@ -1,0 +1,151 @@
+"""atss.engine.onnx_runtime, `demo.py --runtime onnxruntime`: eager detections, cached export."""
+
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig
+from detectron2.data import transforms as T
+from detectron2.utils.events import EventStorage
+
+import atss.export
+from atss.engine.onnx_runtime import OnnxPredictor, onnx_cache_path
+from tests.atss_testing import make_inputs, tiny_model
+
+SIZE = (136, 168)  # image size; the test resize makes it 160 x 198 (a real rescale)
+# The tiny ResNet-18 FPN of the test suite (BGR input), its test loader resizing to 160 px.
+CONFIG = """
+from tests.atss_testing import tiny_model_cfg
+
+_cfg = tiny_model_cfg(num_classes=3)
+model = _cfg.model
+dataloader = _cfg.dataloader
+train = _cfg.train
+train.device = "cpu"
+dataloader.test.dataset.names = "shapes_val"
+dataloader.test.mapper.augmentations[0].short_edge_length = 160
+dataloader.test.mapper.augmentations[0].max_size = 1333
+"""
+TOLERANCE = 1e-4  # tests/test_export.py's ONNX tolerance
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model fitted for 8 steps on one image (so it detects on it), its weights, config
+    file and that image as a BGR PNG."""
+    root = tmp_path_factory.mktemp("onnx_rt")
+    model = tiny_model()
+    boxes = [torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])]
+    inputs = make_inputs([SIZE], boxes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    model.train()
+    for _ in range(8):
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    weights = root / "weights" / "tiny.pth"
+    weights.parent.mkdir()
+    torch.save({"model": model.state_dict()}, weights)
+    config = root / "tiny_config.py"
+    config.write_text(textwrap.dedent(CONFIG))
+    bgr = inputs[0]["image"].permute(1, 2, 0).numpy().astype(np.uint8)  # model format is BGR
+    image = root / "img.png"
+    cv2.imwrite(str(image), bgr)
+    return {"root": root, "weights": weights, "config": config, "bgr": bgr, "image": image}
+
+
+def _cfg(setup, *overrides):
+    cfg = LazyConfig.load(str(setup["config"]))
+    return LazyConfig.apply_overrides(
+        cfg, [f"train.init_checkpoint={setup['weights']}", *overrides]
+    )
+
+
+def _eager_oracle(cfg, bgr):
+    """The eager model on Detectron2's own resize of ``bgr``, answered at the original size."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    model = instantiate(cfg.model).eval()
+    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    resized = T.ResizeShortestEdge(160, 1333).get_transform(bgr).apply_image(bgr)
+    image = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    with torch.no_grad():
+        out = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])
+    return out[0]["instances"]
+
+
+def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(setup):
+    """
+    Boxes and scores within the export tolerance, identical classes, in the coordinates of the
+    original (not the resized) image. Fails if the ONNX outputs are not scaled back from the
+    resized input, if the channel order or the resize differ from eager, or if the graph is wrong.
+    """
+    cfg = _cfg(setup)
+    expected = _eager_oracle(cfg, setup["bgr"])
+    got = OnnxPredictor(cfg)(setup["bgr"])
+    assert len(expected) > 0 and len(got) == len(expected)
+    assert got.image_size == SIZE
+    np.testing.assert_allclose(
+        got.pred_boxes.tensor.numpy(), expected.pred_boxes.tensor.numpy(), atol=TOLERANCE, rtol=0
+    )
+    np.testing.assert_allclose(got.scores.numpy(), expected.scores.numpy(), atol=TOLERANCE, rtol=0)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+
+
+def test_export_is_cached_next_to_the_weights_and_keyed(setup, monkeypatch):
+    """
+    A second predictor reuses the file without exporting; other weights bytes or another model
+    config get another file. Fails if the cache is ignored (re-export every run) or if its key
+    misses the weights or the config (a stale graph would run).
+    """
+    first = OnnxPredictor(_cfg(setup))
+    assert first.onnx_path.startswith(str(setup["weights"].parent))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this model")
+
+    monkeypatch.setattr(atss.export, "export_onnx", refuse)
+    second = OnnxPredictor(_cfg(setup))
+    assert second.onnx_path == first.onnx_path
+    np.testing.assert_array_equal(
+        second(setup["bgr"]).scores.numpy(), first(setup["bgr"]).scores.numpy()
+    )
+
+    path = onnx_cache_path(_cfg(setup).model, str(setup["weights"]))
+    assert path == first.onnx_path
+    assert onnx_cache_path(_cfg(setup, "model.test_nms_thresh=0.5").model, path) != path
+    other = setup["root"] / "weights" / "other.pth"
+    state = torch.load(setup["weights"])
+    state["model"]["head.cls_score.bias"] += 1.0
+    torch.save(state, other)
+    renamed = setup["root"] / "weights" / "tiny_copy.pth"
+    renamed.write_bytes(other.read_bytes())
+    assert onnx_cache_path(_cfg(setup).model, str(renamed)).split(".")[-2] != path.split(".")[-2]
+
+
+@pytest.mark.slow
+def test_demo_with_onnxruntime_draws_what_eager_draws(setup, tmp_path):
+    """
+    `demo.py --runtime onnxruntime` writes the same annotated image as the eager demo (up to a
+    few anti-aliased pixels). Fails if the flag is not wired, or draws other detections.
+    """
+    from demo import main
+
+    drawn = {}
+    for runtime in ("eager", "onnxruntime"):
+        out = tmp_path / runtime
+        argv = ["--config-file", str(setup["config"]), "--input", str(setup["image"])]
+        argv += ["--output", str(out), "--runtime", runtime, "--confidence-threshold", "0.05"]
+        np.random.seed(0)  # Visualizer draws each box in a random colour
+        assert main(argv + [f"train.init_checkpoint={setup['weights']}"]) == 0
+        drawn[runtime] = cv2.imread(str(out / "img.png"))
+    assert drawn["eager"].shape == drawn["onnxruntime"].shape
+    differs = np.abs(drawn["eager"].astype(int) - drawn["onnxruntime"]).max(axis=2) > 0
+    assert differs.mean() < 0.001, differs.mean()
+    blank = cv2.imread(str(setup["image"]))
+    assert (np.abs(drawn["eager"].astype(int) - blank).max(axis=2) > 0).mean() > 0.01  # drawn
