@@ -277,6 +277,8 @@ def test_dcn_configs_initialise_deformable_convs_as_the_authors(path):
     assert cfg.model.backbone.bottom_up.stages.dcn_init == "authors"
     other = LazyConfig.apply_overrides(copy.deepcopy(cfg), ["model.head.dcn_init=detectron2"])
     assert other.model.backbone.bottom_up.stages.dcn_init == "detectron2"
+    # Our non-DCN base keeps Detectron2's convention (a head switched to DCN by hand gets it).
+    assert _cfg("configs/COCO/atss_R_50_FPN_1x.py").model.head.dcn_init == "detectron2"
 
 
 def test_tta_switch_wraps_the_model_only_when_on():

@@ -80,13 +80,18 @@ def _is_uniform_in(w, bound):
 
 def test_dcn_towers_start_as_in_the_authors_code():
     """
-    dcn_init="authors" (the default, used by the dcnv2 configs): sfzhang15/ATSS's head init loop
+    dcn_init="authors" (set by the dcnv2 configs): sfzhang15/ATSS's head init loop
     sets every nn.Conv2d to N(0, 0.01), zero bias — DFConv2d's offset/mask conv is one — and
     skips its ModulatedDeformConv, which keeps its own reset_parameters():
     uniform(±1/sqrt(C_in·3·3)), zero bias. Fails if the deformable weights get N(0, 0.01)
     or the offset conv stays zero (the Detectron2 convention).
     """
-    head = _head(use_dcn=True, conv_dims=[64, 64], input_shape=[ShapeSpec(channels=64)] * 3)
+    head = _head(
+        use_dcn=True,
+        dcn_init="authors",
+        conv_dims=[64, 64],
+        input_shape=[ShapeSpec(channels=64)] * 3,
+    )
     bound = 1.0 / (64 * 3 * 3) ** 0.5  # 1/24, independent of the code: C_in = 64, 3x3 kernel
     for tower in (head.cls_subnet, head.bbox_subnet):
         dcn = tower[-3]
@@ -99,14 +104,14 @@ def test_dcn_towers_start_as_in_the_authors_code():
 
 def test_dcn_towers_detectron2_init_is_reachable():
     """
-    dcn_init="detectron2": zero offset/mask conv (offsets 0, masks 0.5 at the start, the DCNv2
-    convention) and N(0, 0.01) deformable weights like the other tower convs. Fails if the switch
-    is ignored (authors' init) or an unknown value is accepted silently.
+    dcn_init="detectron2" (the default): zero offset/mask conv (offsets 0, masks 0.5 at the
+    start, the DCNv2 convention) and N(0, 0.01) deformable weights like the other tower convs.
+    Fails if the switch is ignored (authors' init) or an unknown value is accepted silently.
     """
-    head = _head(use_dcn=True, dcn_init="detectron2")
-    for tower in (head.cls_subnet, head.bbox_subnet):
-        dcn = tower[-3]
-        assert torch.all(dcn.conv_offset.weight == 0) and torch.all(dcn.conv_offset.bias == 0)
-        assert abs(dcn.conv.weight.std().item() - 0.01) < 0.001
+    for head in (_head(use_dcn=True, dcn_init="detectron2"), _head(use_dcn=True)):
+        for tower in (head.cls_subnet, head.bbox_subnet):
+            dcn = tower[-3]
+            assert torch.all(dcn.conv_offset.weight == 0) and torch.all(dcn.conv_offset.bias == 0)
+            assert abs(dcn.conv.weight.std().item() - 0.01) < 0.001
     with pytest.raises(ValueError, match="dcn_init"):
         _head(use_dcn=True, dcn_init="zero")

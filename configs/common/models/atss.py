@@ -23,8 +23,9 @@ model.head.num_anchors = 1
 model.head.box_coding = "${..box_coding}"
 model.head.use_dcn = False
 # How the deformable convs start when use_dcn is on (head, and the backbone's DCN stages follow
-# it, see backbones.py): "authors" (sfzhang15/ATSS) or "detectron2" (zero offset/mask convs).
-model.head.dcn_init = "authors"
+# it, see backbones.py): "detectron2" (zero offset/mask convs) or "authors" (sfzhang15/ATSS),
+# which use_backbone(..., dcn=True) sets for the dcnv2 configs.
+model.head.dcn_init = "detectron2"
 
 # Authors' inference: raw p > 0.05, top 1000 per level by p*c, class-wise NMS 0.6, 100 per image.
 model.test_score_thresh = 0.05

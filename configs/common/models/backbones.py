@@ -68,10 +68,10 @@ def use_backbone(model, train, name, dcn=False):
     """
     Put backbone `name` (a key of BACKBONES) into an ATSS `model` config and its ImageNet
     checkpoint into `train.init_checkpoint`. dcn=True adds the authors' DCNv2: in the backbone
-    stages of `dcn_stages` and in the last conv of both head towers; the backbone's offset convs
-    are initialised as `model.head.dcn_init` says ("authors": kaiming-uniform a=1 as their
-    DFConv2d; "detectron2": zeros). Everything else (FrozenBN, freeze_at, FPN, head) stays as
-    in the base config.
+    stages of `dcn_stages` and in the last conv of both head towers, initialised as the authors'
+    code does (`model.head.dcn_init = "authors"`; the backbone's offset convs follow that switch:
+    "authors" kaiming-uniform a=1 as their DFConv2d, "detectron2" zeros). Everything else
+    (FrozenBN, freeze_at, FPN, head) stays as in the base config.
     """
     spec = BACKBONES[name]
     model.backbone.bottom_up.stages = L(make_resnet_stages)(
@@ -85,6 +85,7 @@ def use_backbone(model, train, name, dcn=False):
         deform_num_groups=1,
     )
     if dcn:
+        model.head.dcn_init = "authors"
         # One switch for head and backbone (relative to stages: bottom_up, backbone, model).
         model.backbone.bottom_up.stages.dcn_init = "${....head.dcn_init}"
     model.head.use_dcn = bool(dcn)

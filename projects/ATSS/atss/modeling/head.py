@@ -37,13 +37,13 @@ class ATSSHead(RetinaNetHead):
     modulated deformable conv (DCNv2) with its offset/mask conv, as in the authors' DCN models,
     initialised by ``dcn_init``:
 
-    * ``"authors"`` (default; sfzhang15/ATSS ``atss.py`` + ``DFConv2d``): their init loop sets
-      every ``nn.Conv2d`` of the towers to normal(0, 0.01), zero bias — the offset/mask conv
-      included (it is a ``Conv2d``) — but skips the deformable conv itself (not a ``Conv2d``),
-      which keeps its layer's own init: uniform(±1/sqrt(C_in·kh·kw)), zero bias;
-    * ``"detectron2"``: the DCNv2 / Detectron2 convention, a zero offset/mask conv (all offsets
-      0, masks 0.5 at the start), and the deformable conv normal(0, 0.01) like the other tower
-      convs.
+    * ``"authors"`` (set by the ``dcnv2`` configs; sfzhang15/ATSS ``atss.py`` + ``DFConv2d``):
+      their init loop sets every ``nn.Conv2d`` of the towers to normal(0, 0.01), zero bias — the
+      offset/mask conv included (it is a ``Conv2d``) — but skips the deformable conv itself (not
+      a ``Conv2d``), which keeps its layer's own init: uniform(±1/sqrt(C_in·kh·kw)), zero bias;
+    * ``"detectron2"`` (default): the DCNv2 / Detectron2 convention, a zero offset/mask conv
+      (all offsets 0, masks 0.5 at the start), and the deformable conv normal(0, 0.01) like the
+      other tower convs.
     """
 
     def __init__(
@@ -57,7 +57,7 @@ class ATSSHead(RetinaNetHead):
         prior_prob: float = 0.01,
         box_coding: str = "BOX",
         use_dcn: bool = False,
-        dcn_init: str = "authors",
+        dcn_init: str = "detectron2",
     ):
         """
         Args:
