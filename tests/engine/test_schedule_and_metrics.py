@@ -40,8 +40,15 @@ def test_shorter_schedules_scale_the_steps_proportionally_rounding_down():
         scale_milestones([3], 0, 5)
 
 
-def test_a_scheduler_without_milestones_is_refused_naming_the_key():
+def test_a_scheduler_without_milestones_or_too_short_a_run_is_refused_naming_the_key():
+    """Two iterations would scale the steps 800/1000 to [1, 1], which Detectron2's scheduler
+    rejects with a message that names neither: the rule refuses it, naming the config key."""
     cfg = LazyConfig.load(TREECROWNS)
+    with pytest.raises(
+        ValueError, match=r"max_iter=2 is too short.*scheduler.milestones.*\[1, 1\]"
+    ):
+        shortened_schedule_overrides(cfg, 2)
+    assert shortened_schedule_overrides(cfg, 4)[-1] == "lr_multiplier.scheduler.milestones=[2,3]"
     del cfg.lr_multiplier.scheduler.milestones
     with pytest.raises(ValueError, match="lr_multiplier.scheduler has no 'milestones'"):
         shortened_schedule_overrides(cfg, 100)

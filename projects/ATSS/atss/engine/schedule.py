@@ -29,7 +29,9 @@ def shortened_schedule_overrides(cfg, max_iter: int) -> List[str]:
             (Detectron2's ``MultiStepParamScheduler``).
 
     Raises:
-        ValueError: the config's scheduler has no ``milestones``.
+        ValueError: the config's scheduler has no ``milestones``, or ``max_iter`` is too short
+            to keep the scaled steps apart (each must lie strictly between the previous one,
+            0 first, and ``max_iter``, or Detectron2's scheduler fails).
     """
     scheduler = cfg.lr_multiplier.scheduler
     milestones = scheduler.get("milestones", None)
@@ -39,6 +41,13 @@ def shortened_schedule_overrides(cfg, max_iter: int) -> List[str]:
             f"to shorten the schedule); its target is {scheduler.get('_target_')}"
         )
     steps = scale_milestones(milestones, int(cfg.train.max_iter), max_iter)
+    bounds = [0] + steps + [max_iter]
+    if any(later <= earlier for earlier, later in zip(bounds, bounds[1:])):
+        raise ValueError(
+            f"max_iter={max_iter} is too short for the LR steps {list(milestones)} of the "
+            f"config's {cfg.train.max_iter} iterations (lr_multiplier.scheduler.milestones): "
+            f"scaled, they become {steps}"
+        )
     return [
         f"train.max_iter={max_iter}",
         f"lr_multiplier.scheduler.num_updates={max_iter}",
