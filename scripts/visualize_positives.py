@@ -23,11 +23,9 @@ import sys
 
 import numpy as np
 import torch
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
+from atss.modeling import atss_anchor_generator
 from atss.utils import draw_positives, explain_assignment, format_table, pick_gts
-
-STRIDES = [8, 16, 32, 64, 128]
 
 
 def get_parser():
@@ -98,9 +96,7 @@ def make_anchors(height, width, config_file=None, size_divisibility=32):
 
         generator = instantiate(LazyConfig.load(config_file).model.anchor_generator)
     else:
-        generator = DefaultAnchorGenerator(
-            sizes=[[8 * s] for s in STRIDES], aspect_ratios=[1.0], strides=STRIDES, offset=0.5
-        )
+        generator = atss_anchor_generator()
     pad_h = -(-height // size_divisibility) * size_divisibility
     pad_w = -(-width // size_divisibility) * size_divisibility
     # P3-P5 divide the padded size exactly; P6/P7 come from stride-2 convs (ceil).

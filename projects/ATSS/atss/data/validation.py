@@ -194,20 +194,31 @@ def repair_box(report: DatasetReport, ann: dict, width, height, where) -> Option
     b = [float(v) for v in ann["bbox"]]
     xywh = ann["bbox_mode"] == BoxMode.XYWH_ABS
     x0, y0, x1, y1 = (b[0], b[1], b[0] + b[2], b[1] + b[3]) if xywh else b
-    if x1 <= x0 or y1 <= y0:
+    if x1 <= x0 or y1 <= y0 or not _positive_in_float32(b, xywh):
         report.add(DROPPED_ZERO_SIZE, where)
         return None
     if width is None:  # size unknown until the image is read; the mapper clips later
         return ann
     c = [min(max(x0, 0.0), width), min(max(y0, 0.0), height)]
     c += [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
-    if c[2] <= c[0] or c[3] <= c[1]:
+    repaired = [c[0], c[1], c[2] - c[0], c[3] - c[1]] if xywh else c
+    if c[2] <= c[0] or c[3] <= c[1] or not _positive_in_float32(repaired, xywh):
         report.add(DROPPED_OUTSIDE, where)
         return None
     if c != [x0, y0, x1, y1]:
         report.add(CLIPPED, where)
-        return {**ann, "bbox": [c[0], c[1], c[2] - c[0], c[3] - c[1]] if xywh else c}
+        return {**ann, "bbox": repaired}
     return ann
+
+
+def _positive_in_float32(bbox: List[float], xywh: bool) -> bool:
+    """Whether ``bbox`` still has a positive width and height once Detectron2 holds it in
+    float32 (``BoxMode.convert`` and the mapper's tensors): a box 1e-7 px high in float64 is
+    empty there, and an empty target box would reach the loss."""
+    a = [np.float32(v) for v in bbox]
+    if xywh:  # converted to XYXY by float32 additions
+        return bool(a[0] + a[2] > a[0] and a[1] + a[3] > a[1])
+    return bool(a[2] > a[0] and a[3] > a[1])
 
 
 def repair_xyxy_boxes(boxes: np.ndarray, width: int, height: int, source: str) -> np.ndarray:
