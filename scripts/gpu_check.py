@@ -59,11 +59,11 @@ def _sync(device):
 def check_matcher_random_cases(device, num_cases):
     """CUDA == CPU on the random cases of the matcher tests (all four anchor layouts)."""
     from atss import atss_match
-    from tests.modeling.test_matcher import _random_case
+    from tests.atss_testing import random_matcher_case
 
     positives, mismatched = 0, []
     for seed in range(num_cases):
-        anchors, sizes, n_a, gt = _random_case(seed)
+        anchors, sizes, n_a, gt = random_matcher_case(seed)
         on_cpu = atss_match(anchors, gt, 9, n_a, grid_sizes=sizes)
         moved = [a.to(device) for a in anchors]
         fast = atss_match(moved, gt.to(device), 9, n_a, grid_sizes=sizes)

@@ -4,7 +4,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
@@ -78,3 +78,230 @@ def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):
         img = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).float()
         out.append({"image": img, "instances": inst, "height": h, "width": w, "image_id": len(out)})
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Test oracles: the assignment rules written densely and directly from their definitions
+# (ATSS paper Algorithm 1; the authors' sfzhang15/ATSS atss_core/modeling/rpn/atss/loss.py for
+# the IoU / SSC / TOPK ablations). They share no code with atss.modeling; they are slow and
+# memory-hungry on purpose. Background is -1, ignore is -2.
+
+ORACLE_BACKGROUND, ORACLE_IGNORE = -1, -2
+# The authors' SSC table (object_sizes_of_interest), for P3..P7.
+FCOS_SCALE_RANGES = [(-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8)]
+# Float64 centre distances computed as differences (cdist's matrix-product shortcut rounds).
+EXACT = "donot_use_mm_for_euclid_dist"
+
+
+def _centres(boxes):
+    return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], dim=1)
+
+
+def _margin_to_sides(points, boxes):
+    """(P, B) smallest distance from each point to the four sides of each box (< 0 outside)."""
+    x, y = points[:, 0:1], points[:, 1:2]
+    return torch.stack(
+        [x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y]
+    ).amin(dim=0)
+
+
+def _nearest_k(dist, k):
+    """
+    (C, k) column indices of the k smallest values of each row of ``dist``; of values equal to
+    the k-th smallest, the lowest indices (the spec's tie rule).
+    """
+    if k == dist.shape[1]:
+        return torch.arange(k).expand(len(dist), k)
+    values, out = dist.topk(k + 1, dim=1, largest=False)  # ascending
+    out = out[:, :k].clone()
+    tied = (values[:, k - 1] == values[:, k]).nonzero()[:, 0]
+    for row in tied.tolist():  # a tie across the k-th place: the lowest indices win it
+        d = dist[row]
+        less, equal = d < values[row, k - 1], d == values[row, k - 1]
+        chosen = less | (equal & (equal.cumsum(0) <= k - int(less.sum())))
+        out[row] = chosen.nonzero()[:, 0]
+    return out
+
+
+def _dense_candidates(anchors_per_level, gt, k):
+    """(G, K) per level the k nearest anchor centres to each GT centre (lower index on equal
+    distance), from a full GT x anchors float64 distance matrix."""
+    anchors = torch.cat(anchors_per_level).float()
+    dist = torch.cdist(_centres(gt).double(), _centres(anchors).double(), compute_mode=EXACT)
+    cand, start = [], 0
+    for a in anchors_per_level:
+        if min(k, len(a)):
+            cand.append(_nearest_k(dist[:, start : start + len(a)], min(k, len(a))) + start)
+        start += len(a)
+    return torch.cat(cand, dim=1)
+
+
+def _mean_plus_std(ious):
+    return float(ious.mean()) + (float(ious.std()) if len(ious) > 1 else 0.0)
+
+
+def dense_atss(anchors_per_level, gt, topk=9, n_a=1, gt_chunk=64):
+    """
+    ATSS Algorithm 1 with a dense GT x anchors distance matrix (GTs in chunks of ``gt_chunk`` to
+    bound the oracle's memory), then GT by GT: candidates = per level the k·#A nearest centres;
+    threshold mean + unbiased std of their IoUs (std 0 for one candidate); positives =
+    candidates at or above it whose centre is strictly inside by > 0.01; an anchor wanted by
+    several GTs goes to the highest IoU, equal IoU to the lower GT index.
+    """
+    anchors = torch.cat(anchors_per_level).float()
+    gt = gt.float()
+    best_iou = torch.full((len(anchors),), -float("inf"))
+    best_gt = torch.full((len(anchors),), ORACLE_BACKGROUND, dtype=torch.int64)
+    if len(gt) == 0 or len(anchors) == 0:
+        return best_gt
+    ac = _centres(anchors)
+    for lo in range(0, len(gt), gt_chunk):
+        cand = _dense_candidates(anchors_per_level, gt[lo : lo + gt_chunk], topk * n_a)
+        for j, c in enumerate(cand):  # ascending GT index: strict > keeps the lower on ties
+            g = lo + j
+            c_iou = pairwise_iou(Boxes(anchors[c]), Boxes(gt[g : g + 1]))[:, 0]
+            inside = _margin_to_sides(ac[c], gt[g : g + 1])[:, 0] > 0.01
+            pos = (c_iou >= _mean_plus_std(c_iou)) & inside
+            better = c_iou[pos] > best_iou[c[pos]]
+            best_iou[c[pos][better]] = c_iou[pos][better]
+            best_gt[c[pos][better]] = g
+    return best_gt
+
+
+def dense_atss_thresholds(anchors_per_level, gt, topk=9, n_a=1):
+    """(G,) float64: the ATSS threshold mean + std of each GT's candidate IoUs, densely."""
+    anchors = torch.cat(anchors_per_level).float()
+    cand = _dense_candidates(anchors_per_level, gt.float(), topk * n_a)
+    ious = [
+        pairwise_iou(Boxes(anchors[c]), Boxes(gt[g : g + 1].float()))[:, 0]
+        for g, c in enumerate(cand)
+    ]
+    return torch.tensor([_mean_plus_std(x) for x in ious], dtype=torch.float64)
+
+
+def dense_iou_assign(anchors, gt, thresholds=(0.4, 0.5), low_quality=True):
+    """
+    The authors' 'IoU' type, anchor by anchor (maskrcnn-benchmark's Matcher + centre rule):
+    best IoU >= 0.5 positive, < 0.4 background, else ignored (first GT on equal IoU); with
+    low-quality matches every anchor reaching some GT's highest IoU (> 0 here, a documented
+    deviation for degenerate GTs) is positive with its own best GT; a positive whose centre is not
+    inside its GT by > 0.01 is ignored.
+    """
+    anchors, gt = anchors.float(), gt.float()
+    out = [ORACLE_BACKGROUND] * len(anchors)
+    if len(gt) == 0:
+        return torch.tensor(out, dtype=torch.int64)
+    iou = pairwise_iou(Boxes(anchors), Boxes(gt)).tolist()  # rows: anchors
+    best = [max(row) for row in iou]
+    arg = [row.index(b) for row, b in zip(iou, best)]  # first (lowest) GT at the max
+    neg, pos = thresholds
+    for a in range(len(anchors)):
+        if best[a] >= pos:
+            out[a] = arg[a]
+        elif best[a] >= neg:
+            out[a] = ORACLE_IGNORE
+    if low_quality:
+        for g in range(len(gt)):
+            gt_best = max(row[g] for row in iou)
+            for a in range(len(anchors)):
+                if gt_best > 0 and iou[a][g] == gt_best:
+                    out[a] = arg[a]
+    margins = _margin_to_sides(_centres(anchors), gt).tolist()
+    for a in range(len(anchors)):
+        if out[a] >= 0 and not margins[a][out[a]] > 0.01:
+            out[a] = ORACLE_IGNORE
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def dense_ssc_assign(anchors_per_level, gt, scale_ranges=FCOS_SCALE_RANGES):
+    """
+    The authors' 'SSC' type, anchor by anchor: GTs whose box contains the anchor centre by
+    > 0.01 on all sides and whose largest centre-to-side distance is within the level's
+    [low, high] (both inclusive) are eligible; the smallest area (w·h) wins, lower index on ties.
+    """
+    out = []
+    gt = gt.float()
+    areas = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).tolist()
+    for level, anchors in enumerate(anchors_per_level):
+        low, high = scale_ranges[level]
+        for cx, cy in _centres(anchors.float()).tolist():
+            winner, winner_area = ORACLE_BACKGROUND, float("inf")
+            for g, (x1, y1, x2, y2) in enumerate(gt.tolist()):
+                ltrb = [cx - x1, cy - y1, x2 - cx, y2 - cy]
+                if min(ltrb) > 0.01 and low <= max(ltrb) <= high and areas[g] < winner_area:
+                    winner, winner_area = g, areas[g]
+            out.append(winner)
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def dense_topk_assign(anchors_per_level, gt, topk=9):
+    """
+    The authors' 'TOPK' type: per GT the k anchors of all levels together with the highest IoU
+    (equal IoU: nearer centre, then lower index), kept when the centre is inside by > 0.01; an
+    anchor kept by several GTs goes to the highest IoU, the lower GT index on equal IoU.
+    """
+    anchors = torch.cat(anchors_per_level).float()
+    gt = gt.float()
+    out = [ORACLE_BACKGROUND] * len(anchors)
+    if len(gt) == 0:
+        return torch.tensor(out, dtype=torch.int64)
+    iou = pairwise_iou(Boxes(anchors), Boxes(gt)).t().tolist()  # rows: GTs
+    centres = _centres(anchors).tolist()
+    gt_centres = _centres(gt).tolist()
+    margins = _margin_to_sides(_centres(anchors), gt).tolist()
+    kept = {}  # anchor -> (iou, gt)
+    for g in range(len(gt)):
+        gx, gy = gt_centres[g]
+
+        def rank(a):
+            return (-iou[g][a], (centres[a][0] - gx) ** 2 + (centres[a][1] - gy) ** 2, a)
+
+        for a in sorted(range(len(anchors)), key=rank)[:topk]:
+            if margins[a][g] > 0.01 and (a not in kept or iou[g][a] > kept[a][0]):
+                kept[a] = (iou[g][a], g)
+    for a, (_, g) in kept.items():
+        out[a] = g
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def reference_giou(pred, target):
+    """
+    GIoU of one pair of XYXY boxes from its definition (Rezatofighi et al. 2019), in Python
+    floats; a predicted box with x2 < x1 or y2 < y1 is first collapsed to x2 = x1 / y2 = y1
+    (the authors' clamp), so it covers no area.
+    """
+    px1, py1, px2, py2 = (float(v) for v in pred)
+    px2, py2 = max(px2, px1), max(py2, py1)
+    tx1, ty1, tx2, ty2 = (float(v) for v in target)
+    inter = max(0.0, min(px2, tx2) - max(px1, tx1)) * max(0.0, min(py2, ty2) - max(py1, ty1))
+    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    hull = (max(px2, tx2) - min(px1, tx1)) * (max(py2, ty2) - min(py1, ty1))
+    return inter / union - (hull - union) / hull
+
+
+def random_matcher_case(seed):
+    """One of the matcher's 200 advertised random cases (``seed`` 0..199): four anchor layouts
+    x 1, 5, 40 and 300 GTs. Returns (anchors per level, grid sizes, #A, (G, 4) GT boxes)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = (int(x) for x in torch.randint(64, 700, (2,), generator=g))
+    variant = seed % 4
+    if variant == 0:  # default anchors
+        anchors, sizes, n_a = grid_anchors(h, w)
+    elif variant == 1:  # #A = 9: 3 scales x 3 ratios
+        anchors, sizes, n_a = grid_anchors(
+            h,
+            w,
+            sizes=[[8 * s * 2 ** (i / 3) for i in range(3)] for s in [8, 16, 32, 64, 128]],
+            ratios=(0.5, 1.0, 2.0),
+        )
+    elif variant == 2:  # #A = 2, offset 0 (mmdetection style)
+        anchors, sizes, n_a = grid_anchors(
+            h, w, sizes=[[6 * s, 9 * s] for s in [8, 16, 32, 64, 128]], offset=0.0
+        )
+    else:  # three levels only, small image: levels with fewer than k anchors
+        h, w = int(h // 6) + 8, int(w // 6) + 8
+        anchors, sizes, n_a = grid_anchors(h, w, strides=[8, 32, 128])
+    # Every anchor variant meets every GT count (the count is independent of the variant).
+    num_gt = [1, 5, 40, 300][(seed // 4) % 4]
+    gt = random_boxes(num_gt, h, w, g, border=bool(seed % 2))
+    return anchors, sizes, n_a, gt

@@ -15,6 +15,7 @@ from atss.modeling.losses import (
     loss_normalizers,
     weighted_giou_loss,
 )
+from tests.atss_testing import reference_giou
 
 
 def test_centerness_is_one_at_the_centre_and_in_range():
@@ -37,20 +38,49 @@ def test_centerness_never_nan_outside_or_on_the_edge():
     assert torch.equal(out, torch.zeros(3))
 
 
-def test_giou_of_a_perfect_prediction_is_one_and_loss_zero():
-    """GIoU(b, b) = 1, so the weighted GIoU loss of a perfect prediction is 0."""
-    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 30.0, 9.0]])
-    torch.testing.assert_close(giou(b, b), torch.ones(2))
-    assert weighted_giou_loss(b, b, torch.tensor([0.3, 0.9])).item() < 1e-5
+GIOU_CASES = {
+    # name: (pred, target, GIoU worked out by hand: IoU - (hull - union) / hull)
+    "partial_overlap": ((0, 0, 10, 10), (5, 5, 15, 15), 25 / 175 - 50 / 225),  # -5/63
+    "containment": ((2, 2, 6, 6), (0, 0, 10, 10), 16 / 100),
+    "disjoint": ((0, 0, 10, 10), (20, 0, 30, 10), -100 / 300),
+    "identical": ((5, 5, 30, 9), (5, 5, 30, 9), 1.0),
+    # x2 < x1, y2 < y1: collapsed to the point (10, 10), no area: IoU 0, hull = target
+    "inverted_pred": ((10, 10, 0, 0), (0, 0, 10, 10), 0.0),
+}
 
 
-def test_giou_of_disjoint_boxes_and_inverted_predictions():
-    """Disjoint boxes give negative GIoU; inverted predictions are clamped, not NaN."""
+def test_giou_at_hand_computed_values():
+    """
+    GIoU on partial overlap (-5/63), containment (0.16), disjoint (-1/3), identical (1) and an
+    inverted prediction (0). Fails on a missing enclosing-box term (disjoint would be 0), a
+    wrong hull, or an unclamped inverted box: its "area" (-10)·(-10) = 100 would make it score
+    GIoU 1, a perfect match.
+    """
+    pred = torch.tensor([c[0] for c in GIOU_CASES.values()], dtype=torch.float32)
+    target = torch.tensor([c[1] for c in GIOU_CASES.values()], dtype=torch.float32)
+    expected = torch.tensor([c[2] for c in GIOU_CASES.values()])
+    torch.testing.assert_close(giou(pred, target), expected, rtol=0, atol=1e-6)
+    # the test oracle agrees with the hand values
+    for p, t, value in GIOU_CASES.values():
+        assert math.isclose(reference_giou(p, t), value, abs_tol=1e-12)
+
+
+def test_weighted_giou_loss_is_the_weighted_sum_of_one_minus_giou():
+    """sum_i w_i (1 - GIoU_i) with hand values: 0.5·(1 + 5/63) + 2·(1 + 1/3) + 3·(1 - 1).
+    Fails if the weights are dropped, normalised, or applied to GIoU instead of 1 - GIoU."""
+    names = ["partial_overlap", "disjoint", "identical"]
+    pred = torch.tensor([GIOU_CASES[n][0] for n in names], dtype=torch.float32)
+    target = torch.tensor([GIOU_CASES[n][1] for n in names], dtype=torch.float32)
+    loss = weighted_giou_loss(pred, target, torch.tensor([0.5, 2.0, 3.0]))
+    assert math.isclose(loss.item(), 0.5 * (1 + 5 / 63) + 2 * (1 + 1 / 3), rel_tol=1e-6)
+
+
+def test_giou_of_disjoint_boxes_and_inverted_predictions_stay_finite():
+    """Inverted predictions are clamped, not NaN, and score below a perfect match."""
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    b = torch.tensor([[20.0, 0.0, 30.0, 10.0]])
-    assert -1 <= giou(a, b).item() < 0
     inverted = torch.tensor([[10.0, 10.0, 0.0, 0.0]])
-    assert torch.isfinite(giou(inverted, a)).all()
+    value = giou(inverted, a)
+    assert torch.isfinite(value).all() and value.item() < 0.5
 
 
 def test_focal_loss_ignores_ignored_anchors_and_matches_formula():

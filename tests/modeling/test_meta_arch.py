@@ -222,7 +222,8 @@ def test_losses_follow_the_authors_formulas():
     """cls = Σfocal / max(#pos, 1); reg = 2·Σ ctr·(1-GIoU) / Σ ctr; ctr = ΣBCE / #pos."""
     from torch.nn import functional as F
 
-    from atss.modeling.losses import centerness_targets, focal_loss, giou
+    from atss.modeling.losses import centerness_targets, focal_loss
+    from tests.atss_testing import reference_giou
 
     model = tiny_model()
     inputs = make_inputs(SIZES, _boxes())
@@ -247,7 +248,9 @@ def test_losses_follow_the_authors_formulas():
     tgt = torch.stack(gt_boxes)[pos]
     pred = model.box2box_transform.apply_deltas(torch.cat(deltas, 1)[pos], a)
     c = centerness_targets(Boxes(a).get_centers(), tgt)
-    reg = 2.0 * ((1 - giou(pred, tgt)) * c).sum() / c.sum()
+    # GIoU from its definition (not the package's giou): the reg loss must be 2·Σ c(1-GIoU)/Σ c
+    gious = torch.tensor([reference_giou(p, t) for p, t in zip(pred.tolist(), tgt.tolist())])
+    reg = 2.0 * ((1 - gious) * c).sum() / c.sum()
     ctr_logit = torch.cat(ctr, 1).squeeze(2)[pos]
     ctr_loss = F.binary_cross_entropy_with_logits(ctr_logit, c, reduction="sum") / n_pos
     torch.testing.assert_close(losses["loss_atss_cls"], cls)

@@ -7,12 +7,15 @@ The label-assignment strategies compared in the ATSS paper, behind one switch.
 * ``"IoU"``: RetinaNet's rule, IoU >= 0.5 positive, < 0.4 negative, in between ignored, plus
   each GT's highest-IoU anchors; positives whose centre is outside their GT are ignored
   (the authors' ``POSITIVE_TYPE 'IoU'``);
-* ``"SSC"``: FCOS's spatial and scale constraint: the anchor centre inside the GT and the GT's
-  largest centre-to-side distance within the level's range; the smallest GT wins;
+* ``"SSC"``: FCOS's spatial and scale constraint: the anchor centre inside the GT (by more than
+  0.01, as the authors) and the GT's largest centre-to-side distance within the level's range;
+  the smallest GT wins;
 * ``"TOPK"``: the k anchors with the highest IoU over all levels, kept when their centre is
   inside the GT (the authors' ablation without the adaptive threshold).
 
-Every mode returns, per anchor, the matched GT index, -1 for background or -2 for "ignore".
+Every mode returns, per anchor, the matched GT index, ``BACKGROUND`` (-1) or ``IGNORE`` (-2).
+All modes share the matcher's geometry (:mod:`atss.modeling.matcher`: the centre test with its
+0.01 margin, the chunk budget, the conflict rule) and Detectron2's ``pairwise_iou``.
 Like :func:`atss_match`, none of them materialises an anchors x GTs matrix: the dense modes
 walk over chunks of GTs with a bounded element budget.
 """
@@ -21,22 +24,23 @@ import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.structures import Boxes, pairwise_iou, pairwise_point_box_distance
 from torch import Tensor
 
 from .matcher import (
-    _aligned_iou,
-    _centers,
-    _centers_inside,
-    _sq_dist,
+    BACKGROUND,
+    CENTER_MARGIN,
     atss_match,
+    centers_inside,
+    gt_chunks,
     resolve_conflicts,
+    squared_distance,
 )
 
 __all__ = ["AnchorAssigner", "iou_match", "ssc_match", "topk_match", "IGNORE", "BACKGROUND"]
 
-BACKGROUND = -1
+# Matched index of an anchor that is neither positive nor negative (excluded from the loss).
 IGNORE = -2
-_CHUNK_ELEMENTS = 1 << 22
 
 
 class AnchorAssigner:
@@ -70,7 +74,7 @@ class AnchorAssigner:
         self.topk = int(topk)
         self.iou_thresholds = tuple(float(t) for t in iou_thresholds)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
-        self.scale_ranges = None if scale_ranges is None else [tuple(r) for r in scale_ranges]
+        self.scale_ranges = None if scale_ranges is None else _check_ranges(scale_ranges)
 
     def __call__(
         self,
@@ -87,7 +91,7 @@ class AnchorAssigner:
             grid_sizes: optional (H_l, W_l) per level (enables ATSS's fast candidate search).
 
         Returns:
-            (sum_l A_l,) int64: GT index, -1 background, -2 ignore.
+            (sum_l A_l,) int64: GT index, ``BACKGROUND`` (-1) or ``IGNORE`` (-2).
         """
         if self.mode == "ATSS":
             return atss_match(
@@ -112,12 +116,6 @@ def _prepare(anchors_per_level, gt_boxes):
     return anchors, gt_boxes, matched
 
 
-def _chunks(num_gt: int, num_anchors: int):
-    step = max(1, _CHUNK_ELEMENTS // max(num_anchors, 1))
-    for g in range(0, num_gt, step):
-        yield g, min(g + step, num_gt)
-
-
 def iou_match(
     anchors_per_level: List[Tensor],
     gt_boxes: Tensor,
@@ -125,23 +123,31 @@ def iou_match(
     allow_low_quality_matches: bool = True,
 ) -> Tensor:
     """
-    RetinaNet's max-IoU rule with the centre-in-box condition (see module docstring).
-    Equal IoUs go to the lower GT index. A GT whose best IoU is 0 (e.g. a degenerate box) gets no
-    low-quality match, instead of matching every anchor at IoU 0.
+    RetinaNet's max-IoU rule with the centre-in-box condition, as the authors' ``'IoU'`` type:
+
+    * each anchor's best IoU over the GTs: >= ``thresholds[1]`` positive (matched to that GT),
+      < ``thresholds[0]`` background, in between ignored;
+    * low-quality matches: every anchor that reaches some GT's highest IoU becomes positive,
+      matched to its own best GT (Detectron2's / maskrcnn-benchmark's ``Matcher``);
+    * a positive whose centre is not inside its GT by more than ``CENTER_MARGIN`` is ignored.
+
+    Equal IoUs go to the lower GT index. A GT whose best IoU is 0 (e.g. a degenerate box) gets
+    no low-quality match, instead of matching every anchor at IoU 0.
 
     Returns:
-        (A,) int64: GT index, -1 background, -2 ignore.
+        (A,) int64: GT index, ``BACKGROUND`` (-1) or ``IGNORE`` (-2).
     """
     anchors, gt_boxes, matched = _prepare(anchors_per_level, gt_boxes)
     num_gt, num_anchors = len(gt_boxes), len(anchors)
     if num_gt == 0 or num_anchors == 0:
         return matched
     neg_thresh, pos_thresh = thresholds
+    anchor_boxes = Boxes(anchors)
     best_iou = anchors.new_full((num_anchors,), -1.0)
     best_gt = matched.clone()
     gt_best = anchors.new_zeros(num_gt)
-    for lo, hi in _chunks(num_gt, num_anchors):
-        iou = _aligned_iou(anchors[None], gt_boxes[lo:hi, None])  # (C, A)
+    for lo, hi in gt_chunks(num_gt, num_anchors):
+        iou = pairwise_iou(Boxes(gt_boxes[lo:hi]), anchor_boxes)  # (C, A)
         gt_best[lo:hi] = iou.amax(dim=1)
         chunk_best = iou.amax(dim=0)
         first = _first_index_of(iou == chunk_best[None], lo)
@@ -152,13 +158,13 @@ def iou_match(
     matched = torch.where(best_iou >= pos_thresh, best_gt, matched)
     matched = torch.where((best_iou >= neg_thresh) & (best_iou < pos_thresh), IGNORE, matched)
     if allow_low_quality_matches:
-        for lo, hi in _chunks(num_gt, num_anchors):
-            iou = _aligned_iou(anchors[None], gt_boxes[lo:hi, None])
+        for lo, hi in gt_chunks(num_gt, num_anchors):
+            iou = pairwise_iou(Boxes(gt_boxes[lo:hi]), anchor_boxes)
             is_lq = (iou == gt_best[lo:hi, None]) & (gt_best[lo:hi, None] > 0)
             # Like Detectron2's Matcher: the anchor is positive, matched to its best GT.
             matched = torch.where(is_lq.any(dim=0), best_gt, matched)
     pos = matched >= 0
-    inside = _centers_inside(anchors, gt_boxes[matched.clamp(min=0)])
+    inside = centers_inside(anchor_boxes.get_centers(), gt_boxes[matched.clamp(min=0)])
     return torch.where(pos & ~inside, IGNORE, matched)
 
 
@@ -168,17 +174,26 @@ def ssc_match(
     scale_ranges: Optional[Sequence[Tuple[float, float]]] = None,
 ) -> Tensor:
     """
-    FCOS's spatial and scale constraint (see module docstring); the smallest-area GT wins, equal
-    areas go to the lower GT index.
+    FCOS's spatial and scale constraint, as the authors' ``'SSC'`` type: an anchor is a
+    candidate of a GT when its centre is inside the GT by more than ``CENTER_MARGIN`` (0.01)
+    on all sides and the largest centre-to-side distance lies in the level's range (both ends
+    inclusive); among its candidate GTs the smallest-area one wins, equal areas go to the lower
+    GT index. Areas are w·h of the continuous boxes (the authors' ``BoxList.area`` adds the
+    legacy +1 to each side, which can reorder two GTs of nearly equal area).
+
+    Args:
+        scale_ranges: (low, high) per level; default from the anchor sizes, see
+            :class:`AnchorAssigner`.
 
     Returns:
-        (A,) int64: GT index or -1.
+        (A,) int64: GT index or ``BACKGROUND`` (-1).
     """
     if scale_ranges is None:
         scale_ranges = _default_scale_ranges(anchors_per_level)
     if len(scale_ranges) != len(anchors_per_level):
         raise ValueError(
-            f"ssc_match: {len(scale_ranges)} scale ranges for {len(anchors_per_level)} levels"
+            f"ssc_match: {len(scale_ranges)} scale ranges (model.assigner.scale_ranges) for "
+            f"{len(anchors_per_level)} anchor levels: give one (low, high) per level"
         )
     anchors, gt_boxes, matched = _prepare(anchors_per_level, gt_boxes)
     num_gt, num_anchors = len(gt_boxes), len(anchors)
@@ -186,14 +201,14 @@ def ssc_match(
         return matched
     sizes = [len(a) for a in anchors_per_level]
     lo_hi = anchors.new_tensor(scale_ranges).repeat_interleave(torch.tensor(sizes), dim=0)
-    centers = _centers(anchors)
-    areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    centers = Boxes(anchors).get_centers()
+    areas = Boxes(gt_boxes).area()
     best_area = anchors.new_full((num_anchors,), math.inf)
-    for lo, hi in _chunks(num_gt, num_anchors):
-        g = gt_boxes[lo:hi, None]  # (C, 1, 4)
-        ltrb = torch.cat([centers[None] - g[..., :2], g[..., 2:] - centers[None]], dim=-1)
-        max_dist = ltrb.amax(dim=-1)
-        ok = (ltrb.amin(dim=-1) > 0) & (max_dist >= lo_hi[:, 0]) & (max_dist <= lo_hi[:, 1])
+    for lo, hi in gt_chunks(num_gt, num_anchors):
+        ltrb = pairwise_point_box_distance(centers, Boxes(gt_boxes[lo:hi])).transpose(0, 1)
+        max_dist = ltrb.amax(dim=-1)  # (C, A)
+        ok = ltrb.amin(dim=-1) > CENTER_MARGIN
+        ok &= (max_dist >= lo_hi[:, 0]) & (max_dist <= lo_hi[:, 1])
         area = torch.where(ok, areas[lo:hi, None], anchors.new_tensor(math.inf))
         chunk_best = area.amin(dim=0)
         first = _first_index_of(ok & (area == chunk_best[None]), lo)
@@ -205,30 +220,33 @@ def ssc_match(
 
 def topk_match(anchors_per_level: List[Tensor], gt_boxes: Tensor, topk: int = 9) -> Tensor:
     """
-    The k highest-IoU anchors of each GT over all levels (equal IoU: nearer centre first, then
-    lower index), kept when their centre is inside the GT; conflicts by the highest IoU.
+    The authors' ``'TOPK'`` type: the k highest-IoU anchors of each GT over all levels
+    together (equal IoU: nearer centre first, then lower index), kept when their centre is
+    inside the GT by more than ``CENTER_MARGIN``; an anchor kept by several GTs goes to the
+    highest IoU, equal IoU to the lower GT index.
 
     Returns:
-        (A,) int64: GT index or -1.
+        (A,) int64: GT index or ``BACKGROUND`` (-1).
     """
     anchors, gt_boxes, matched = _prepare(anchors_per_level, gt_boxes)
     num_gt, num_anchors = len(gt_boxes), len(anchors)
     if num_gt == 0 or num_anchors == 0:
         return matched
     k = min(topk, num_anchors)
-    centers = _centers(anchors)
-    cand = []
-    for lo, hi in _chunks(num_gt, num_anchors):
-        g = gt_boxes[lo:hi, None]
-        iou = _aligned_iou(anchors[None], g)
-        dist = _sq_dist(centers[None], _centers(g))
+    anchor_boxes = Boxes(anchors)
+    centers = anchor_boxes.get_centers()
+    gt_centers = Boxes(gt_boxes).get_centers()
+    cand, cand_ious = [], []
+    for lo, hi in gt_chunks(num_gt, num_anchors):
+        iou = pairwise_iou(Boxes(gt_boxes[lo:hi]), anchor_boxes)  # (C, A)
+        dist = squared_distance(centers[None], gt_centers[lo:hi, None])
         order = torch.sort(dist, dim=1, stable=True).indices  # by distance, then index
         by_iou = torch.sort(iou.gather(1, order), dim=1, descending=True, stable=True).indices
-        cand.append(order.gather(1, by_iou[:, :k]))
-    cand = torch.cat(cand)  # (G, k)
-    cand_boxes = anchors[cand]
-    ious = _aligned_iou(cand_boxes, gt_boxes[:, None])
-    is_pos = _centers_inside(cand_boxes, gt_boxes[:, None])
+        chunk_cand = order.gather(1, by_iou[:, :k])
+        cand.append(chunk_cand)
+        cand_ious.append(iou.gather(1, chunk_cand))
+    cand, ious = torch.cat(cand), torch.cat(cand_ious)  # (G, k)
+    is_pos = centers_inside(centers[cand], gt_boxes[:, None])
     gt_idx = torch.arange(num_gt, device=cand.device)[:, None].expand_as(cand)
     return resolve_conflicts(cand[is_pos], gt_idx[is_pos], ious[is_pos], num_anchors, out=matched)
 
@@ -248,4 +266,15 @@ def _default_scale_ranges(anchors_per_level):
     ranges = [(s / 2, s) for s in sizes]
     ranges[0] = (0.0, ranges[0][1])
     ranges[-1] = (ranges[-1][0], math.inf)
+    return ranges
+
+
+def _check_ranges(scale_ranges):
+    ranges = [tuple(float(v) for v in r) for r in scale_ranges]
+    for i, r in enumerate(ranges):
+        if len(r) != 2 or not r[0] <= r[1]:
+            raise ValueError(
+                f"AnchorAssigner: scale_ranges[{i}] = {r} (model.assigner.scale_ranges) must be "
+                "(low, high) with low <= high"
+            )
     return ranges

@@ -14,27 +14,64 @@ The implementation never builds an anchors x GTs matrix. Candidate search is per
   the nearest anchors of a point lie in a window of (k+1) x (k+1) grid cells around it (see
   :func:`_grid_window_candidates` for why this window is exact, ties included);
 * exact fallback for any other anchors: distances + top-k in chunks of GTs, memory bounded by
-  ``chunk_elements`` per level.
+  :data:`CHUNK_ELEMENTS` per level.
 
-IoU, the threshold and the centre test then run on the <= sum_l k_l candidates of each GT, and
-conflicts are resolved with two scatter reductions over the positive pairs only.
+IoU, the threshold (:func:`atss_candidates`, public so that tools explaining an assignment
+read the same numbers) and the centre test then run on the <= sum_l k_l candidates of each GT,
+and conflicts are resolved with two scatter reductions over the positive pairs only.
+
+The geometry every assigner shares lives here once: :func:`centers_inside` (the authors' centre
+test with its 0.01 margin), :func:`squared_distance`, and :func:`gt_chunks` (the element budget
+of any dense GT x anchors block); centres and IoUs come from Detectron2's ``Boxes``.
 
 Tie rules (deterministic on CPU and GPU): among anchors at equal distance the lower anchor index
 is preferred; between GTs with equal IoU for one anchor, the lower GT index wins.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 from torch import Tensor
 
-__all__ = ["atss_match", "candidate_anchors", "resolve_conflicts", "infer_grid_size"]
+__all__ = [
+    "atss_match",
+    "atss_candidates",
+    "ATSSCandidates",
+    "candidate_anchors",
+    "resolve_conflicts",
+    "infer_grid_size",
+    "centers_inside",
+    "squared_distance",
+    "gt_chunks",
+    "BACKGROUND",
+    "CENTER_MARGIN",
+    "CHUNK_ELEMENTS",
+]
 
-# Element budget of one dense (anchors x GT-chunk) distance block in the exact fallback:
-# 2**22 float32 values = 16 MiB, independent of the number of GTs.
-_CHUNK_ELEMENTS = 1 << 22
-# A centre must be inside its GT by more than this margin on all four sides (authors' rule).
-_CENTER_MARGIN = 0.01
+# Matched index of an anchor that belongs to no GT.
+BACKGROUND = -1
+# Element budget of one dense (GT-chunk x anchors) block wherever a rule needs one (the exact
+# candidate fallback here, the dense ablation assigners): 2**22 float32 values = 16 MiB,
+# independent of the number of GTs.
+CHUNK_ELEMENTS = 1 << 22
+# A centre must be inside its GT by more than this margin on all four sides (authors' rule, used
+# by all their assigners: ATSS, IoU, SSC and TOPK).
+CENTER_MARGIN = 0.01
+
+
+class ATSSCandidates(NamedTuple):
+    """
+    What ATSS decides on, per GT: the candidates, their IoUs and the adaptive threshold.
+    G = number of GTs, K = sum_l min(k·#A, A_l) candidates per GT, level by level.
+    """
+
+    indices: Tensor  # (G, K) int64 indices into torch.cat(anchors_per_level)
+    ious: Tensor  # (G, K) float32 IoU of each candidate with its GT
+    mean: Tensor  # (G,) mean of the candidate IoUs
+    std: Tensor  # (G,) unbiased std of the candidate IoUs; 0 when K = 1
+    threshold: Tensor  # (G,) mean + std: a candidate is positive at IoU >= threshold
 
 
 def atss_match(
@@ -60,36 +97,69 @@ def atss_match(
             runs). When omitted, the grid is inferred from the anchors.
 
     Returns:
-        int64 tensor of shape (sum_l A_l,): index of the matched GT, or -1 for background.
+        int64 tensor of shape (sum_l A_l,): index of the matched GT, or -1 (``BACKGROUND``).
     """
     device = gt_boxes.device
     # fp32 always: squared centre distances and areas overflow fp16 (300**2 > 65504).
     anchors_per_level = [a.reshape(-1, 4).float() for a in anchors_per_level]
     gt_boxes = gt_boxes.reshape(-1, 4).float()
     num_anchors = sum(len(a) for a in anchors_per_level)
-    matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=device)
+    matched = torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=device)
     if len(gt_boxes) == 0 or num_anchors == 0:
         return matched
 
-    cand_idx = candidate_anchors(
-        anchors_per_level, gt_boxes, topk * anchors_per_location, anchors_per_location, grid_sizes
-    )  # (G, K) indices into the concatenated anchors
+    cand = atss_candidates(anchors_per_level, gt_boxes, topk, anchors_per_location, grid_sizes)
+    is_pos = cand.ious >= cand.threshold[:, None]  # step 3: the adaptive IoU threshold ...
     anchors = torch.cat(anchors_per_level)
-    cand_boxes = anchors[cand_idx]  # (G, K, 4)
-    ious = _aligned_iou(cand_boxes, gt_boxes[:, None, :])  # (G, K)
-
-    # Adaptive threshold: mean + unbiased std; with a single candidate std is taken as 0.
-    mean = ious.mean(dim=1, keepdim=True)
-    std = ious.std(dim=1, keepdim=True) if ious.shape[1] > 1 else torch.zeros_like(mean)
-    is_pos = ious >= mean + std
-    is_pos &= _centers_inside(cand_boxes, gt_boxes[:, None, :])
+    cand_centers = Boxes(anchors[cand.indices.flatten()]).get_centers()
+    is_pos &= centers_inside(  # ... and the centre inside the GT
+        cand_centers.view(*cand.indices.shape, 2), gt_boxes[:, None, :]
+    )
     # A GT with a NaN/inf coordinate has meaningless IoUs (e.g. all 0, passing a 0 threshold).
     is_pos &= torch.isfinite(gt_boxes).all(dim=1, keepdim=True)
 
-    gt_idx = torch.arange(len(gt_boxes), device=device)[:, None].expand_as(cand_idx)
+    gt_idx = torch.arange(len(gt_boxes), device=device)[:, None].expand_as(cand.indices)
     return resolve_conflicts(
-        cand_idx[is_pos], gt_idx[is_pos], ious[is_pos], num_anchors, out=matched
+        cand.indices[is_pos], gt_idx[is_pos], cand.ious[is_pos], num_anchors, out=matched
     )
+
+
+def atss_candidates(
+    anchors_per_level: Sequence[Tensor],
+    gt_boxes: Tensor,
+    topk: int = 9,
+    anchors_per_location: int = 1,
+    grid_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+) -> ATSSCandidates:
+    """
+    Steps 1-2 of ATSS for every GT: the candidates (on each level the k·#A anchors nearest to
+    the GT centre), their IoUs with the GT and the adaptive threshold t_g = mean + unbiased std
+    (std 0 when there is a single candidate). :func:`atss_match` keeps the candidates with
+    IoU >= t_g whose centre is inside the GT; tools that explain an assignment (the positives
+    visualiser) read the same numbers here instead of re-deriving them.
+
+    Args:
+        anchors_per_level, gt_boxes, topk, anchors_per_location, grid_sizes: as
+            :func:`atss_match`; G >= 1 and at least one anchor.
+
+    Returns:
+        :class:`ATSSCandidates` in float32, on the device of ``gt_boxes``.
+    """
+    anchors_per_level = [a.reshape(-1, 4).float() for a in anchors_per_level]  # no-op if done
+    gt_boxes = gt_boxes.reshape(-1, 4).float()
+    indices = candidate_anchors(
+        anchors_per_level, gt_boxes, topk * anchors_per_location, anchors_per_location, grid_sizes
+    )  # (G, K)
+    num_gt, num_cand = indices.shape
+    cand_boxes = torch.cat(anchors_per_level)[indices.flatten()]  # (G*K, 4)
+    own_gt = gt_boxes[:, None, :].expand(num_gt, num_cand, 4).reshape(-1, 4)
+    # matched_pairwise_iou divides by the union unguarded: 0/0 only for two empty boxes, which
+    # overlap nowhere, so their IoU is 0.
+    ious = torch.nan_to_num(matched_pairwise_iou(Boxes(cand_boxes), Boxes(own_gt)), nan=0.0)
+    ious = ious.view(num_gt, num_cand)
+    mean = ious.mean(dim=1)
+    std = ious.std(dim=1) if num_cand > 1 else torch.zeros_like(mean)
+    return ATSSCandidates(indices, ious, mean, std, mean + std)
 
 
 def resolve_conflicts(
@@ -102,13 +172,14 @@ def resolve_conflicts(
     Args:
         anchor_idx, gt_idx, ious: (P,) the positive (anchor, GT, IoU) pairs; (anchor, GT) unique.
         num_anchors: total number of anchors A.
-        out: optional (A,) int64 tensor filled with -1 to write into.
+        out: optional (A,) int64 tensor filled with ``BACKGROUND`` to write into.
 
     Returns:
-        (A,) int64: matched GT index per anchor, -1 where the anchor has no positive pair.
+        (A,) int64: matched GT index per anchor, ``out``'s value (default ``BACKGROUND``) where
+        the anchor has no positive pair.
     """
     if out is None:
-        out = torch.full((num_anchors,), -1, dtype=torch.int64, device=ious.device)
+        out = torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=ious.device)
     best_iou = ious.new_full((num_anchors,), -1.0)
     best_iou.scatter_reduce_(0, anchor_idx, ious, reduce="amax")
     is_best = ious == best_iou[anchor_idx]
@@ -140,7 +211,7 @@ def candidate_anchors(
         (G, K) int64 indices into ``torch.cat(anchors_per_level)``, K = sum_l min(k, A_l),
         level by level.
     """
-    gt_centers = _centers(gt_boxes)
+    gt_centers = Boxes(gt_boxes).get_centers()
     if grid_sizes is None:
         grid_sizes = [infer_grid_size(a, anchors_per_location) for a in anchors_per_level]
     grids = _grid_params(anchors_per_level, grid_sizes, anchors_per_location)
@@ -150,7 +221,7 @@ def candidate_anchors(
         num = len(anchors)
         k_l = min(k, num)
         if k_l > 0:
-            centers = _centers(anchors)
+            centers = Boxes(anchors).get_centers()
             if grid is not None:
                 idx = _grid_window_candidates(centers, gt_centers, k_l, anchors_per_location, grid)
             else:
@@ -192,7 +263,7 @@ def _grid_params(anchors_per_level, grid_sizes, anchors_per_location):
             claims.append(None)
             continue
         h, w = int(size[0]), int(size[1])
-        c = _centers(anchors).view(h, w, n_a, 2)
+        c = Boxes(anchors).get_centers().view(h, w, n_a, 2)
         x0, y0 = c[0, 0, 0, 0], c[0, 0, 0, 1]
         sx = c[0, 1, 0, 0] - x0 if w > 1 else x0.new_tensor(1.0)
         sy = c[1, 0, 0, 1] - y0 if h > 1 else y0.new_tensor(1.0)
@@ -248,7 +319,7 @@ def _grid_window_candidates(centers, gt_centers, k, n_a, grid):
     loc = rows[:, :, None] * w + cols[:, None, :]  # (G, win_h, win_w), row-major = index order
     idx = (loc.reshape(len(gt_centers), -1, 1) * n_a + torch.arange(n_a, device=dev)).flatten(1)
     # idx is increasing along dim 1, so a stable sort on distance breaks ties by lower index.
-    dist = _sq_dist(centers[idx], gt_centers[:, None, :])
+    dist = squared_distance(centers[idx], gt_centers[:, None, :])
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
     return idx.gather(1, order)
 
@@ -256,39 +327,46 @@ def _grid_window_candidates(centers, gt_centers, k, n_a, grid):
 def _chunked_nearest(centers, gt_centers, k):
     """
     Exact nearest-k for arbitrary anchors, in GT chunks whose (chunk x A_l) distance block stays
-    within a fixed element budget. A stable sort orders ties by anchor index (``topk``'s tie
+    within :data:`CHUNK_ELEMENTS`. A stable sort orders ties by anchor index (``topk``'s tie
     order is unspecified). Returns (G, k) level-local indices.
     """
-    chunk = max(1, _CHUNK_ELEMENTS // max(len(centers), 1))
     out = []
-    for g in range(0, len(gt_centers), chunk):
-        dist = _sq_dist(centers[None, :, :], gt_centers[g : g + chunk, None, :])  # (C, A_l)
+    for lo, hi in gt_chunks(len(gt_centers), len(centers)):
+        dist = squared_distance(centers[None, :, :], gt_centers[lo:hi, None, :])  # (C, A_l)
         out.append(torch.sort(dist, dim=1, stable=True).indices[:, :k])
     return torch.cat(out, dim=0)
 
 
-def _centers(boxes: Tensor) -> Tensor:
-    return (boxes[..., :2] + boxes[..., 2:]) * 0.5
+def gt_chunks(num_gt: int, row_elements: int) -> Iterator[Tuple[int, int]]:
+    """
+    (start, end) ranges over ``num_gt`` GTs such that a dense (end - start, row_elements) block
+    stays within :data:`CHUNK_ELEMENTS` (at least one GT per chunk). Rules that need a dense
+    GT x anchors comparison walk these chunks instead of building the whole matrix.
+    """
+    step = max(1, CHUNK_ELEMENTS // max(row_elements, 1))
+    for lo in range(0, num_gt, step):
+        yield lo, min(lo + step, num_gt)
 
 
-def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
-    # Squared L2 (same ranking as L2), written the same way everywhere so ties agree.
+def squared_distance(a: Tensor, b: Tensor) -> Tensor:
+    """
+    Squared L2 distance between broadcastable (..., 2) points (same ranking as L2, no sqrt).
+    Written the same way everywhere so that equal distances compare equal in every rule.
+    """
     d = a - b
     return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]
 
 
-def _aligned_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of broadcastable (..., 4) XYXY boxes, continuous coordinates, safe for empty boxes."""
-    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[..., 2] - a[..., 0]).clamp(0) * (a[..., 3] - a[..., 1]).clamp(0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(0) * (b[..., 3] - b[..., 1]).clamp(0)
-    union = area_a + area_b - inter
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+def centers_inside(points: Tensor, boxes: Tensor, margin: float = CENTER_MARGIN) -> Tensor:
+    """
+    Whether each point lies inside its box by more than ``margin`` on all four sides (the
+    authors' centre test, strict: a point on an edge is outside).
 
+    Args:
+        points: (..., 2) x, y; boxes: (..., 4) XYXY, broadcastable with ``points``.
 
-def _centers_inside(anchors: Tensor, gt: Tensor) -> Tensor:
-    """Whether each anchor centre lies inside the GT by more than 0.01 px on all four sides."""
-    c = _centers(anchors)
-    ltrb = torch.cat([c - gt[..., :2], gt[..., 2:] - c], dim=-1)
-    return ltrb.amin(dim=-1) > _CENTER_MARGIN
+    Returns:
+        (...) bool.
+    """
+    ltrb = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+    return ltrb.amin(dim=-1) > margin

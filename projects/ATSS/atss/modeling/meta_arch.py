@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from .anchors import atss_anchor_generator
-from .assigners import AnchorAssigner
+from .assigners import BACKGROUND, IGNORE, AnchorAssigner
 from .box_coding import anchor_scale_of, build_box_transform
 from .losses import (
     centerness_loss,
@@ -202,8 +202,8 @@ class ATSS(DenseDetector):
             else:
                 labels = matched.new_zeros(num_anchors)
                 matched_boxes_i = boxes.new_zeros((num_anchors, 4), dtype=torch.float32)
-            labels[matched == -1] = self.num_classes
-            labels[matched <= -2] = -1
+            labels[matched == BACKGROUND] = self.num_classes
+            labels[matched == IGNORE] = -1  # focal_loss's "ignored" label
             gt_labels.append(labels)
             matched_boxes.append(matched_boxes_i)
             num_without.append(_num_gts_without_positive(matched, len(inst)))
@@ -341,7 +341,7 @@ class ATSS(DenseDetector):
 
 def _num_gts_without_positive(matched: Tensor, num_gt: int) -> Tensor:
     has_pos = torch.zeros(num_gt + 1, dtype=torch.bool, device=matched.device)
-    has_pos[matched.clamp(min=-1) + 1] = True  # slot 0 collects background/ignored anchors
+    has_pos[matched.clamp(min=BACKGROUND) + 1] = True  # slot 0: background/ignored anchors
     return num_gt - has_pos[1:].sum()
 
 

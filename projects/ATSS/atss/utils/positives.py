@@ -3,10 +3,11 @@ What ATSS selects as positives for each ground-truth box, and what the IoU assig
 numbers (:func:`explain_assignment`) and as a picture (:func:`draw_positives`).
 
 The assignments themselves come from the matchers (:func:`atss.modeling.matcher.atss_match`,
-:func:`atss.modeling.assigners.iou_match`); this module only adds the per-GT statistics ATSS
-bases its decision on — the candidates (:func:`atss.modeling.matcher.candidate_anchors`), their
-IoUs with the GT, and the threshold mean + std — so that the picture can show *why* an anchor
-is or is not positive. Nothing here decides an assignment.
+:func:`atss.modeling.assigners.iou_match`); this module only shows the per-GT statistics ATSS
+bases its decision on — the candidates, their IoUs with the GT and the threshold mean + std,
+read from :func:`atss.modeling.matcher.atss_candidates`, the function ``atss_match`` itself
+uses — so that the picture can show *why* an anchor is or is not positive. Nothing here decides
+an assignment or recomputes a piece of the rule.
 """
 
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
 from ..modeling.assigners import IGNORE, iou_match
-from ..modeling.matcher import atss_match, candidate_anchors
+from ..modeling.matcher import atss_candidates, atss_match
 
 __all__ = [
     "GTSelection",
@@ -73,14 +75,6 @@ class Explanation:
         return counts
 
 
-def _aligned_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of broadcastable (..., 4) XYXY boxes, continuous coordinates (as the matchers)."""
-    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(0)
-    inter = wh[..., 0] * wh[..., 1]
-    area = (a[..., 2:] - a[..., :2]).clamp(0).prod(-1) + (b[..., 2:] - b[..., :2]).clamp(0).prod(-1)
-    return inter / (area - inter).clamp(min=torch.finfo(inter.dtype).tiny)
-
-
 def explain_assignment(
     anchors_per_level: Sequence[Tensor],
     gt_boxes: Tensor,
@@ -113,23 +107,18 @@ def explain_assignment(
 
     per_gt = []
     if len(gt_boxes) and len(anchors):
-        cand = candidate_anchors(
-            anchors_per_level, gt_boxes, topk * anchors_per_location, anchors_per_location
-        )  # (G, K)
-        ious = _aligned_iou(anchors[cand], gt_boxes[:, None, :])  # (G, K)
-        mean = ious.mean(dim=1)
-        std = ious.std(dim=1) if ious.shape[1] > 1 else torch.zeros_like(mean)
+        stats = atss_candidates(anchors_per_level, gt_boxes, topk, anchors_per_location)
         for g in range(len(gt_boxes)):
             per_gt.append(
                 GTSelection(
                     gt_index=g,
                     box=gt_boxes[g],
-                    candidates=cand[g],
-                    candidate_levels=levels[cand[g]],
-                    candidate_ious=ious[g],
-                    iou_mean=float(mean[g]),
-                    iou_std=float(std[g]),
-                    threshold=float(mean[g] + std[g]),
+                    candidates=stats.indices[g],
+                    candidate_levels=levels[stats.indices[g]],
+                    candidate_ious=stats.ious[g],
+                    iou_mean=float(stats.mean[g]),
+                    iou_std=float(stats.std[g]),
+                    threshold=float(stats.threshold[g]),
                     positives=torch.nonzero(matched_atss == g).flatten(),
                 )
             )
@@ -185,7 +174,7 @@ def _level_names(num_levels, first_level):
 
 
 def _plot_atss_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, names, label):
-    centers = (ex.anchors[:, :2] + ex.anchors[:, 2:]) / 2
+    centers = Boxes(ex.anchors).get_centers()
     window = _crop_window(sel.box, image.shape)
     _show_crop(ax_img, image, window)
     _draw_box(ax_img, sel.box, edgecolor="white", linewidth=2.0)
@@ -242,12 +231,12 @@ def _plot_atss_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, name
 
 
 def _plot_iou_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, names, thresholds):
-    centers = (ex.anchors[:, :2] + ex.anchors[:, 2:]) / 2
+    centers = Boxes(ex.anchors).get_centers()
     window = _crop_window(sel.box, image.shape)
     _show_crop(ax_img, image, window)
     _draw_box(ax_img, sel.box, edgecolor="white", linewidth=2.0)
     _draw_box(ax_img, sel.box, edgecolor="black", linewidth=0.8, linestyle="--")
-    ious = _aligned_iou(ex.anchors, sel.box[None])  # (A,), one GT: O(A)
+    ious = pairwise_iou(Boxes(ex.anchors), Boxes(sel.box[None]))[:, 0]  # (A,), one GT: O(A)
     mine = torch.nonzero(ex.matched_iou == sel.gt_index).flatten()
     # Ignored anchors that overlap this GT (the IoU assigner does not say for which GT).
     ignored = torch.nonzero((ex.matched_iou == IGNORE) & (ious >= thresholds[0] * 0.5)).flatten()
