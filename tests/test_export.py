@@ -79,6 +79,7 @@ RUNNER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("which", ["untrained", "trained"])
+@pytest.mark.slow
 def test_torchscript_matches_eager_in_a_process_without_atss(models, which, tmp_path):
     """Traced, saved, loaded without atss/detectron2: same boxes/scores/classes at new sizes."""
     model = models[which]
@@ -105,6 +106,7 @@ def test_torchscript_matches_eager_in_a_process_without_atss(models, which, tmp_
 
 
 @pytest.mark.parametrize("which", ["untrained", "trained"])
+@pytest.mark.slow
 def test_onnx_matches_eager_in_onnxruntime(models, which, tmp_path):
     """ONNX (opset 16) in onnxruntime: same detections as eager at new sizes."""
     import onnxruntime
@@ -140,6 +142,7 @@ def _run_export_script(output, fmt):
     return run.stdout
 
 
+@pytest.mark.slow
 def test_export_script_writes_a_loadable_model(tmp_path):
     """scripts/export_model.py on the R-50 config writes a model and says how to run it."""
     assert "torch.jit.load" in _run_export_script(tmp_path, "torchscript")
@@ -147,6 +150,7 @@ def test_export_script_writes_a_loadable_model(tmp_path):
     assert flat[0].shape[1] == 4 and flat[3].tolist() == [224, 160]
 
 
+@pytest.mark.slow
 def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
     """scripts/export_model.py --format onnx on the R-50 config, as the TorchScript test above:
     the file loads in onnxruntime, runs at another size than traced, returns per image

@@ -90,6 +90,7 @@ def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
     assert (tmp_path / "ap_vs_training_time.png").is_file()
 
 
+@pytest.mark.slow
 def test_bench_matcher_prints_a_row_per_gt_count_with_equal_assignments():
     """scripts/bench_matcher.py on 10 GTs, one repeat: one table row, and the sparse and dense
     matchers agree ("yes")."""

@@ -166,6 +166,7 @@ def _kill_when(proc, ready, timeout=300):
     assert proc.wait() == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(trained, tmp_path):
     """A real ``kill -9`` of a train_net.py process right after its first checkpoint (one per
     iteration, so the kill may land in a step or in a save): ``--resume`` continues from the
@@ -216,6 +217,7 @@ _SAVE_FOREVER = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
     """Processes that do nothing but save checkpoints are killed with SIGKILL at varying
     moments: every time, ``last_checkpoint`` names a complete checkpoint, and every ``.pth``
@@ -250,6 +252,7 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
     assert partial >= 1
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):
     """--num-gpus 2 without CUDA: launch() spawns 2 processes with the gloo backend and
     train_net gives DDP device_ids=None (the default [local_rank] raises on CPU modules)."""

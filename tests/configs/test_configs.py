@@ -100,6 +100,8 @@ def _model(path):
     model_cfg = copy.deepcopy(_cfg(path).model)
     if "anchor_generator" in model_cfg:  # FCOS (a reference detector) builds its own
         model_cfg.anchor_generator = instantiate(model_cfg.anchor_generator)
+    if model_cfg.backbone.get("pretrained", False):  # ImageNet weights into meta tensors: a
+        model_cfg.backbone.pretrained = False  # no-op that warns once per tensor (314 times)
     with torch.device("meta"):
         return instantiate(model_cfg)
 

@@ -134,6 +134,7 @@ def test_every_entry_point_with_overrides_refuses_a_flag_among_them(
     assert "Flags go before the overrides" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_net_command_line_refuses_a_late_flag_before_launching(tmp_path):
     """The issue's command, run as a user would: refused at once (exit 2), nothing launched."""
     out = tmp_path / "out"

@@ -79,6 +79,7 @@ def _eager_oracle(cfg, bgr):
     return out[0]["instances"]
 
 
+@pytest.mark.slow
 def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(setup):
     """
     Boxes and scores within the export tolerance, identical classes, in the coordinates of the

@@ -1,5 +1,6 @@
 """Numerical safety: 10,000 randomised matcher + loss trials never produce NaN/inf or raise."""
 
+import pytest
 import torch
 
 from atss import atss_match, build_box_transform
@@ -27,6 +28,7 @@ def _random_gts(g, n, h, w):
     return boxes
 
 
+@pytest.mark.slow
 def test_ten_thousand_random_trials_are_finite():
     """Random sizes, 0..500 GTs, degenerate boxes, random predictions: all finite, no error."""
     g = torch.Generator().manual_seed(1234)

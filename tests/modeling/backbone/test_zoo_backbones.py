@@ -57,6 +57,7 @@ def _small_neck_and_head(name, channels=64, num_classes=3):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.slow
 def test_backbone_family_trains_and_infers_on_cpu(name):
     cfg = _small_neck_and_head(name)
     torch.manual_seed(0)

@@ -71,7 +71,9 @@ class ATSSPredictor:
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The (3, H', W') float32 input of the model for an (H, W, 3) uint8 ``image``: resized
         like the test loader, channels first."""
-        aug_input = T.AugInput(np.ascontiguousarray(image))
+        # Writable and contiguous (copied only when not): images read through PIL are read-only
+        # views, which fvcore's resize hands to torch.from_numpy (a warning, undefined writes).
+        aug_input = T.AugInput(np.require(image, requirements=["C", "W"]))
         self.augmentations(aug_input)
         return np.ascontiguousarray(aug_input.image.astype("float32").transpose(2, 0, 1))
 

@@ -148,7 +148,7 @@ def _point(curve, k: Optional[int], num_gt: int, threshold) -> Dict:
     """One operating point as plain numbers (k: index into the curve, None = nothing kept)."""
     tp = int(curve["tp"][k]) if k is not None else 0
     fp = int(curve["fp"][k]) if k is not None else 0
-    p, r, f = (float(v) for v in _prf([tp], [fp], num_gt))
+    p, r, f = (float(v[0]) for v in _prf([tp], [fp], num_gt))
     return {
         "score_threshold": None if threshold is None else float(threshold),
         "precision": p,
