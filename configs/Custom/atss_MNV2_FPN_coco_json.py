@@ -23,8 +23,6 @@ from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from atss.data.coco_json import CUSTOM_TEST, CUSTOM_TRAIN
 from atss.modeling.backbone import (
@@ -36,6 +34,7 @@ from atss.modeling.backbone import (
 from ..common.coco_data import dataloader
 from ..common.models.atss import model
 from ..common.optim import SGD as optimizer
+from ..common.schedule import atss_schedule
 from ..common.tta import test
 
 CHANNELS = 128
@@ -86,14 +85,10 @@ test.aug.test_max_size = MAX_SIZE
 # --- solver --------------------------------------------------------------------------------
 optimizer.lr = 0.0025  # linear scaling of 0.01 @ 16 images
 MAX_ITER = 3000
-lr_multiplier = L(WarmupParamScheduler)(
-    # fvcore evaluates the milestones at (iteration / train.max_iter) * num_updates: fractions.
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[2000, 2667], num_updates=MAX_ITER
-    ),
-    warmup_length=0.05,
-    warmup_method="linear",
-    warmup_factor=0.001,
+# The milestones and the warmup are fractions of the run (fvcore evaluates them at
+# iteration / train.max_iter), so `train.max_iter=N` alone rescales them.
+lr_multiplier = atss_schedule(
+    MAX_ITER, steps=(2000, 2667), warmup_iters=150, warmup_factor=0.001, warmup_method="linear"
 )
 
 train = get_config("common/train.py").train
