@@ -14,15 +14,10 @@ GFLOP/s next to a 3x3-conv and matmul peak measured on this machine. The logic l
 
 import argparse
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "projects", "ATSS"))
+from detectron2.config import LazyConfig
 
-from detectron2.config import LazyConfig  # noqa: E402
-
-from atss.engine.benchmark import (  # noqa: E402
+from atss.engine.benchmark import (
     RUNTIMES,
     TASKS,
     configure,

@@ -164,22 +164,10 @@ def check_amp_training(device, steps):
 def _fitted_tiny_model(device):
     """tests/test_export.py's small model, fitted for a few steps so that it has confident,
     well separated detections (random weights give near-ties that reorder across devices)."""
-    from detectron2.utils.events import EventStorage
-
-    from tests.atss_testing import make_inputs, tiny_model
+    from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
 
     model = tiny_model(**{"head.use_dcn": False}).to(device)
-    boxes = [torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])] * 2
-    inputs = make_inputs([(136, 168), (136, 168)], boxes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    model.train()
-    for _ in range(8):
-        with EventStorage():
-            loss = sum(model(inputs).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))
 
 
 def _images(device, sizes=((200, 264), (152, 136)), seed=1):

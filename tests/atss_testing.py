@@ -5,6 +5,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
 
 from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
@@ -78,6 +79,30 @@ def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):
         img = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).float()
         out.append({"image": img, "instances": inst, "height": h, "width": w, "image_id": len(out)})
     return out
+
+
+# Two well separated objects in a 136 x 168 image: what fit_briefly's callers teach the model.
+FIT_SIZE = (136, 168)
+FIT_BOXES = torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])
+
+
+def fit_briefly(model, inputs, steps=8, lr=0.02):
+    """
+    Fit ``model`` for ``steps`` SGD steps (momentum 0.9) on one batch, so that it gives
+    confident, well separated detections on those images (random weights give near-ties that
+    reorder across runtimes and devices). ``inputs``: training inputs as from
+    :func:`make_inputs`; their images may stay on the CPU (the model moves them). Returns the
+    model in eval mode.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,10 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from detectron2.utils.events import EventStorage
 
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript, split_outputs
-from tests.atss_testing import make_inputs, tiny_model
+from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
 
 TRACE_SIZE = (136, 168)
 TEST_SIZES = [(200, 264), (152, 136)]  # other resolutions than the traced one
@@ -28,17 +27,7 @@ def _images(sizes, seed=1):
 def _briefly_trained(use_dcn=False):
     """A tiny model fitted for a few steps on one batch, so that it has real detections."""
     model = tiny_model(**{"head.use_dcn": use_dcn})
-    boxes = [torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])] * 2
-    inputs = make_inputs([TRACE_SIZE, TRACE_SIZE], boxes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    model.train()
-    for _ in range(8):
-        with EventStorage():
-            loss = sum(model(inputs).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "dcn"])

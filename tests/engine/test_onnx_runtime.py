@@ -8,11 +8,10 @@ import pytest
 import torch
 from detectron2.config import LazyConfig
 from detectron2.data import transforms as T
-from detectron2.utils.events import EventStorage
 
 import atss.export
 from atss.engine.onnx_runtime import OnnxPredictor, onnx_cache_path
-from tests.atss_testing import make_inputs, tiny_model
+from tests.atss_testing import FIT_BOXES, fit_briefly, make_inputs, tiny_model
 
 SIZE = (136, 168)  # image size; the test resize makes it 160 x 198 (a real rescale)
 # The tiny ResNet-18 FPN of the test suite (BGR input), its test loader resizing to 160 px.
@@ -36,17 +35,8 @@ def setup(tmp_path_factory):
     """A tiny model fitted for 8 steps on one image (so it detects on it), its weights, config
     file and that image as a BGR PNG."""
     root = tmp_path_factory.mktemp("onnx_rt")
-    model = tiny_model()
-    boxes = [torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 160.0, 70.0]])]
-    inputs = make_inputs([SIZE], boxes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    model.train()
-    for _ in range(8):
-        with EventStorage():
-            loss = sum(model(inputs).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    inputs = make_inputs([SIZE], [FIT_BOXES])
+    model = fit_briefly(tiny_model(), inputs)
     weights = root / "weights" / "tiny.pth"
     weights.parent.mkdir()
     torch.save({"model": model.state_dict()}, weights)
