@@ -33,6 +33,8 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This script runs from a checkout (gpu_check.sh), possibly with an interpreter that lacks the
+# editable install (ATSS_PYTHON), and reuses the test suite's tiny model (tests.atss_testing).
 sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
 
 import torch  # noqa: E402
