@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript, split_outputs
+from atss.export import (
+    OUTPUT_NAMES,
+    export_onnx,
+    export_torchscript,
+    quiet_third_party_tracer_warnings,
+    split_outputs,
+)
 from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
 
 TRACE_SIZE = (136, 168)
@@ -129,6 +135,24 @@ def _run_export_script(output, fmt):
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
+
+
+def test_export_prints_no_third_party_tracer_warnings_but_keeps_ours(tmp_path):
+    """Tracing prints none of the dozens of TracerWarnings raised inside Detectron2's Boxes /
+    Instances and torchvision (a user of scripts/export_model.py saw a screenful), while a
+    TracerWarning from this package's own modules would still be shown."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_torchscript(tiny_model().eval(), _images([TRACE_SIZE]), str(tmp_path / "m.ts"))
+        with quiet_third_party_tracer_warnings():
+            for module in ("atss.modeling.head", "detectron2.structures.boxes"):
+                warnings.warn_explicit(
+                    "probe", torch.jit.TracerWarning, module.replace(".", "/") + ".py", 1, module
+                )
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert [w.filename for w in tracer] == ["atss/modeling/head.py"], [
+        f"{w.filename}: {w.message}" for w in tracer
+    ]
 
 
 @pytest.mark.slow

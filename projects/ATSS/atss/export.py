@@ -9,7 +9,9 @@ trace time; the resolution is not (anchors are generated from the feature shapes
 Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 or atss.
 """
 
+import contextlib
 import os
+import warnings
 from typing import BinaryIO, List, Sequence, Union
 
 import torch
@@ -20,6 +22,22 @@ __all__ = ["OUTPUT_NAMES", "build_traceable", "export_torchscript", "export_onnx
 
 # Per image, in the order TracingAdapter flattens an Instances (fields sorted, then image size).
 OUTPUT_NAMES = ("pred_boxes", "pred_classes", "scores", "image_size")
+
+
+# Tracing Detectron2's structures (Boxes, Instances) and torchvision's ops raises dozens of
+# TracerWarnings about Python booleans and shape checks that are constant for a traced ATSS graph
+# (the outputs are checked against eager at other sizes in tests/test_export.py). They are
+# silenced by module; a TracerWarning raised in this package's own code still shows.
+THIRD_PARTY_TRACED_MODULES = r"(detectron2|torchvision|torch)(\.|$)"
+
+
+@contextlib.contextmanager
+def quiet_third_party_tracer_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", category=torch.jit.TracerWarning, module=THIRD_PARTY_TRACED_MODULES
+        )
+        yield
 
 
 def _instances_only(model, *images):
@@ -46,7 +64,7 @@ def build_traceable(model: nn.Module, images: Sequence[Tensor]) -> TracingAdapte
 def export_torchscript(model: nn.Module, images: Sequence[Tensor], path: str):
     """Trace ``model`` on ``images`` and save the TorchScript module to ``path``."""
     adapter = build_traceable(model, images)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_third_party_tracer_warnings():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     traced.save(path)
@@ -70,7 +88,7 @@ def export_onnx(
             dynamic[name] = {0: "detections"}
     if isinstance(path, str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_third_party_tracer_warnings():
         torch.onnx.export(
             adapter,
             adapter.flattened_inputs,
