@@ -134,3 +134,20 @@ def test_export_builds_the_data_class_count(data, trained, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert os.path.isfile(tmp_path / "model.ts")
+
+
+def test_two_processes_each_register_the_datasets_from_the_command_line(data, tmp_path):
+    """`train_net.py --num-gpus 2` (gloo on the CPU) with the dataset overrides: every spawned
+    process starts with an empty DatasetCatalog, so each must register custom_train/custom_test
+    itself from the overrides; it trains and evaluates in the JSON's category ids. Fails if the
+    datasets are registered only in the launching process (KeyError in the workers)."""
+    out = str(tmp_path)
+    run = cli(
+        "train_net.py", "--num-gpus", "2", "--config-file", CONFIG, *data_opts(data), *SMALL,
+        "train.max_iter=2", f"train.output_dir={out}",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
+        detections = json.load(f)
+    assert detections and {d["category_id"] for d in detections} <= {3, 7}
