@@ -68,6 +68,32 @@ def tiny_model(num_classes=3, channels=32, **model_overrides):
     return instantiate(tiny_model_cfg(num_classes, channels, **model_overrides).model)
 
 
+TINY_CONFIG_FILE = """\
+from tests.atss_testing import tiny_model_cfg
+
+_cfg = tiny_model_cfg(num_classes=3)
+model = _cfg.model
+dataloader = _cfg.dataloader
+train = _cfg.train
+train.device = "cpu"
+dataloader.test.dataset.names = "shapes_val"
+dataloader.test.mapper.augmentations[0].short_edge_length = {short_edge_length}
+dataloader.test.mapper.augmentations[0].max_size = {max_size}
+"""
+
+
+def write_tiny_config(path, short_edge_length, max_size, *extra_lines):
+    """
+    Write a config file of :func:`tiny_model_cfg` (3 classes, BGR input, on the CPU) for the
+    entry points that take ``--config-file``: its test loader reads ``shapes_val`` resized to
+    ``short_edge_length`` (longer side <= ``max_size``); ``extra_lines`` are appended. Returns
+    ``path``.
+    """
+    text = TINY_CONFIG_FILE.format(short_edge_length=short_edge_length, max_size=max_size)
+    path.write_text(text + "".join(line + "\n" for line in extra_lines))
+    return path
+
+
 def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):
     """Batched inputs: random images of the given (h, w) and the given GT boxes (list)."""
     g = torch.Generator().manual_seed(seed)

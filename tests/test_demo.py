@@ -2,7 +2,6 @@
 
 import logging
 import re
-import textwrap
 
 import cv2
 import numpy as np
@@ -10,36 +9,28 @@ import pytest
 import torch
 
 from demo import expand_inputs, main, split_overrides
-from tests.atss_testing import tiny_model
+from tests.atss_testing import tiny_model, write_tiny_config
 
-# The tiny test model: ResNet-18 FPN, 32 channels, 3 classes, at a small test resolution. The head
-# is 64 channels wide: GN(32) on 32 channels (1 per group) fails on the 1x1 P7 of a small image.
-CONFIG = """
-from tests.atss_testing import tiny_model_cfg
-
-_cfg = tiny_model_cfg(num_classes=3)
-model = _cfg.model
-dataloader = _cfg.dataloader
-train = _cfg.train
-train.device = "cpu"
-dataloader.test.dataset.names = "shapes_val"
-dataloader.test.mapper.augmentations[0].short_edge_length = 64
-dataloader.test.mapper.augmentations[0].max_size = 96
-model.head.conv_dims = [64, 64]
-model.max_detections_per_image = 5
-"""
+# The tiny test model at a small test resolution (64 px). Its head is 64 channels wide: GN(32) on
+# 32 channels (1 per group) fails on the 1x1 P7 of a small image.
+HEAD_DIMS = [64, 64]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    model = tiny_model(num_classes=3, **{"head.conv_dims": [64, 64]})
+    model = tiny_model(num_classes=3, **{"head.conv_dims": HEAD_DIMS})
     with torch.no_grad():  # every class probable everywhere, so that boxes get drawn
         model.head.cls_score.bias.fill_(2.0)
     weights = root / "tiny.pth"
     torch.save({"model": model.state_dict()}, weights)
-    config = root / "tiny_config.py"
-    config.write_text(textwrap.dedent(CONFIG))
+    config = write_tiny_config(
+        root / "tiny_config.py",
+        64,
+        96,
+        f"model.head.conv_dims = {HEAD_DIMS}",
+        "model.max_detections_per_image = 5",
+    )
     rng = np.random.default_rng(0)
     images = []
     for i, (h, w) in enumerate([(90, 120), (100, 80)]):

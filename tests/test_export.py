@@ -20,7 +20,7 @@ from atss.export import (
 )
 from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
 
-TRACE_SIZE = (136, 168)
+TRACE_SIZE = FIT_SIZE  # traced at the size the trained model was fitted at
 TEST_SIZES = [(200, 264), (152, 136)]  # other resolutions than the traced one
 
 

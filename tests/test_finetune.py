@@ -44,6 +44,19 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+def _load_and_log(model, checkpoint):
+    """Load ``checkpoint`` into ``model`` through AtomicDetectionCheckpointer; return the log
+    records of the load."""
+    checkpointer = AtomicDetectionCheckpointer(model)
+    handler = _Records()
+    checkpointer.logger.addHandler(handler)
+    try:
+        checkpointer.load(checkpoint)
+    finally:
+        checkpointer.logger.removeHandler(handler)
+    return handler.records
+
+
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_loads_all_but_the_classifier_and_logs_one_line(coco_checkpoint, num_classes):
     """Every tensor of the model equals the checkpoint's, except the two class-dependent ones,
@@ -54,13 +67,7 @@ def test_loads_all_but_the_classifier_and_logs_one_line(coco_checkpoint, num_cla
     logs fvcore's per-tensor lines and multi-line lists instead of one line."""
     fresh = build(num_classes, seed=0).state_dict()
     model = build(num_classes, seed=0)
-    checkpointer = AtomicDetectionCheckpointer(model)
-    handler = _Records()
-    checkpointer.logger.addHandler(handler)
-    try:
-        checkpointer.load(coco_checkpoint)
-    finally:
-        checkpointer.logger.removeHandler(handler)
+    records = _load_and_log(model, coco_checkpoint)
 
     saved = torch.load(coco_checkpoint, map_location="cpu")["model"]
     loaded = model.state_dict()
@@ -77,7 +84,7 @@ def test_loads_all_but_the_classifier_and_logs_one_line(coco_checkpoint, num_cla
     assert bias.shape == (num_classes,)
     assert torch.allclose(bias, torch.full_like(bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB)))
 
-    warnings = [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     line = warnings[0]
     assert "\n" not in line
@@ -89,13 +96,7 @@ def test_loads_all_but_the_classifier_and_logs_one_line(coco_checkpoint, num_cla
 def test_same_class_count_loads_silently(coco_checkpoint):
     """An 80-class model loads everything: no warning (the line is only for what is skipped)."""
     model = build(80, seed=0)
-    checkpointer = AtomicDetectionCheckpointer(model)
-    handler = _Records()
-    checkpointer.logger.addHandler(handler)
-    try:
-        checkpointer.load(coco_checkpoint)
-    finally:
-        checkpointer.logger.removeHandler(handler)
-    assert not [r for r in handler.records if r.levelno >= logging.WARNING]
+    records = _load_and_log(model, coco_checkpoint)
+    assert not [r for r in records if r.levelno >= logging.WARNING]
     saved = torch.load(coco_checkpoint, map_location="cpu")["model"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())

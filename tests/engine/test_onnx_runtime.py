@@ -1,7 +1,5 @@
 """atss.engine.onnx_runtime, `demo.py --runtime onnxruntime`: eager detections, cached export."""
 
-import textwrap
-
 import cv2
 import numpy as np
 import pytest
@@ -11,22 +9,18 @@ from detectron2.data import transforms as T
 
 import atss.export
 from atss.engine.onnx_runtime import OnnxPredictor, onnx_cache_path
-from tests.atss_testing import FIT_BOXES, fit_briefly, make_inputs, tiny_model
+from tests.atss_testing import (
+    FIT_BOXES,
+    FIT_SIZE,
+    fit_briefly,
+    make_inputs,
+    tiny_model,
+    write_tiny_config,
+)
 
-SIZE = (136, 168)  # image size; the test resize makes it 160 x 198 (a real rescale)
+SIZE = FIT_SIZE  # image size; the test resize makes it 160 x 198 (a real rescale)
 # The tiny ResNet-18 FPN of the test suite (BGR input), its test loader resizing to 160 px.
-CONFIG = """
-from tests.atss_testing import tiny_model_cfg
-
-_cfg = tiny_model_cfg(num_classes=3)
-model = _cfg.model
-dataloader = _cfg.dataloader
-train = _cfg.train
-train.device = "cpu"
-dataloader.test.dataset.names = "shapes_val"
-dataloader.test.mapper.augmentations[0].short_edge_length = 160
-dataloader.test.mapper.augmentations[0].max_size = 1333
-"""
+TEST_SHORT_EDGE, TEST_MAX_SIZE = 160, 1333
 TOLERANCE = 1e-4  # tests/test_export.py's ONNX tolerance
 
 
@@ -40,8 +34,7 @@ def setup(tmp_path_factory):
     weights = root / "weights" / "tiny.pth"
     weights.parent.mkdir()
     torch.save({"model": model.state_dict()}, weights)
-    config = root / "tiny_config.py"
-    config.write_text(textwrap.dedent(CONFIG))
+    config = write_tiny_config(root / "tiny_config.py", TEST_SHORT_EDGE, TEST_MAX_SIZE)
     bgr = inputs[0]["image"].permute(1, 2, 0).numpy().astype(np.uint8)  # model format is BGR
     image = root / "img.png"
     cv2.imwrite(str(image), bgr)
@@ -62,7 +55,8 @@ def _eager_oracle(cfg, bgr):
 
     model = instantiate(cfg.model).eval()
     DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
-    resized = T.ResizeShortestEdge(160, 1333).get_transform(bgr).apply_image(bgr)
+    resize = T.ResizeShortestEdge(TEST_SHORT_EDGE, TEST_MAX_SIZE)
+    resized = resize.get_transform(bgr).apply_image(bgr)
     image = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     with torch.no_grad():
         out = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])
