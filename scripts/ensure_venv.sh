@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
-key=$(cat requirements.txt constraints.txt requirements-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+key=$(cat requirements.txt requirements-base.txt constraints.txt requirements-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.stamp" 2>/dev/null)" = "$key" ]; then
   exit 0
 fi

@@ -92,6 +92,39 @@ def test_trains_checkpoints_and_evaluates(trained):
         assert f.read() == "model_final.pth"
 
 
+def test_every_checkpoint_the_trainer_writes_loads_with_weights_only(trained):
+    """torch >= 2.6 loads with weights_only=True by default: what the trainer writes (model,
+    optimizer, scheduler, RNG state) holds only tensors and plain Python values. Catches an
+    ndarray or any other pickled object in a checkpoint (NumPy's RNG state as it comes)."""
+    names = sorted(f for f in os.listdir(trained) if f.endswith(".pth"))
+    assert names == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]
+    for name in names:
+        ckpt = torch.load(os.path.join(trained, name), map_location="cpu", weights_only=True)
+        assert isinstance(ckpt["rng"]["numpy"]["keys"], torch.Tensor), name
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    """The RNG states saved and loaded again (through weights_only) give the same next draws of
+    Python's random, NumPy's global generator (including a cached Gaussian) and torch."""
+    import random
+
+    import numpy as np
+
+    from atss.engine import RNGState
+
+    np.random.seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian (has_gauss=1)
+    random.seed(4)
+    torch.manual_seed(5)
+    torch.save({"rng": RNGState().state_dict()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.standard_normal(2).tolist(), torch.rand(2))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    RNGState().load_state_dict(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    got = (random.random(), np.random.standard_normal(2).tolist(), torch.rand(2))
+    assert got[:2] == expected[:2]
+    torch.testing.assert_close(got[2], expected[2], rtol=0, atol=0)
+
+
 def test_eval_only_reproduces_the_numbers_of_the_training_run(trained):
     final = os.path.join(trained, "model_final.pth")
     results = train_net.main(run(trained, f"train.init_checkpoint={final}", eval_only=True))
@@ -153,6 +186,33 @@ def test_interrupt_and_resume_reaches_the_same_iteration_and_weights(
     assert final_eval_metrics(out)["bbox/AP"] == pytest.approx(
         final_eval_metrics(trained)["bbox/AP"], abs=1e-3
     )
+
+
+def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp_path):
+    """Checkpoints written before RNGState stored tensors hold np.random.get_state() as it comes
+    (a tuple with a uint32 ndarray). Resuming from one reaches the uninterrupted run's weights:
+    on torch >= 2.6 (weights_only loads) through the checkpointer's allowance of exactly those
+    NumPy globals, on older torch as before. Rebuilt here from the run's iteration-1 checkpoint
+    with the NumPy state put back in the old form."""
+    import numpy as np
+
+    ckpt = torch.load(os.path.join(trained, "model_0000001.pth"), map_location="cpu")
+    state = ckpt["rng"]["numpy"]
+    ckpt["rng"]["numpy"] = (
+        state["bit_generator"],
+        state["keys"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached_gaussian"],
+    )
+    torch.save(ckpt, tmp_path / "model_0000001.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4"]
+    train_net.main(run(str(tmp_path), *opts, resume=True))
+    resumed = model_state(tmp_path / "model_final.pth")
+    ref = model_state(os.path.join(trained, "model_final.pth"))
+    for k in ref:  # tolerance: see the interrupt-and-resume test
+        torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def _kill_when(proc, ready, timeout=300):

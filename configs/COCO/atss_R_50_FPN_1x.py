@@ -1,6 +1,6 @@
 # ATSS, R-50-FPN, 1x (90k iterations at 16 images), single-scale training: the authors' reference
 # recipe (published: 39.3 AP on COCO minival). MSRA R-50 weights, FrozenBN, stem + res2 frozen.
-from detectron2.model_zoo import get_config
+from atss.config import get_detectron2_config
 
 from ..common.coco_data import dataloader
 from ..common.models.atss import model
@@ -8,7 +8,7 @@ from ..common.optim import SGD as optimizer
 from ..common.schedule import lr_multiplier_1x as lr_multiplier
 from ..common.tta import test  # test-time augmentation, off (test.aug.enabled)
 
-train = get_config("common/train.py").train
+train = get_detectron2_config("common/train.py").train
 train.max_iter = 90000
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.checkpointer.period = 5000

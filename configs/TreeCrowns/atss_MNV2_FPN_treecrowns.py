@@ -23,8 +23,8 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
-from detectron2.model_zoo import get_config
 
+from atss.config import get_detectron2_config
 from atss.modeling.backbone import (
     MOBILENET_V2_PIXEL_MEAN,
     MOBILENET_V2_PIXEL_STD,
@@ -80,7 +80,7 @@ lr_multiplier = atss_schedule(
     MAX_ITER, steps=(800, 1000), warmup_iters=150, warmup_factor=0.001, warmup_method="linear"
 )
 
-train = get_config("common/train.py").train
+train = get_detectron2_config("common/train.py").train
 train.max_iter = MAX_ITER
 train.init_checkpoint = ""  # the backbone loads its ImageNet weights itself
 train.output_dir = "./output/atss_MNV2_FPN_treecrowns"

@@ -1,12 +1,12 @@
 # COCO detection data in the authors' two recipes, on Detectron2's common COCO loader.
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.model_zoo import get_config
 
+from atss.config import get_detectron2_config
 from atss.data import CheckedDatasetMapper, get_checked_detection_dataset_dicts
 
 # 1x: single scale, shorter side 800 (max 1333), horizontal flip.
-dataloader = get_config("common/data/coco.py").dataloader
+dataloader = get_detectron2_config("common/data/coco.py").dataloader
 # Validated loading, same arguments as Detectron2's: bad annotations fail early naming the file,
 # image id and field, or are repaired/filtered with a logged count; unreadable images fail
 # naming the file (atss/data/validation.py, README "Bad data").

@@ -1,13 +1,13 @@
 # ATSS R-50-FPN model, composed from Detectron2's FCOS config (R-50 + FPN, P3-P7 with P6/P7 from
 # P5 and a ReLU before P7, GN head) with the ATSS pieces swapped in.
 from detectron2.config import LazyCall as L
-from detectron2.model_zoo import get_config
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 from atss import ATSS, AnchorAssigner, ATSSHead
+from atss.config import get_detectron2_config
 from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
-model = get_config("common/models/fcos.py").model
+model = get_detectron2_config("common/models/fcos.py").model
 model._target_ = ATSS
 
 # One square anchor of side 8 x stride per location, centres at (i + 0.5) x stride (sizes

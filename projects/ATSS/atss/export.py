@@ -10,6 +10,7 @@ Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 
 """
 
 import contextlib
+import inspect
 import os
 import warnings
 from typing import BinaryIO, List, Sequence, Union
@@ -97,8 +98,18 @@ def export_onnx(
             input_names=input_names,
             output_names=output_names,
             dynamic_axes=dynamic,
+            **_TRACING_EXPORTER,
         )
     return output_names
+
+
+# The exporter is chosen, not left to the torch version: torch >= 2.9 defaults to the dynamo
+# exporter (torch.export; needs onnxscript), which does not take TracingAdapter's flattened
+# trace. The TorchScript-based tracing exporter is the one TracingAdapter is made for; torch
+# < 2.5 has only that one and no `dynamo` keyword.
+_TRACING_EXPORTER = (
+    {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+)
 
 
 def split_outputs(flat: Sequence[Tensor]) -> List[dict]:

@@ -1,5 +1,6 @@
 """Crash-safe checkpoints and a checkpointable for the random number generators."""
 
+import contextlib
 import os
 import random
 
@@ -48,6 +49,15 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self._write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _torch_load(self, f: str):
+        """Detectron2's ``torch.load`` of a ``.pth`` file, with the running torch's default
+        ``weights_only`` (True from torch 2.6), which a checkpoint of this project written before
+        :class:`RNGState` stored tensors fails: it holds NumPy's RNG state with an ``ndarray``.
+        The three NumPy globals of such a state (and nothing else) are allowed here, so those
+        checkpoints still resume."""
+        with _legacy_rng_state_globals():
+            return super()._torch_load(f)
+
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
         """One warning line for the tensors not loaded (fvcore logs one line per tensor plus
         multi-line lists): typically the classifier's output layer when fine-tuning a COCO
@@ -74,6 +84,23 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self.path_manager.mkdirs(os.path.dirname(path))
         with self.path_manager.open(path, "wb") as f:
             write(f)
+
+
+def _legacy_rng_state_globals():
+    """A context allowing, in ``weights_only`` loads, what ``np.random.get_state()`` pickles to:
+    an ``ndarray`` of uint32 (its ``dtype`` and dtype class) rebuilt by ``_reconstruct``, under the names NumPy 1
+    wrote (``numpy.core.multiarray._reconstruct``; NumPy 2 keeps it in ``numpy._core``)."""
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 6):
+        return contextlib.nullcontext()  # weights_only is opt-in before torch 2.6
+    reconstruct = np.ndarray((0,)).__reduce__()[0]
+    return torch.serialization.safe_globals(
+        [
+            np.ndarray,
+            np.dtype,
+            type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType (NumPy >= 1.25)
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+        ]
+    )
 
 
 def _grouped(keys) -> str:
@@ -121,12 +148,26 @@ def incompatible_keys_message(incompatible: _IncompatibleKeys, model_keys) -> st
 class RNGState:
     """Checkpointable (``state_dict``/``load_state_dict``) for the global RNGs of this process:
     Python's ``random``, NumPy's legacy global generator (Detectron2's augmentations draw from
-    it) and torch's CPU (and, if present, CUDA) generators."""
+    it) and torch's CPU (and, if present, CUDA) generators.
+
+    The state holds tensors and plain Python values only, so a checkpoint loads with
+    ``torch.load(weights_only=True)`` (the default from torch 2.6): NumPy's state, a tuple with
+    an ``ndarray``, is stored as a dict with its 624 MT19937 keys in an int64 tensor. A state
+    written before that change (NumPy's tuple as is) still loads: see
+    :meth:`AtomicDetectionCheckpointer._torch_load`.
+    """
 
     def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
         state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": random.getstate(),  # (version, tuple of ints, float or None)
+            "numpy": {
+                "bit_generator": str(name),
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -135,7 +176,17 @@ class RNGState:
 
     def load_state_dict(self, state: dict) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        numpy_state = state["numpy"]
+        if isinstance(numpy_state, dict):
+            numpy_state = (
+                numpy_state["bit_generator"],
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        np.random.set_state(numpy_state)
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
