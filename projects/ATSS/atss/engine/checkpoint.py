@@ -88,8 +88,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
 def _legacy_rng_state_globals():
     """A context allowing, in ``weights_only`` loads, what ``np.random.get_state()`` pickles to:
-    an ``ndarray`` of uint32 (its ``dtype`` and dtype class) rebuilt by ``_reconstruct``, under the names NumPy 1
-    wrote (``numpy.core.multiarray._reconstruct``; NumPy 2 keeps it in ``numpy._core``)."""
+    a uint32 ``ndarray`` (its ``dtype`` and dtype class) rebuilt by ``_reconstruct``, under the
+    name NumPy 1 wrote (``numpy.core.multiarray._reconstruct``; NumPy 2 has ``numpy._core``)."""
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 6):
         return contextlib.nullcontext()  # weights_only is opt-in before torch 2.6
     reconstruct = np.ndarray((0,)).__reduce__()[0]
@@ -189,4 +189,3 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
