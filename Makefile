@@ -4,7 +4,7 @@
 # Both create/refresh .venv (Python 3.10, pinned stack) on first use.
 SHELL := /bin/bash
 PY := .venv/bin/python
-LINT_PATHS := projects configs tests scripts $(wildcard *.py)
+LINT_PATHS := projects configs tests scripts tools $(wildcard *.py)
 export PYTHONHASHSEED := 0
 
 .PHONY: venv test lint pytest demo bench lock clean

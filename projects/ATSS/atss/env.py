@@ -7,7 +7,8 @@ __all__ = ["check_environment", "environment_report"]
 _FIX = (
     "Install the pinned stack with `make venv` (Python 3.10, torch 2.3.1, sal-detectron2 0.7.2), "
     "or on a GPU cluster build official detectron2 from source against your torch "
-    "(`pip install 'git+https://github.com/facebookresearch/detectron2.git'`)."
+    "(`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`;"
+    " README.md, Compatibility)."
 )
 
 

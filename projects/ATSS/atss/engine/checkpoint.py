@@ -89,7 +89,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 def _legacy_rng_state_globals():
     """A context allowing, in ``weights_only`` loads, what ``np.random.get_state()`` pickles to:
     a uint32 ``ndarray`` (its ``dtype`` and dtype class) rebuilt by ``_reconstruct``, under the
-    name NumPy 1 wrote (``numpy.core.multiarray._reconstruct``; NumPy 2 has ``numpy._core``)."""
+    name NumPy 1 wrote (``numpy.core.multiarray``) and the one NumPy 2 writes (``numpy._core``)."""
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 6):
         return contextlib.nullcontext()  # weights_only is opt-in before torch 2.6
     reconstruct = np.ndarray((0,)).__reduce__()[0]
@@ -98,7 +98,8 @@ def _legacy_rng_state_globals():
             np.ndarray,
             np.dtype,
             type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType (NumPy >= 1.25)
-            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            reconstruct,  # by its own name: a file that NumPy 2 wrote
+            (reconstruct, "numpy.core.multiarray._reconstruct"),  # one that NumPy 1 wrote
         ]
     )
 
