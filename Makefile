@@ -1,7 +1,9 @@
 # Two entry points (see README.md):
-#   make demo  — train and evaluate ATSS on the default real data, on CPU
+#   make demo  — train and evaluate ATSS on the default real data (on the GPU if there is one)
 #   make test  — lint + the whole test suite
-# Both create/refresh .venv (Python 3.10, pinned stack) on first use.
+# Both create/refresh .venv (Python 3.10, pinned stack) on first use. A .venv that
+# scripts/ensure_venv.sh did not build is used as it is, never rebuilt or removed (`make clean`
+# included); `rm -rf .venv && make venv` hands it over.
 SHELL := /bin/bash
 PY := .venv/bin/python
 LINT_PATHS := projects configs tests scripts tools $(wildcard *.py)
@@ -39,4 +41,5 @@ lock:
 	/tmp/atss-lock/bin/pip freeze | sed '1i # Lock file: exact versions resolved on Python 3.10 / linux x86_64 (pip freeze of a fresh .venv).\n# Regenerate with `make lock` after editing requirements.txt.' > constraints.txt
 
 clean:
-	rm -rf .venv output .cache
+	@scripts/ensure_venv.sh --clean
+	rm -rf output .cache

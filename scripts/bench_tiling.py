@@ -5,7 +5,7 @@ tree-crown images (deepforest's largest YELL crop repeated to 1k, 4k, 8k px).
 
     python scripts/bench_tiling.py                                  # 1024 4096 8192, both modes
     python scripts/bench_tiling.py --sizes 1024 4096 --tile-size 512 --tile-overlap 64 \
-        --weights output/atss_MNV2_FPN_treecrowns_xsite/model_final.pth
+        --weights output/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite/model_final.pth
 
 Every case runs in a fresh subprocess (peak RSS = ``resource.getrusage`` maxrss of that process:
 the model, the mosaic and the inference) under an address-space cap (``--mem-cap-gb``), so an

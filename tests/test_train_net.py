@@ -5,6 +5,7 @@ loss normalisers, atomic checkpoints and a non-finite loss."""
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,6 +85,7 @@ def test_trains_checkpoints_and_evaluates(trained):
         assert os.path.exists(os.path.join(trained, name)), name
     ckpt = torch.load(os.path.join(trained, "model_final.pth"), map_location="cpu")
     assert ckpt["iteration"] == MAX_ITER - 1 and {"model", "trainer", "rng"} <= set(ckpt)
+    assert ckpt["config_file"] == CONFIG  # what --resume checks (check_resume)
     assert "optimizer" in ckpt["trainer"] and "hooks" in ckpt["trainer"]
     metrics = final_eval_metrics(trained)
     for k in ["AP", "AP50", "AP75"]:
@@ -213,6 +215,29 @@ def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp
     ref = model_state(os.path.join(trained, "model_final.pth"))
     for k in ref:  # tolerance: see the interrupt-and-resume test
         torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_refuses_the_last_checkpoint_of_another_config(trained, tmp_path):
+    """A second config pointed at the first one's folder (both once wrote to ./output) must not
+    pick up its checkpoint: --resume stops before anything is loaded or written, naming the
+    checkpoint's config and the one given. Fails if the train loop stops recording the config
+    in its checkpoints or if main resumes without check_resume (it would go on to load the
+    tiny shapes weights into the tree-crown model); config.yaml would be rewritten if the check
+    ran after default_setup."""
+    for name in ["last_checkpoint", "model_final.pth", "config.yaml"]:
+        shutil.copy(os.path.join(trained, name), tmp_path / name)
+    saved_yaml = (tmp_path / "config.yaml").read_text()
+    other = "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py"
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", other, "--resume", f"train.output_dir={tmp_path}", "train.max_iter=4"]
+    )
+    with pytest.raises(ValueError, match="--resume refused") as e:
+        train_net.main(args)
+    message = str(e.value)
+    assert f"config {CONFIG}, not under --config-file {other}" in message
+    assert str(tmp_path / "model_final.pth") in message
+    assert (tmp_path / "config.yaml").read_text() == saved_yaml
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "last_checkpoint", "model_final.pth"]
 
 
 def _kill_when(proc, ready, timeout=300):

@@ -8,3 +8,4 @@ from .atss_R_50_FPN_1x import dataloader, model, optimizer, test, train
 use_backbone(model, train, "R-101")
 dataloader.train.mapper.augmentations = MULTI_SCALE_AUGMENTATIONS
 train.max_iter = 180000
+train.output_dir = "./output/COCO/atss_R_101_FPN_2x_ms"

@@ -13,6 +13,7 @@ train.max_iter = 90000
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.checkpointer.period = 5000
 train.eval_period = 10000
+train.output_dir = "./output/COCO/atss_R_50_FPN_1x"
 
 model.backbone.bottom_up.freeze_at = 2
 dataloader.train.total_batch_size = 16

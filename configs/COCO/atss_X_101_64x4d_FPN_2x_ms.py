@@ -5,3 +5,5 @@ from ..common.models.backbones import use_backbone
 from .atss_R_101_FPN_2x_ms import dataloader, lr_multiplier, model, optimizer, test, train
 
 use_backbone(model, train, "X-101-64x4d")
+
+train.output_dir = "./output/COCO/atss_X_101_64x4d_FPN_2x_ms"

@@ -4,3 +4,5 @@ from ..common.models.backbones import use_backbone
 from .atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 use_backbone(model, train, "R-50", dcn=True)
+
+train.output_dir = "./output/COCO/atss_dcnv2_R_50_FPN_1x"

@@ -4,3 +4,5 @@ from ..common.models.backbones import use_backbone
 from .atss_R_101_FPN_2x_ms import dataloader, lr_multiplier, model, optimizer, test, train
 
 use_backbone(model, train, "X-101-32x8d", dcn=True)
+
+train.output_dir = "./output/COCO/atss_dcnv2_X_101_32x8d_FPN_2x_ms"

@@ -13,3 +13,5 @@ from .atss_dcnv2_X_101_64x4d_FPN_2x_ms import (
 
 test.aug.enabled = True
 dataloader.test.mapper.augmentations = []
+
+train.output_dir = "./output/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta"

@@ -32,5 +32,5 @@ dataloader.test.dataset.names = CUSTOM_TEST
 dataloader.evaluator = L(COCOEvaluator)(
     dataset_name="${..test.dataset.names}", output_dir="${...train.output_dir}/inference"
 )
-train.output_dir = "./output/custom_R_50_FPN_1x"
+train.output_dir = "./output/Custom/atss_R_50_FPN_1x_coco_json"
 train.eval_period = 0  # 0: evaluate once, after the last iteration

@@ -39,11 +39,10 @@ lr_multiplier = atss_schedule(
 )
 
 train.max_iter = MAX_ITER
-train.output_dir = "./output/atss_tiny_shapes"
+train.output_dir = "./output/Shapes/atss_tiny_shapes"
 train.checkpointer.period = 10
 train.eval_period = MAX_ITER
 train.log_period = 5
-train.device = "cpu"
 train.seed = 0
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

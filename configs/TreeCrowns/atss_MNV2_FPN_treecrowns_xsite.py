@@ -5,6 +5,6 @@ from .atss_MNV2_FPN_treecrowns import dataloader, lr_multiplier, model, optimize
 
 dataloader.train.dataset.names = "treecrowns_xsite_train"
 dataloader.test.dataset.names = "treecrowns_xsite_val"
-train.output_dir = "./output/atss_MNV2_FPN_treecrowns_xsite"
+train.output_dir = "./output/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite"
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "test", "train"]

@@ -18,4 +18,4 @@ model.head._target_ = FCOSHead
 for key in ("num_anchors", "box_coding", "use_dcn", "dcn_init"):
     del model.head[key]
 model.test_score_thresh = 0.2  # Detectron2's FCOS thresholds sqrt(p * ctr)
-train.output_dir = "./output/fcos_MNV2_FPN_treecrowns"
+train.output_dir = "./output/TreeCrowns/fcos_MNV2_FPN_treecrowns"

@@ -20,4 +20,4 @@ for key in ("box_coding", "use_dcn", "dcn_init"):
     del model.head[key]
 model.head.num_anchors = 1
 model.test_score_thresh = 0.05
-train.output_dir = "./output/retinanet_MNV2_FPN_treecrowns"
+train.output_dir = "./output/TreeCrowns/retinanet_MNV2_FPN_treecrowns"

@@ -14,6 +14,7 @@ import copy
 import functools
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -140,6 +141,39 @@ def test_every_config_loads_and_instantiates(path):
     assert model.head.bbox_pred.out_channels == a * 4
     assert model.head.centerness.out_channels == a
     assert len(model.head.scales) == len(model.head_in_features) == 5
+
+
+# The files one trains or evaluates with (configs/common/ holds the pieces they compose).
+RUN_CONFIGS = [f for f in ALL_CONFIGS if not f.startswith("configs/common/")]
+
+
+def test_every_config_writes_to_its_own_output_folder():
+    """./output/<path under configs/ without .py>, so no two configs share a folder (and so a
+    --resume or an evaluation never picks up another config's checkpoint). Fails if a config
+    inherits its base's train.output_dir (an ablation over atss_R_50_FPN_1x.py without its own
+    line) or keeps Detectron2's shared "./output"."""
+    folders = {}
+    for path in RUN_CONFIGS:
+        expected = "./output/" + path[len("configs/") : -len(".py")]
+        assert _cfg(path).train.output_dir == expected, path
+        folders.setdefault(expected, []).append(path)
+    assert len(folders) == len(RUN_CONFIGS) >= 37
+    assert [len(paths) for paths in folders.values()] == [1] * len(folders)
+
+
+def test_no_config_fixes_the_device():
+    """train.device stays Detectron2's "cuda", which atss.engine.device.resolve_device turns
+    into the CPU only where CUDA is absent. Fails if a config sets train.device (the first-try
+    config once fixed "cpu", so a GPU machine trained on the CPU)."""
+    from atss.config import get_detectron2_config
+
+    default = get_detectron2_config("common/train.py").train.device
+    assert default == "cuda"
+    for path in RUN_CONFIGS:
+        assert _cfg(path).train.device == default, path
+        with open(path) as f:
+            fixed = [line for line in f if re.match(r"\s*train\.device\s*=", line)]
+        assert not fixed, f"{path} sets {fixed}"
 
 
 TREECROWN_CONFIGS = [f for f in ALL_CONFIGS if f.startswith("configs/TreeCrowns/")]

@@ -3,3 +3,5 @@
 from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.anchor_generator.aspect_ratios = [2.0]
+
+train.output_dir = "./output/COCO/ablations/anchor_ratio_2to1"

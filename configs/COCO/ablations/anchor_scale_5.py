@@ -3,3 +3,5 @@
 from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.anchor_generator.sizes = [[5 * s] for s in model.anchor_generator.strides]
+
+train.output_dir = "./output/COCO/ablations/anchor_scale_5"

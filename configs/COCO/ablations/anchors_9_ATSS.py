@@ -8,3 +8,5 @@ model.anchor_generator.sizes = [
 ]
 model.anchor_generator.aspect_ratios = [0.5, 1.0, 2.0]
 model.head.num_anchors = 9
+
+train.output_dir = "./output/COCO/ablations/anchors_9_ATSS"

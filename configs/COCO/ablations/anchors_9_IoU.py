@@ -3,3 +3,5 @@
 from .anchors_9_ATSS import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.assigner.mode = "IoU"
+
+train.output_dir = "./output/COCO/ablations/anchors_9_IoU"

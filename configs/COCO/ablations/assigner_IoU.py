@@ -3,3 +3,5 @@
 from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
 
 model.assigner.mode = "IoU"
+
+train.output_dir = "./output/COCO/ablations/assigner_IoU"

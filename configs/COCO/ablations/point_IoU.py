@@ -4,3 +4,5 @@ from ..atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test
 
 model.box_coding = "POINT"
 model.assigner.mode = "IoU"
+
+train.output_dir = "./output/COCO/ablations/point_IoU"

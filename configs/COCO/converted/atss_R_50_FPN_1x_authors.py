@@ -32,3 +32,4 @@ dataloader.test.mapper.augmentations = [
 ]
 
 train.init_checkpoint = "output/converted/ATSS_R_50_FPN_1x.pth"
+train.output_dir = "./output/COCO/converted/atss_R_50_FPN_1x_authors"

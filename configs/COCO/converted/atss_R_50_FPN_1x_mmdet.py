@@ -18,3 +18,4 @@ model.anchor_generator.offset = 0.0
 model.backbone.bottom_up.stages.stride_in_1x1 = False
 
 train.init_checkpoint = "output/converted/atss_r50_fpn_1x_coco_mmdet.pth"
+train.output_dir = "./output/COCO/converted/atss_R_50_FPN_1x_mmdet"

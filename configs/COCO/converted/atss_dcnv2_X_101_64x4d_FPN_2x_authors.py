@@ -17,5 +17,6 @@ model.pixel_mean = list(AUTHORS_PIXEL_MEAN)
 dataloader.train.mapper.augmentations = MULTI_SCALE_AUGMENTATIONS
 train.max_iter = 180000
 train.init_checkpoint = "output/converted/ATSS_dcnv2_X_101_64x4d_FPN_2x.pth"
+train.output_dir = "./output/COCO/converted/atss_dcnv2_X_101_64x4d_FPN_2x_authors"
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "test", "train"]

@@ -8,7 +8,10 @@
   states in the checkpoint, so a resumed run draws the same augmentations).
 * :mod:`.sampler` — :class:`ResumableTrainingSampler`: Detectron2's ``TrainingSampler`` that can
   start part-way through its seeded index stream, so a resumed run sees the same batches.
-* :mod:`.device` — :func:`resolve_device` (CUDA -> CPU fallback, DDP on CPU, AMP needs CUDA).
+* :mod:`.device` — :func:`resolve_device` (CUDA when available, else the CPU; DDP on CPU, AMP
+  needs CUDA).
+* :mod:`.resume` — :func:`check_resume`: ``--resume`` refuses a last checkpoint written under
+  another config file (each checkpoint records its :func:`config_identity`).
 * :mod:`.datasets` — :func:`register_project_datasets` (shapes and tree crowns, every process).
 * :mod:`.predictor` — :class:`~.predictor.ATSSPredictor`: a config's model on single images.
 * :mod:`.schedule` — :func:`shortened_schedule_overrides`: one rule for shorter runs.
@@ -18,6 +21,7 @@
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
 from .datasets import register_project_datasets
 from .device import available_device, resolve_device
+from .resume import check_resume, config_identity
 from .sampler import ResumableTrainingSampler
 from .schedule import scale_milestones, shortened_schedule_overrides
 
@@ -26,6 +30,8 @@ __all__ = [
     "RNGState",
     "ResumableTrainingSampler",
     "available_device",
+    "check_resume",
+    "config_identity",
     "register_project_datasets",
     "resolve_device",
     "scale_milestones",

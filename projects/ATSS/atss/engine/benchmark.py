@@ -36,6 +36,8 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from .device import available_device
+
 __all__ = [
     "TASKS",
     "RUNTIMES",
@@ -403,10 +405,7 @@ def run_benchmark(
         raise ValueError(f"--runtime {runtime} applies to --task infer only (got --task {task})")
     if threads:
         torch.set_num_threads(int(threads))
-    device = str(cfg.train.get("device", "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"train.device={device} but CUDA is not available: using the CPU")
-        device = cfg.train.device = "cpu"
+    device = cfg.train.device = available_device(cfg.train.get("device"))
     register_project_datasets()
     if task == "data":
         stats, extra = _bench_data(cfg, iters, warmup, device)

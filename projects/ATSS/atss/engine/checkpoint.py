@@ -16,7 +16,10 @@ from fvcore.common.checkpoint import (
 
 from ..fileio import atomic_write
 
-__all__ = ["AtomicDetectionCheckpointer", "RNGState"]
+__all__ = ["CONFIG_KEY", "AtomicDetectionCheckpointer", "RNGState"]
+
+# The checkpoint key under which AtomicDetectionCheckpointer records its run's config file.
+CONFIG_KEY = "config_file"
 
 
 def _is_local(path: str) -> bool:
@@ -34,7 +37,14 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     the target (:func:`atss.fileio.atomic_write`); ``last_checkpoint`` is updated the same way,
     after the checkpoint itself is complete. Remote paths (with a ``scheme://``) are written
     through fvcore's ``PathManager`` as Detectron2 does (atomic as far as that store is).
+
+    With ``config_file`` (the identity :func:`atss.engine.resume.config_identity` gives),
+    every checkpoint records it under :data:`CONFIG_KEY`, for the ``--resume`` check.
     """
+
+    def __init__(self, model, save_dir: str = "", *, config_file: str = "", **kwargs) -> None:
+        super().__init__(model, save_dir, **kwargs)
+        self.config_file = config_file
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -42,6 +52,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config_file:
+            data[CONFIG_KEY] = self.config_file
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

@@ -3,11 +3,13 @@
 
 What it adds to Detectron2's script:
 
-* ``train.device`` "cuda" falls back to "cpu" when CUDA is unavailable, DDP on the CPU gets
-  ``device_ids=None``, AMP on the CPU is refused (:func:`atss.engine.device.resolve_device`);
-* checkpoints are written atomically and carry the RNG states; ``--resume`` continues the data
-  stream where it stopped (:class:`AtomicDetectionCheckpointer`, :class:`RNGState`,
-  :class:`ResumableTrainingSampler`);
+* ``train.device`` "cuda" (Detectron2's default; no config sets another) falls back to "cpu"
+  when CUDA is unavailable, DDP on the CPU gets ``device_ids=None``, AMP on the CPU is refused
+  (:func:`atss.engine.device.resolve_device`);
+* checkpoints are written atomically and carry the RNG states and the config file they were
+  written under; ``--resume`` continues the data stream where it stopped
+  (:class:`AtomicDetectionCheckpointer`, :class:`RNGState`, :class:`ResumableTrainingSampler`)
+  and refuses a last checkpoint of another config (:func:`atss.engine.resume.check_resume`);
 * a non-finite loss stops training with a message naming the iteration and the last good
   checkpoint; no optimizer step is taken with it;
 * evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
@@ -32,6 +34,7 @@ from atss.modeling.tta import build_tta_model
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
 from .config import load_config
 from .device import resolve_device
+from .resume import check_resume, config_identity
 from .sampler import ResumableTrainingSampler
 
 __all__ = ["main", "do_train", "do_test", "build_train_loader"]
@@ -92,7 +95,11 @@ def do_train(args, cfg):
     trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_cls(model, train_loader, optimizer)
     checkpointer = AtomicDetectionCheckpointer(
-        model, cfg.train.output_dir, trainer=trainer, rng=RNGState()
+        model,
+        cfg.train.output_dir,
+        config_file=config_identity(args.config_file),
+        trainer=trainer,
+        rng=RNGState(),
     )
     eval_model = build_tta_model(cfg, model)  # the model itself unless test.aug.enabled
     trainer.register_hooks(
@@ -146,12 +153,18 @@ def main(args):
 
     Returns:
         the evaluation results with ``--eval-only``, else None.
+
+    Raises:
+        ValueError: ``--resume`` with a last checkpoint in ``train.output_dir`` that another
+            config file wrote (:func:`atss.engine.resume.check_resume`).
     """
     # Before default_setup, so that the saved config.yaml holds the class count of the data.
     cfg = load_config(
         args.config_file, args.opts, data_splits=("test",) if args.eval_only else ("train", "test")
     )
     resolve_device(cfg)
+    if args.resume and not args.eval_only:  # before default_setup rewrites config.yaml there
+        check_resume(cfg.train.output_dir, args.config_file)
     default_setup(cfg, args)
 
     if args.eval_only:
