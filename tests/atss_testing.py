@@ -1,5 +1,7 @@
 """Shared builders for the tests: anchors, random GT boxes, a tiny ATSS model and inputs."""
 
+import socket
+
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
@@ -356,3 +358,11 @@ def random_matcher_case(seed):
     num_gt = [1, 5, 40, 300][(seed // 4) % 4]
     gt = random_boxes(num_gt, h, w, g, border=bool(seed % 2))
     return anchors, sizes, n_a, gt
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now, for a test's --dist-url: Detectron2's default port
+    is the same for every run of one user, so two distributed runs at once would collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,6 +11,7 @@ import pytest
 
 import train_net
 from atss.data.coco_example import write_coco_example
+from tests.atss_testing import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +144,8 @@ def test_two_processes_each_register_the_datasets_from_the_command_line(data, tm
     datasets are registered only in the launching process (KeyError in the workers)."""
     out = str(tmp_path)
     run = cli(
-        "train_net.py", "--num-gpus", "2", "--config-file", CONFIG, *data_opts(data), *SMALL,
+        "train_net.py", "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
+        "--config-file", CONFIG, *data_opts(data), *SMALL,
         "train.max_iter=2", f"train.output_dir={out}",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
