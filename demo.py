@@ -24,6 +24,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
+from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -64,7 +65,8 @@ def get_parser():
         type=int,
         default=0,
         metavar="PIXELS",
-        help="tiled inference: tile side (0 = off)",
+        help="tiled inference: tile side in image pixels, about the training images' size; each "
+        "tile then gets the config's test resize (0 = off)",
     )
     parser.add_argument(
         "--tile-overlap", type=int, default=0, metavar="PIXELS", help="tile overlap"
@@ -217,9 +219,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     classes = dataset_class_names(cfg, predictor.model.num_classes)
     if args.tile_size:  # large images: run the model on overlapping tiles
         try:
+            # Tiles are cut from the image as read and each gets the test resize: the
+            # predictor itself no longer resizes the whole image.
             predictor.model = TiledDetector(
-                predictor.model, size=args.tile_size, overlap=args.tile_overlap
+                predictor.model,
+                size=args.tile_size,
+                overlap=args.tile_overlap,
+                augmentations=predictor.augmentations.augs,
             )
+            predictor.augmentations = T.AugmentationList([])
         except ValueError as e:
             logger.error(f"--tile-size {args.tile_size} --tile-overlap {args.tile_overlap}: {e}")
             return 2

@@ -7,11 +7,12 @@ single-tile equality with a real (tiny, random) ATSS model.
 import pytest
 import torch
 from detectron2.config import LazyConfig
+from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from atss.inference import TiledDetector, build_tiled_model, cut_by_inner_border, tile_grid
-from tests.atss_testing import tiny_model
+from tests.atss_testing import fit_briefly, make_inputs, tiny_model
 
 TTA_CONFIG = "configs/common/tta.py"
 
@@ -254,6 +255,34 @@ def test_config_switch():
     assert isinstance(tiled, TiledDetector) and (tiled.size, tiled.overlap) == (256, 48)
 
 
+def _fields(**kwargs):
+    """A stand-in for a data loader and its mapper: what they were built with."""
+    return kwargs
+
+
+def test_tiled_evaluation_moves_the_test_resize_from_the_loader_to_the_tiles():
+    """With tiling on, the evaluation's loader reads the images unresized and the tiled model
+    applies the loader's augmentations to each tile (tiles in image pixels); with tiling off
+    the loader keeps them and the model is unchanged. Fails if the whole image is still resized
+    by the loader before it is tiled."""
+    from detectron2.config import LazyCall as L
+
+    from atss.inference import build_tiled_evaluation
+
+    cfg = LazyConfig.load(TTA_CONFIG)
+    resize = L(T.ResizeShortestEdge)(short_edge_length=512, max_size=853)
+    cfg.dataloader = {"test": L(_fields)(mapper=L(_fields)(augmentations=[resize]))}
+    model = PaintedRectangleDetector()
+    same, loader = build_tiled_evaluation(cfg, model)
+    assert same is model and len(loader["mapper"]["augmentations"]) == 1
+    on = LazyConfig.apply_overrides(cfg, ["test.tile.size=256", "test.tile.overlap=48"])
+    tiled, loader = build_tiled_evaluation(on, model)
+    assert loader["mapper"]["augmentations"] == []
+    (aug,) = tiled.augmentations.augs
+    assert isinstance(aug, T.ResizeShortestEdge) and aug.short_edge_length == (512, 512)
+    assert len(on.dataloader.test.mapper.augmentations) == 1  # the config itself is unchanged
+
+
 # ------------------------------------------------------------------------------ entry points
 from tests.test_demo import setup  # noqa: E402,F401  (the demo's tiny model, config, images)
 
@@ -271,3 +300,90 @@ def test_demo_tile_options(setup, tmp_path):  # noqa: F811
     assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png"]
     bad = ["--output", str(tmp_path / "bad"), "--tile-size", "48", "--tile-overlap", "48"]
     assert main(base + bad) == 2
+
+
+# ------------------------------------------------- tiles in image pixels, then the test resize
+MOSAIC_SUB = 320  # side of each of the 2 x 2 sub-images of the mosaic, in image pixels
+MOSAIC_RESIZE = 160  # the test resize (ResizeShortestEdge), as a config's test loader has it
+MOSAIC_BOXES = torch.tensor([[20.0, 30.0, 90.0, 110.0], [100.0, 20.0, 150.0, 70.0]])
+
+
+def _match_own_detections(own, got, origin, seams, margin=4.0):
+    """The confident detections of a sub-image run on its own (``own``, sub-image pixels) that
+    lie away from the seams, and how many of them ``got`` (mosaic pixels) holds: same class,
+    score within 1e-4 and box within 1e-2 px once shifted by ``origin``."""
+    ox, oy = origin
+    shift = torch.tensor([ox, oy, ox, oy], dtype=torch.float32)
+    wanted = matched = 0
+    for box, score, cls in zip(own.pred_boxes.tensor, own.scores, own.pred_classes):
+        b = box + shift
+        if score < 0.2 or any(
+            (
+                (b[0] - margin <= s <= b[2] + margin)
+                if axis == "x"
+                else (b[1] - margin <= s <= b[3] + margin)
+            )
+            for axis, s in seams
+        ):
+            continue
+        wanted += 1
+        same = (
+            (got.pred_classes == cls)
+            & ((got.scores - score).abs() < 1e-4)
+            & ((got.pred_boxes.tensor - b).abs().max(dim=1).values < 1e-2)
+        )
+        matched += int(same.any())
+    return wanted, matched
+
+
+def test_tiles_are_cut_in_image_pixels_then_resized_like_a_test_image():
+    """A 2 x 2 mosaic of four 320-px images, with a test resize to 160 px (as the Custom
+    configs resize every test image) and 320-px tiles: each tile is one sub-image, resized like
+    an image of its own, so every confident detection of a sub-image run alone (away from the
+    seams) comes back, same class, score and box. Fails with the order "resize the whole image,
+    then tile" (the mosaic shrinks to 160 px and becomes a single tile: objects 4x smaller than
+    the model learnt), which is checked to lose most of them."""
+    torch.manual_seed(0)
+    side = MOSAIC_RESIZE
+    train = make_inputs([(side, side)] * 2, [MOSAIC_BOXES] * 2, seed=3)
+    model = fit_briefly(tiny_model(), train, steps=12)
+    resize = [T.ResizeShortestEdge(short_edge_length=side, max_size=1000)]
+    # sub-images: the two training images and their mirror images, upsampled 2x (nearest)
+    subs = [x["image"].to(torch.uint8) for x in train]
+    subs += [s.flip(-1) for s in subs]
+    subs = [s.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2) for s in subs]
+    mosaic = torch.cat([torch.cat(subs[:2], dim=2), torch.cat(subs[2:], dim=2)], dim=1)
+    full = 2 * MOSAIC_SUB
+    origins = [(0, 0), (MOSAIC_SUB, 0), (0, MOSAIC_SUB), (MOSAIC_SUB, MOSAIC_SUB)]
+    seams = [("x", MOSAIC_SUB), ("y", MOSAIC_SUB)]
+
+    tiled = TiledDetector(
+        model, size=MOSAIC_SUB, overlap=0, max_detections_per_image=1000, augmentations=resize
+    ).eval()
+    got = tiled([{"image": mosaic, "height": full, "width": full}])[0]["instances"]
+    # the old order: the whole mosaic through the resize, tiles in model-input pixels
+    small = _resized(mosaic, resize)
+    old = TiledDetector(model, size=MOSAIC_SUB, overlap=0, max_detections_per_image=1000).eval()
+    old_got = old([{"image": small, "height": full, "width": full}])[0]["instances"]
+
+    totals = {"new": [0, 0], "old": [0, 0]}
+    with torch.no_grad():
+        for sub, origin in zip(subs, origins):
+            own = model(
+                [{"image": _resized(sub, resize), "height": MOSAIC_SUB, "width": MOSAIC_SUB}]
+            )[0]["instances"]
+            for key, result in (("new", got), ("old", old_got)):
+                wanted, matched = _match_own_detections(own, result, origin, seams)
+                totals[key][0] += wanted
+                totals[key][1] += matched
+    wanted, matched = totals["new"]
+    assert wanted >= 8, "the briefly fitted model should find its two objects in each sub-image"
+    assert matched == wanted, totals
+    assert totals["old"][1] <= wanted // 2, totals
+
+
+def _resized(image, augmentations):
+    """(C, H, W) uint8 -> the same through Detectron2 augmentations, as the test mapper does."""
+    aug_input = T.AugInput(image.permute(1, 2, 0).numpy().copy())
+    T.AugmentationList(augmentations)(aug_input)
+    return torch.as_tensor(aug_input.image.transpose(2, 0, 1).copy())

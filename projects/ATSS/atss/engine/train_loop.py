@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from atss.evaluation import build_evaluator
-from atss.inference import build_tiled_model
+from atss.inference import build_tiled_evaluation
 from atss.modeling.tta import build_tta_model
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
@@ -45,13 +45,12 @@ logger = logging.getLogger("detectron2")
 def do_test(cfg, model) -> dict:
     """Evaluate ``model`` (already wrapped for TTA if wanted) on ``cfg.dataloader.test`` with
     ``cfg.dataloader.evaluator`` and the field metrics (:func:`atss.evaluation.build_evaluator`),
-    on tiles when ``test.tile.size`` is set (:func:`atss.inference.build_tiled_model`); {} when
+    on tiles when ``test.tile.size`` is set (:func:`atss.inference.build_tiled_evaluation`); {} when
     the config has no evaluator."""
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(
-        build_tiled_model(cfg, model), instantiate(cfg.dataloader.test), build_evaluator(cfg)
-    )
+    model, loader = build_tiled_evaluation(cfg, model)
+    results = inference_on_dataset(model, loader, build_evaluator(cfg))
     if comm.is_main_process():
         print_csv_format(results)
     return results

@@ -6,11 +6,13 @@ slides, satellite scenes).
 list of ``{"image": CHW tensor, "height", "width"}`` and returns ``[{"instances": ...}]``) and,
 per image:
 
-1. cuts the input image into ``size`` x ``size`` tiles overlapping by ``overlap`` pixels
-   (:func:`tile_grid`; the last tile of a row / column is flush with the image edge, so it may
-   overlap its neighbour by more);
-2. runs the model on the tiles, ``batch_size`` at a time, each at its own resolution (the
-   model gets the tile's own size as ``height``/``width``: no resize);
+1. cuts the image, in its own pixels, into ``size`` x ``size`` tiles overlapping by ``overlap``
+   pixels (:func:`tile_grid`; the last tile of a row / column is flush with the image edge, so
+   it may overlap its neighbour by more);
+2. runs the model on the tiles, ``batch_size`` at a time, each as an image of its own: through
+   the test ``augmentations`` (the config's test resize) when given, else at the tile's own
+   resolution; the model gets the tile's size as ``height``/``width``, so its boxes come back
+   in tile pixels;
 3. shifts every box by its tile's origin into image coordinates;
 4. drops a box that touches an *inner* border of its tile (one that is not an image edge; the
    object is probably cut there) when another tile holds the box whole, i.e. contains it
@@ -25,22 +27,31 @@ per image:
    Detectron2's ``detector_postprocess`` does.
 
 Memory: the full image is held once, as the input tensor (uint8 from Detectron2's loaders);
-tiles are views of it, and the model only ever sees ``batch_size`` tiles, so the activations -
-the bulk of the memory - depend on the tile size, not on the image size.
+tiles are views of it (resized copies of one batch when ``augmentations`` are given), and the
+model only ever sees ``batch_size`` tiles, so the activations - the bulk of the memory - depend
+on the tile size, not on the image size.
 
-Tile sizes are in the pixels of the model input, i.e. after the test loader's resize (the
-tree-crown configs test at native resolution). An image that fits in one tile is run exactly
-as without tiling (steps 4-5 only apply across tiles).
+Tile sizes are in the pixels of the image as read: the tiles are cut before any resize, and
+each one is then resized like a test image (DeepForest's ``predict_tile`` does the same).
+Resizing the whole image first would shrink a large aerial image to the test size (e.g. a
+6,000 px side to 512) and then cut that into a single tile. Choose the tile about the size of
+the training images, so that objects appear at the scale the model learnt. An image that fits
+in one tile is run exactly as without tiling (steps 4-5 only apply across tiles).
 
 Switch: ``test.tile.size=PIXELS test.tile.overlap=PIXELS`` (0 = off) in a config that imports
-``configs/common/tta.py``; ``train_net.py`` calls :func:`build_tiled_model`, ``demo.py`` takes
-``--tile-size`` / ``--tile-overlap``.
+``configs/common/tta.py``; ``train_net.py`` calls :func:`build_tiled_evaluation` (the test loader
+then reads images unresized and the tiles get its resize), ``demo.py`` takes ``--tile-size`` /
+``--tile-overlap``.
 """
 
+import copy
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from detectron2.config import instantiate
+from detectron2.data import transforms as T
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
@@ -48,7 +59,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.tta import batched_box_voting
 
-__all__ = ["TiledDetector", "build_tiled_model", "tile_grid", "cut_by_inner_border"]
+__all__ = [
+    "TiledDetector",
+    "build_tiled_evaluation",
+    "build_tiled_model",
+    "cut_by_inner_border",
+    "tile_grid",
+    "tile_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +196,7 @@ class TiledDetector(nn.Module):
         border_margin: float = 2.0,
         max_detections_per_image: Optional[int] = None,
         batch_size: int = 1,
+        augmentations: Sequence[T.Augmentation] = (),
     ):
         """
         Args:
@@ -193,6 +212,9 @@ class TiledDetector(nn.Module):
             max_detections_per_image: cap on the merged detections; default the model's own
                 ``max_detections_per_image`` (100 if the model has none).
             batch_size: tiles per forward pass (peak memory grows with it).
+            augmentations: applied to each tile as to a test image (the config's
+                ``dataloader.test.mapper.augmentations``, e.g. its resize); none: each tile runs
+                at its own resolution.
         """
         super().__init__()
         if isinstance(model, DistributedDataParallel):
@@ -215,6 +237,7 @@ class TiledDetector(nn.Module):
             max_detections_per_image = getattr(model, "max_detections_per_image", 100)
         self.max_detections_per_image = int(max_detections_per_image)
         self.batch_size = max(1, int(batch_size))
+        self.augmentations = T.AugmentationList(list(augmentations))
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         if self.training:
@@ -234,7 +257,11 @@ class TiledDetector(nn.Module):
         for start in range(0, len(coords), self.batch_size):
             chunk = coords[start : start + self.batch_size]
             inputs = [
-                {"image": image[:, y0:y1, x0:x1], "height": y1 - y0, "width": x1 - x0}
+                {
+                    "image": self._tile_input(image[:, y0:y1, x0:x1]),
+                    "height": y1 - y0,
+                    "width": x1 - x0,
+                }
                 for x0, y0, x1, y1 in chunk
             ]
             for i, ((x0, y0, _, _), out) in enumerate(zip(chunk, self.model(inputs))):
@@ -245,6 +272,16 @@ class TiledDetector(nn.Module):
                 classes.append(inst.pred_classes)
                 index.append(torch.full_like(inst.pred_classes, start + i))
         return torch.cat(boxes), torch.cat(scores), torch.cat(classes), torch.cat(index)
+
+    def _tile_input(self, tile: Tensor) -> Tensor:
+        """The model input for a (C, h, w) tile: the tile itself, or the tile through the
+        augmentations (on an (h, w, C) array, as Detectron2's mapper applies them)."""
+        if not self.augmentations.augs:
+            return tile
+        aug_input = T.AugInput(np.ascontiguousarray(tile.permute(1, 2, 0).cpu().numpy()))
+        self.augmentations(aug_input)
+        resized = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        return resized.to(tile.device)
 
     def _merge(self, boxes: Tensor, scores: Tensor, classes: Tensor):
         """Class-wise merge of the tiles' detections; sorted by decreasing score."""
@@ -288,16 +325,43 @@ def _to_original(result: Instances, inp: Dict) -> Instances:
     return out[out.pred_boxes.nonempty()]
 
 
-def build_tiled_model(cfg, model: nn.Module) -> nn.Module:
+def build_tiled_model(cfg, model: nn.Module, augmentations: Sequence[T.Augmentation] = ()):
     """
-    The model to evaluate: ``model`` itself, or ``TiledDetector(model, **cfg.test.tile)`` when
-    ``cfg.test.tile.size`` is set and > 0 (see ``configs/common/tta.py``). Configs without a
-    ``test.tile`` node get the model unchanged.
+    The model to evaluate: ``model`` itself, or ``TiledDetector(model, **cfg.test.tile,
+    augmentations=augmentations)`` when ``cfg.test.tile.size`` is set and > 0 (see
+    ``configs/common/tta.py``). Configs without a ``test.tile`` node get the model unchanged.
     """
+    tile = tile_settings(cfg)
+    if tile is None:
+        return model
+    logger.info("Tiled inference on: %s", tile)
+    return TiledDetector(model, **tile, augmentations=augmentations)
+
+
+def tile_settings(cfg) -> Optional[dict]:
+    """``cfg.test.tile`` as a dict when tiling is on (``size`` > 0), else None."""
     test = cfg.get("test", None) if hasattr(cfg, "get") else None
     tile = test.get("tile", None) if test is not None and hasattr(test, "get") else None
     if tile is None or not tile.get("size", 0):
-        return model
-    params = {k: v for k, v in dict(tile).items()}
-    logger.info("Tiled inference on: %s", params)
-    return TiledDetector(model, **params)
+        return None
+    return dict(tile)
+
+
+def build_tiled_evaluation(cfg, model: nn.Module):
+    """
+    The model and the test loader of an evaluation, tiled when ``cfg.test.tile.size`` > 0: the
+    loader then reads the images as they are (its mapper's augmentations removed) and the
+    tiled model applies those augmentations to each tile (tiles in image pixels).
+
+    Returns:
+        (model, data loader)
+    """
+    loader_cfg = cfg.dataloader.test
+    if tile_settings(cfg) is None:
+        return model, instantiate(loader_cfg)
+    loader_cfg = copy.deepcopy(loader_cfg)
+    augmentations = []
+    if "augmentations" in loader_cfg.get("mapper", {}):
+        augmentations = instantiate(loader_cfg.mapper.augmentations)
+        loader_cfg.mapper.augmentations = []
+    return build_tiled_model(cfg, model, augmentations), instantiate(loader_cfg)
