@@ -24,7 +24,6 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -36,7 +35,6 @@ from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
-from atss.inference import TiledDetector
 
 logger = logging.getLogger("demo")
 
@@ -204,9 +202,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
-    if args.tile_size and args.runtime != "eager":
-        logger.error("--tile-size runs the eager model on tiles: use it with --runtime eager")
-        return 2
     try:
         cfg = load_config(args.config_file, args.opts + trailing)
         if args.runtime == "onnxruntime":  # exported once, cached next to the weights
@@ -219,15 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     classes = dataset_class_names(cfg, predictor.model.num_classes)
     if args.tile_size:  # large images: run the model on overlapping tiles
         try:
-            # Tiles are cut from the image as read and each gets the test resize: the
-            # predictor itself no longer resizes the whole image.
-            predictor.model = TiledDetector(
-                predictor.model,
-                size=args.tile_size,
-                overlap=args.tile_overlap,
-                augmentations=predictor.augmentations.augs,
-            )
-            predictor.augmentations = T.AugmentationList([])
+            predictor.tile(args.tile_size, args.tile_overlap)
         except ValueError as e:
             logger.error(f"--tile-size {args.tile_size} --tile-overlap {args.tile_overlap}: {e}")
             return 2

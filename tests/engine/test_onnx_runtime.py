@@ -134,3 +134,29 @@ def test_demo_with_onnxruntime_draws_what_eager_draws(setup, tmp_path):
     assert differs.mean() < 0.001, differs.mean()
     blank = cv2.imread(str(setup["image"]))
     assert (np.abs(drawn["eager"].astype(int) - blank).max(axis=2) > 0).mean() > 0.01  # drawn
+
+
+@pytest.mark.slow
+def test_tiled_onnx_runtime_gives_the_tiled_eager_detections(setup):
+    """`--runtime onnxruntime --tile-size`: the ONNX model (OnnxDetector) under TiledDetector
+    on a 2 x 2 mosaic of the fitted image, with the config's resize applied per tile, gives the
+    tiled eager model's detections: boxes and scores within the export tolerance, same
+    classes. Fails if the ONNX runner ignores a tile's height/width (boxes left at the resized
+    tile's scale) or if the tiles are not all run."""
+    from atss.engine.predictor import ATSSPredictor
+
+    cfg = _cfg(setup)
+    tile = np.concatenate([setup["bgr"], setup["bgr"][:, ::-1]], axis=1)
+    mosaic = np.ascontiguousarray(np.concatenate([tile, tile[::-1]], axis=0))  # 272 x 336
+    results = []
+    for predictor in (ATSSPredictor(cfg), OnnxPredictor(cfg)):
+        predictor.tile(max(SIZE), 32, max_detections_per_image=400)
+        results.append(predictor(mosaic))
+    eager, onnx = results
+    assert eager.image_size == onnx.image_size == mosaic.shape[:2]
+    assert len(eager) > 4 and len(onnx) == len(eager)
+    np.testing.assert_allclose(
+        onnx.pred_boxes.tensor.numpy(), eager.pred_boxes.tensor.numpy(), atol=TOLERANCE, rtol=0
+    )
+    np.testing.assert_allclose(onnx.scores.numpy(), eager.scores.numpy(), atol=TOLERANCE, rtol=0)
+    assert torch.equal(onnx.pred_classes, eager.pred_classes)

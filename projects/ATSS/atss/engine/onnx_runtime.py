@@ -20,12 +20,20 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from omegaconf import OmegaConf
+from torch import nn
 
 from atss.fileio import atomic_write
 
 from .predictor import ATSSPredictor
 
-__all__ = ["OPSET", "onnx_cache_path", "export_cached", "onnx_session", "OnnxPredictor"]
+__all__ = [
+    "OPSET",
+    "OnnxDetector",
+    "OnnxPredictor",
+    "export_cached",
+    "onnx_cache_path",
+    "onnx_session",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,45 @@ def onnx_session(path: str, device: str = "cpu", threads: Optional[int] = None):
     return onnxruntime.InferenceSession(path, sess_options=options, providers=providers)
 
 
+class OnnxDetector(nn.Module):
+    """
+    An ONNX Runtime session of an exported ATSS model, called like the eager model: a list of
+    ``{"image": (3, H, W) tensor, "height", "width"}`` -> ``[{"instances": Instances}]`` with the
+    boxes scaled to ``height`` x ``width`` (Detectron2's ``detector_postprocess``, as the eager
+    model does). So :class:`~atss.inference.TiledDetector` runs it on tiles like the eager model.
+    The export takes one image per call: the images of a list run one after the other.
+
+    Attributes copied from the eager model: ``num_classes``, ``input_format``,
+    ``test_nms_thresh``, ``max_detections_per_image`` (the tiling merge reads the last two).
+    """
+
+    def __init__(self, session, eager_model: nn.Module):
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        for name in ("num_classes", "input_format", "test_nms_thresh", "max_detections_per_image"):
+            if hasattr(eager_model, name):
+                setattr(self, name, getattr(eager_model, name))
+        self.eval()
+
+    def forward(self, batched_inputs):
+        results = []
+        for x in batched_inputs:
+            image = x["image"]
+            chw = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32)
+            boxes, classes, scores, _ = self.session.run(None, {self.input_name: chw})
+            # The graph answers at its input's resolution; scale back as the eager model does.
+            instances = Instances(
+                tuple(chw.shape[1:]),
+                pred_boxes=Boxes(torch.from_numpy(boxes)),
+                scores=torch.from_numpy(scores),
+                pred_classes=torch.from_numpy(classes),
+            )
+            height, width = x.get("height", chw.shape[1]), x.get("width", chw.shape[2])
+            results.append({"instances": detector_postprocess(instances, height, width)})
+        return results
+
+
 class OnnxPredictor(ATSSPredictor):
     """
     :class:`~atss.engine.predictor.ATSSPredictor` on ONNX Runtime: the same model, weights,
@@ -118,25 +165,15 @@ class OnnxPredictor(ATSSPredictor):
     export of the eager model.
 
     Attributes:
-        model: the eager model the export was made from (its ``num_classes``, ``input_format``).
+        model: an :class:`OnnxDetector` on the export (the eager model's ``num_classes`` and
+            ``input_format``); wrap it in a ``TiledDetector`` for tiles, as the eager one.
+        eager_model: the eager model the export was made from.
         onnx_path: the ONNX file in use.
     """
 
     def __init__(self, cfg, threads: Optional[int] = None):
         super().__init__(cfg)
+        self.eager_model = self.model
         self.onnx_path = export_cached(self.model, cfg.model, cfg.train.get("init_checkpoint", ""))
         self.session = onnx_session(self.onnx_path, str(self.device), threads)
-
-    def __call__(self, image: np.ndarray) -> Instances:
-        height, width = image.shape[:2]
-        chw = self.preprocess(image)
-        boxes, classes, scores, _ = self.session.run(None, {"image0": chw})
-        # The graph answers at the resized input's resolution; scale back exactly as the eager
-        # model does for inputs that carry "height" and "width".
-        instances = Instances(
-            tuple(chw.shape[1:]),
-            pred_boxes=Boxes(torch.from_numpy(boxes)),
-            scores=torch.from_numpy(scores),
-            pred_classes=torch.from_numpy(classes),
-        )
-        return detector_postprocess(instances, height, width)
+        self.model = OnnxDetector(self.session, self.eager_model)

@@ -68,6 +68,18 @@ class ATSSPredictor:
         tensor = torch.as_tensor(self.preprocess(image))
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
 
+    def tile(self, size: int, overlap: int = 0, **kwargs) -> None:
+        """From now on run on overlapping ``size`` x ``size`` tiles cut from the image as read,
+        each resized like a test image (:class:`atss.inference.TiledDetector`, which takes
+        ``kwargs`` too): the model is wrapped and the whole image is no longer resized. Raises
+        ValueError for a bad size or overlap."""
+        from atss.inference import TiledDetector
+
+        self.model = TiledDetector(
+            self.model, size=size, overlap=overlap, augmentations=self.augmentations.augs, **kwargs
+        )
+        self.augmentations = T.AugmentationList([])
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The (3, H', W') float32 input of the model for an (H, W, 3) uint8 ``image``: resized
         like the test loader, channels first."""
