@@ -122,9 +122,9 @@ class OnnxPredictor(ATSSPredictor):
         onnx_path: the ONNX file in use.
     """
 
-    def __init__(self, cfg, threads: Optional[int] = None):
-        super().__init__(cfg)
-        self.onnx_path = export_cached(self.model, cfg.model, cfg.train.get("init_checkpoint", ""))
+    def __init__(self, cfg, threads: Optional[int] = None, random_weights: bool = False):
+        super().__init__(cfg, random_weights=random_weights)
+        self.onnx_path = export_cached(self.model, cfg.model, self.weights)
         self.session = onnx_session(self.onnx_path, str(self.device), threads)
 
     def __call__(self, image: np.ndarray) -> Instances:
