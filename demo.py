@@ -8,7 +8,9 @@ Run an ATSS model on images or a video and write the detections drawn on them.
 * ``--input``: image files, folders (their images) and glob patterns; ``--video-input``: a video
   file, written back as an ``.mp4`` with the detections drawn.
 * Config overrides (``key=value``) come after ``--opts`` or anywhere on the command line, as
-  in ``train_net.py``; the weights are ``train.init_checkpoint``.
+  in ``train_net.py``; the weights are ``train.init_checkpoint`` (a whole trained model of the
+  config; ``--random-weights`` runs an untrained one). An override of a key the config does not
+  have is refused.
 * Runs on ``train.device`` when it is available, else on the CPU. Class names come from the
   metadata of the config's test dataset when they match the model's number of classes.
 * A file that cannot be read is reported by name and skipped; the exit status is then 1
@@ -35,6 +37,7 @@ from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
+from atss.engine.weights import add_weights_arguments, weights_overrides
 
 logger = logging.getLogger("demo")
 
@@ -75,6 +78,7 @@ def get_parser():
         default="eager",
         help="onnxruntime: export once (cached next to the weights) and run the ONNX model",
     )
+    add_weights_arguments(parser)
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
     return parser
 
@@ -203,11 +207,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
     try:
-        cfg = load_config(args.config_file, args.opts + trailing)
+        opts = weights_overrides(args.opts + trailing, random_weights=args.random_weights)
+        cfg = load_config(args.config_file, opts)
         if args.runtime == "onnxruntime":  # exported once, cached next to the weights
-            predictor = OnnxPredictor(cfg)
+            predictor = OnnxPredictor(cfg, random_weights=args.random_weights)
         else:
-            predictor = ATSSPredictor(cfg)
+            predictor = ATSSPredictor(cfg, random_weights=args.random_weights)
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2

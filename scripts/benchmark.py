@@ -6,6 +6,10 @@ Benchmark a LazyConfig: data loading, training step, evaluation or inference spe
         --task train [--runtime eager|torchscript|onnxruntime] [--size H W] [--batch N] \
         [--threads T] [--iters K] [--warmup W] [--json out.json] [key=value ...]
 
+``--task eval`` and ``--task infer`` time a trained model: give its weights with
+``train.init_checkpoint=PATH`` (or ``--weights PATH``), or ``--random-weights`` to time an
+untrained one (its post-processing sees other candidate counts, so other times).
+
 Prints the settings, the machine, seconds per iteration (median, min, max), images/s, peak
 memory (process RSS; CUDA peak on a GPU) and, for train/infer, the FLOP count with the achieved
 GFLOP/s next to a 3x3-conv and matmul peak measured on this machine. The logic lives in
@@ -15,8 +19,6 @@ GFLOP/s next to a 3x3-conv and matmul peak measured on this machine. The logic l
 import argparse
 import json
 
-from detectron2.config import LazyConfig
-
 from atss.engine.benchmark import (
     RUNTIMES,
     TASKS,
@@ -24,6 +26,9 @@ from atss.engine.benchmark import (
     format_report,
     run_benchmark,
 )
+from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
+from atss.engine.config import load_config
+from atss.engine.weights import add_weights_arguments, weights_overrides
 
 
 def parse_args(argv=None):
@@ -38,23 +43,27 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--no-peaks", action="store_true", help="skip the conv/matmul peak runs")
     p.add_argument("--json", help="also write the results to this JSON file")
+    add_weights_arguments(p, alias=True)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    configure(cfg, size=args.size, batch=args.batch)
-    result = run_benchmark(
-        cfg,
-        args.task,
-        runtime=args.runtime,
-        iters=args.iters,
-        warmup=args.warmup,
-        threads=args.threads,
-        peaks=not args.no_peaks,
-    )
+    reject_flags_in_overrides(args.opts, argv)
+    with exit_on_usage_errors("benchmark.py"):
+        opts = weights_overrides(args.opts, args.weights, args.random_weights)
+        cfg = configure(load_config(args.config_file, opts), size=args.size, batch=args.batch)
+        result = run_benchmark(
+            cfg,
+            args.task,
+            runtime=args.runtime,
+            iters=args.iters,
+            warmup=args.warmup,
+            threads=args.threads,
+            peaks=not args.no_peaks,
+            random_weights=args.random_weights,
+        )
     result["settings"].update(
         config_file=args.config_file, size=args.size, threads=args.threads, overrides=args.opts
     )

@@ -2,9 +2,12 @@
 Export an ATSS LazyConfig model to TorchScript (tracing) or ONNX.
 
     .venv/bin/python scripts/export_model.py --config-file configs/COCO/atss_R_50_FPN_1x.py \
-        --format torchscript --output output/export --weights model_final.pth \
+        --format torchscript --output output/export \
         [--sample-image img.jpg | --sample-size 800 1216] [--batch-size 1] [--device cpu] \
-        [config overrides]
+        train.init_checkpoint=output/RUN/model_final.pth [other config overrides]
+
+The weights are ``train.init_checkpoint`` as everywhere (``--weights PATH`` is the same); they
+must be a whole trained model of the config. ``--random-weights`` exports an untrained model.
 
 The exported model takes (3, H, W) float images (0-255, the config's channel order) and returns
 per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. The batch size is
@@ -17,15 +20,20 @@ import os
 
 import torch
 
-from atss.engine.cli import reject_flags_in_overrides
+from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
 from atss.engine.config import load_config
+from atss.engine.weights import add_weights_arguments, load_trained_weights, weights_overrides
 from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Export an ATSS model by tracing.")
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", default="", help="trained checkpoint (.pth) to export")
+    parser = argparse.ArgumentParser(
+        description="Export an ATSS model by tracing.",
+        epilog="e.g. --config-file configs/Shapes/atss_tiny_shapes.py --output out/export "
+        "train.init_checkpoint=out/run/model_final.pth",
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
+    add_weights_arguments(parser, alias=True)
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--sample-image", nargs="*", default=[], help="image file(s) to trace")
@@ -37,19 +45,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_model(config_file, opts, device, weights=""):
-    from detectron2.checkpoint import DetectionCheckpointer
+def load_model(config_file, opts, device, weights="", random_weights=False):
+    """The config's model on ``device`` in eval mode with the weights of
+    ``train.init_checkpoint`` (``weights``: ``--weights``), or random ones with
+    ``random_weights``; raises ConfigError / WeightsError with the fix."""
     from detectron2.config import instantiate
 
-    cfg = load_config(config_file, opts)
-    model = instantiate(cfg.model).to(device).eval()
-    if weights:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"--weights: no such file: {weights}")
-        DetectionCheckpointer(model).load(weights)
-    else:
-        print("warning: no --weights given; exporting randomly initialised weights")
-    return model
+    cfg = load_config(config_file, weights_overrides(opts, weights, random_weights))
+    model = instantiate(cfg.model)
+    load_trained_weights(model, cfg, random_weights, "export")
+    return model.to(device).eval()
 
 
 def sample_images(args, input_format):
@@ -73,7 +78,10 @@ def sample_images(args, input_format):
 def main(argv=None):
     args = parse_args(argv)
     reject_flags_in_overrides(args.opts, argv)
-    model = load_model(args.config_file, args.opts, args.device, args.weights)
+    with exit_on_usage_errors("export_model.py"):
+        model = load_model(
+            args.config_file, args.opts, args.device, args.weights, args.random_weights
+        )
     images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
     ext = "ts" if args.format == "torchscript" else "onnx"
     path = os.path.join(args.output, f"model.{ext}")

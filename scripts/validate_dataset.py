@@ -25,6 +25,7 @@ import sys
 from atss.data import DatasetError, find_unreadable_images, get_checked_detection_dataset_dicts
 from atss.data.registration import register_coco_json
 from atss.engine.config import config_dataset_names, load_config
+from atss.engine.overrides import ConfigError
 
 
 def main(argv=None) -> int:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     try:
         # Registers the project's datasets (as in training) and those the config is given.
         cfg = load_config(args.config_file, overrides) if args.config_file else None
-    except DatasetError as e:
+    except (DatasetError, ConfigError) as e:  # also a missing config file, an unknown key
         print(f"ERROR {e}")
         print("FAILED")
         return 1

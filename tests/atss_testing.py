@@ -1,5 +1,8 @@
-"""Shared builders for the tests: anchors, random GT boxes, a tiny ATSS model and inputs."""
+"""Shared builders for the tests: anchors, random GT boxes, a tiny ATSS model and inputs, and
+the entry-point scripts as modules."""
 
+import importlib.util
+import os
 import socket
 
 import torch
@@ -13,6 +16,17 @@ from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
 STRIDES = list(ATSS_STRIDES)
 R50_CONFIG = "configs/COCO/atss_R_50_FPN_1x.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath):
+    """Import an entry-point script (``train_net.py``, ``scripts/export_model.py``, ...: a path
+    relative to the repository) as a module, without running its ``__main__`` block."""
+    name = "_entry_" + relpath.replace("/", "_").replace(".py", "")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def grid_anchors(height, width, strides=STRIDES, sizes=None, ratios=(1.0,), offset=0.5):

@@ -108,7 +108,13 @@ def test_each_task_runs_two_iterations_at_the_requested_size(task, runtime):
     runtime is broken, if --size/--batch are ignored, or if images/s is not batch/median.
     """
     result = run_benchmark(
-        _tiny_cfg(batch=2), task, runtime=runtime, iters=2, warmup=1, peaks=(task == "train")
+        _tiny_cfg(batch=2),
+        task,
+        runtime=runtime,
+        iters=2,
+        warmup=1,
+        peaks=(task == "train"),
+        random_weights=True,  # timing only: an untrained model, asked for explicitly
     )
     assert result["iters"] == 2
     assert result["images_per_s"] == pytest.approx(2 / result["s_per_iter_median"])
@@ -149,6 +155,7 @@ def test_script_prints_the_machine_and_writes_json(tmp_path):
         "--no-peaks",
         "--json",
         str(out),
+        "--random-weights",
         "model.test_score_thresh=0.5",
     ]
     run = subprocess.run(cmd, capture_output=True, text=True)

@@ -128,10 +128,12 @@ def test_batch_of_two_is_frozen_and_matches(tmp_path):
 
 
 def _run_export_script(output, fmt):
-    """scripts/export_model.py on the R-50 config, traced at 160 x 192; returns its stdout."""
+    """scripts/export_model.py on the R-50 config with random weights, traced at 160 x 192;
+    returns its stdout."""
     cmd = [sys.executable, "scripts/export_model.py", "--config-file"]
     cmd += ["configs/COCO/atss_R_50_FPN_1x.py", "--format", fmt, "--output", str(output)]
-    cmd += ["--sample-size", "160", "192", "model.test_score_thresh=0.0"]
+    # Untrained on purpose (the config's train.init_checkpoint is only an ImageNet backbone).
+    cmd += ["--sample-size", "160", "192", "--random-weights", "model.test_score_thresh=0.0"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout

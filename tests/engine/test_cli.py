@@ -2,8 +2,6 @@
 that takes overrides, and a machine that cannot complete the rendezvous stops in bounded time
 with a message saying what to check."""
 
-import importlib.util
-import os
 import socket
 import subprocess
 import sys
@@ -13,8 +11,8 @@ import pytest
 from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import flags_among_overrides, parse_launch_args, reject_flags_in_overrides
+from tests.atss_testing import ROOT, load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 # The issue's example: a new user appends --machine-rank after an override.
 MISPLACED = [
@@ -26,16 +24,6 @@ MISPLACED = [
     "--machine-rank",
     "1",
 ]
-
-
-def _load_script(relpath):
-    """Import an entry-point script as a module (without running its ``__main__`` block)."""
-    path = os.path.join(ROOT, relpath)
-    name = "_entry_" + relpath.replace("/", "_").replace(".py", "")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_detectron2_parser_alone_takes_a_late_flag_as_an_override():
@@ -125,13 +113,27 @@ def test_every_entry_point_with_overrides_refuses_a_flag_among_them(
     """Fails for an entry point that does not call reject_flags_in_overrides before using its
     overrides (it would then fail on the missing config, or start working)."""
     argv = ENTRY_POINTS[script]
-    module = _load_script(script)
+    module = load_script(script)
     monkeypatch.setattr(sys, "argv", [script, *argv])
     monkeypatch.chdir(tmp_path)  # without the check, compare_detectors would start runs in o/
     with pytest.raises(SystemExit) as e:
         module.main() if script.endswith("compare_detectors.py") else module.main(argv)
     assert e.value.code == 2
     assert "Flags go before the overrides" in capsys.readouterr().err
+
+
+def test_train_net_help_shows_lazyconfig_examples(monkeypatch, capsys):
+    """train_net.py --help used to show Detectron2's yacs example (MODEL.WEIGHTS /path), which
+    fails on a LazyConfig with an OmegaConf parse error. Fails if Detectron2's epilog or its
+    yacs wording of the overrides' help comes back."""
+    monkeypatch.setattr(sys, "argv", ["train_net.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        load_script("train_net.py").invoke_main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "--eval-only train.init_checkpoint=" in out and "train.max_iter=1000" in out
+    assert "--random-weights" in out
+    assert "MODEL.WEIGHTS" not in out and "Yacs" not in out and "SOLVER" not in out
 
 
 @pytest.mark.slow

@@ -14,6 +14,10 @@
   another config file (each checkpoint records its :func:`config_identity`).
 * :mod:`.datasets` — :func:`register_project_datasets` (shapes and tree crowns, every process).
 * :mod:`.predictor` — :class:`~.predictor.ATSSPredictor`: a config's model on single images.
+* :mod:`.overrides` — the check every ``key=value`` override passes (an unknown key is refused
+  with the nearest names) and the config-file check, both called by :func:`.config.load_config`.
+* :mod:`.weights` — ``train.init_checkpoint`` as the one way to give weights, and
+  ``--random-weights`` as the one way to run an untrained model.
 * :mod:`.schedule` — :func:`shortened_schedule_overrides`: one rule for shorter runs.
 * :mod:`.metrics` — reading a run's ``metrics.json``.
 """

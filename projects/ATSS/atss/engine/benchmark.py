@@ -37,6 +37,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from .device import available_device
+from .weights import load_trained_weights
 
 __all__ = [
     "TASKS",
@@ -261,14 +262,24 @@ def register_project_datasets() -> None:
         logger.warning(f"Tree-crown datasets not registered: {e}")
 
 
-def _build_model(cfg, device, weights: str = ""):
+def _build_model(cfg, device, random_weights: bool):
+    """The model to train, from ``train.init_checkpoint`` as training starts (any part of a
+    model, e.g. a pretrained backbone, or nothing); nothing loaded with ``random_weights``."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     model = instantiate(cfg.model).to(device)
-    weights = weights or cfg.train.get("init_checkpoint", "")
-    if weights:
-        DetectionCheckpointer(model).load(weights)
+    if not random_weights:
+        DetectionCheckpointer(model).load(cfg.train.get("init_checkpoint", ""))
     return model
+
+
+def _build_trained_model(cfg, device, random_weights: bool):
+    """The model to time in evaluation / inference, in eval mode: a whole trained model from
+    ``train.init_checkpoint`` or, with ``random_weights``, an untrained one
+    (:func:`~.weights.load_trained_weights`)."""
+    model = instantiate(cfg.model)
+    load_trained_weights(model, cfg, random_weights, "benchmark")
+    return model.to(device).eval()
 
 
 def _cache(loader, num_batches: int) -> List:
@@ -283,8 +294,8 @@ def _bench_data(cfg, iters, warmup, device):
     return summarize(seconds, batch_size), {}
 
 
-def _bench_train(cfg, iters, warmup, device):
-    model = _build_model(cfg, device)
+def _bench_train(cfg, iters, warmup, device, random_weights):
+    model = _build_model(cfg, device, random_weights)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     batches = _cache(instantiate(cfg.dataloader.train), min(iters + warmup, MAX_CACHED_BATCHES))
@@ -307,8 +318,8 @@ def _bench_train(cfg, iters, warmup, device):
     return stats, extra
 
 
-def _bench_eval(cfg, iters, warmup, device):
-    model = _build_model(cfg, device).eval()
+def _bench_eval(cfg, iters, warmup, device, random_weights):
+    model = _build_trained_model(cfg, device, random_weights)
     loader = instantiate(cfg.dataloader.test)
     state = {"it": iter(loader)}
 
@@ -361,8 +372,8 @@ def build_runtime(model, runtime: str, sample: List[torch.Tensor], workdir: str,
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
 
 
-def _bench_infer(cfg, iters, warmup, device, runtime, threads):
-    model = _build_model(cfg, device).eval()
+def _bench_infer(cfg, iters, warmup, device, runtime, threads, random_weights):
+    model = _build_trained_model(cfg, device, random_weights)
     batch_size = int(cfg.dataloader.test.get("batch_size", 1))
     batches = _infer_batches(cfg, batch_size, min(iters + warmup, MAX_CACHED_BATCHES))
     batches = [[x.to(device) for x in b] for b in batches]
@@ -390,9 +401,12 @@ def run_benchmark(
     warmup: int = 2,
     threads: Optional[int] = None,
     peaks: bool = True,
+    random_weights: bool = False,
 ) -> Dict[str, object]:
     """
-    Run one task on a configured LazyConfig (see :func:`configure`).
+    Run one task on a configured LazyConfig (see :func:`configure`). ``eval`` and ``infer``
+    time the trained model of ``train.init_checkpoint``
+    (:class:`~.weights.WeightsError` without one), or with ``random_weights`` an untrained one.
 
     Returns:
         a dict with ``settings``, ``machine``, the timing summary (:func:`summarize`), peak
@@ -410,11 +424,11 @@ def run_benchmark(
     if task == "data":
         stats, extra = _bench_data(cfg, iters, warmup, device)
     elif task == "train":
-        stats, extra = _bench_train(cfg, iters, warmup, device)
+        stats, extra = _bench_train(cfg, iters, warmup, device, random_weights)
     elif task == "eval":
-        stats, extra = _bench_eval(cfg, iters, warmup, device)
+        stats, extra = _bench_eval(cfg, iters, warmup, device, random_weights)
     else:
-        stats, extra = _bench_infer(cfg, iters, warmup, device, runtime, threads)
+        stats, extra = _bench_infer(cfg, iters, warmup, device, runtime, threads, random_weights)
     result: Dict[str, object] = {
         "settings": {
             "task": task,

@@ -9,20 +9,34 @@
 * :func:`launch_training` — Detectron2's :func:`~detectron2.engine.launch` with that timeout, so
   a machine that cannot reach the rendezvous (or whose peers never arrive) stops after a bounded
   time with a message saying what to check, instead of a worker traceback after 30 minutes.
+* :func:`default_argument_parser` — Detectron2's parser with LazyConfig examples in ``--help``
+  (Detectron2's epilog shows a yacs ``MODEL.WEIGHTS /path`` example that fails on a LazyConfig)
+  and ``--random-weights``.
+* :func:`exit_on_usage_errors` — a bad config file, override or weights ends with one line on
+  stderr and exit status 2, as argparse ends on bad arguments, instead of a traceback.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from datetime import timedelta
 from typing import Callable, List, Optional, Sequence
 
+from detectron2.engine import defaults
 from detectron2.engine.launch import DEFAULT_TIMEOUT, launch
 from torch.multiprocessing import ProcessRaisedException
+
+from atss.data import DatasetError
+
+from .overrides import ConfigError
+from .weights import WeightsError, add_weights_arguments
 
 __all__ = [
     "RENDEZVOUS_ERRORS",
     "add_launch_arguments",
+    "default_argument_parser",
+    "exit_on_usage_errors",
     "flags_among_overrides",
     "launch_training",
     "parse_launch_args",
@@ -35,6 +49,52 @@ __all__ = [
 # N seconds waiting for clients. 1/2 clients joined."), and a second master on the same port
 # (DistNetworkError "... EADDRINUSE" / "address already in use").
 RENDEZVOUS_ERRORS = ("DistNetworkError", "DistStoreError", "DistError")
+
+
+TRAIN_EXAMPLES = """
+Examples (LazyConfig: flags first, then key=value overrides of the config):
+
+Train on one machine (CUDA when available, else the CPU):
+    $ {prog} --config-file configs/Shapes/atss_tiny_shapes.py
+
+Change config values (a key the config does not have is refused; +key=value adds one):
+    $ {prog} --config-file CFG train.max_iter=1000 optimizer.lr=0.005 train.output_dir=out/run
+
+Evaluate a trained model (--random-weights to evaluate an untrained one):
+    $ {prog} --config-file CFG --eval-only train.init_checkpoint=out/run/model_final.pth
+
+Continue the run in train.output_dir:
+    $ {prog} --config-file CFG --resume
+
+Run on multiple machines:
+    (machine0)$ {prog} --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]
+    (machine1)$ {prog} --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]
+"""
+
+
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` with LazyConfig examples as the epilog (unless
+    ``epilog`` is given) and ``--random-weights`` (for ``--eval-only``)."""
+    prog = os.path.basename(sys.argv[0]) or "train_net.py"
+    parser = defaults.default_argument_parser(epilog or TRAIN_EXAMPLES.format(prog=prog))
+    for action in parser._actions:  # its help also describes yacs's "KEY VALUE" pairs
+        if action.dest == "opts":
+            action.help = "key=value config overrides (e.g. train.max_iter=100), after the flags"
+    add_weights_arguments(parser)
+    return parser
+
+
+@contextlib.contextmanager
+def exit_on_usage_errors(prog: Optional[str] = None):
+    """Turn a :class:`~.overrides.ConfigError` or :class:`~.weights.WeightsError` (and a
+    ``DatasetError``) raised in the block into ``prog: error: <one line>`` on stderr and exit
+    status 2."""
+    try:
+        yield
+    except (ConfigError, WeightsError, DatasetError) as e:
+        prog = prog or os.path.basename(sys.argv[0]) or "the script"
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
 
 
 def flags_among_overrides(opts: Optional[Sequence[str]]) -> List[str]:

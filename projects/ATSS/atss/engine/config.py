@@ -8,12 +8,12 @@ project's own (shapes, tree crowns) and the COCO-format files given on the comma
 
 from typing import List, Sequence
 
-from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog
 
 from atss.data.coco_json import register_datasets_from_config
 
 from .datasets import register_project_datasets
+from .overrides import load_checked_config
 
 __all__ = ["config_dataset_names", "load_config"]
 
@@ -23,7 +23,8 @@ def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequ
 
     Args:
         config_file: a LazyConfig ``.py`` / ``.yaml`` file.
-        opts: ``key=value`` overrides, in order.
+        opts: ``key=value`` overrides, in order; one whose key the config does not have is
+            refused (:func:`~.overrides.check_override`).
         data_splits: the splits of a ``dataset`` node (``configs/Custom``) that must be given,
             e.g. ``("train", "test")`` for training, ``("test",)`` for evaluation, ``()`` when any
             given split will do (demo, export, validation). Configs without a ``dataset`` node
@@ -32,10 +33,11 @@ def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequ
     Returns:
         the config, with ``model.num_classes`` taken from the data when the config reads it
         from its ``dataset`` node. Raises :class:`atss.data.DatasetError` naming the key and the
-        path when a given file or folder does not exist or the splits' categories differ.
+        path when a given file or folder does not exist or the splits' categories differ, and
+        :class:`~.overrides.ConfigError` for a missing config file or an unknown override key.
     """
     register_project_datasets()
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+    cfg = load_checked_config(config_file, list(opts))
     register_datasets_from_config(cfg, required=tuple(data_splits))
     return cfg
 

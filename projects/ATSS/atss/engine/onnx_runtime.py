@@ -171,9 +171,9 @@ class OnnxPredictor(ATSSPredictor):
         onnx_path: the ONNX file in use.
     """
 
-    def __init__(self, cfg, threads: Optional[int] = None):
-        super().__init__(cfg)
+    def __init__(self, cfg, threads: Optional[int] = None, random_weights: bool = False):
+        super().__init__(cfg, random_weights=random_weights)
         self.eager_model = self.model
-        self.onnx_path = export_cached(self.model, cfg.model, cfg.train.get("init_checkpoint", ""))
+        self.onnx_path = export_cached(self.model, cfg.model, self.weights)
         self.session = onnx_session(self.onnx_path, str(self.device), threads)
         self.model = OnnxDetector(self.session, self.eager_model)

@@ -9,28 +9,26 @@ Usage (images read in the model's channel order)::
     instances = predictor(image)  # boxes in the coordinates of `image`
 """
 
-import logging
 from typing import List, Optional
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from .device import available_device
+from .weights import load_trained_weights
 
 __all__ = ["ATSSPredictor", "dataset_class_names"]
-
-logger = logging.getLogger(__name__)
 
 
 class ATSSPredictor:
     """
     Build ``cfg.model`` on ``cfg.train.device`` (the CPU when CUDA is absent), load
-    ``cfg.train.init_checkpoint`` (a warning when it is empty: random weights), and resize each
+    ``cfg.train.init_checkpoint`` (:func:`~.weights.load_trained_weights`: a whole trained model,
+    else :class:`~.weights.WeightsError`; nothing with ``random_weights``), and resize each
     image like the test loader (``cfg.dataloader.test.mapper.augmentations``; none when the
     config has no test loader).
 
@@ -38,16 +36,13 @@ class ATSSPredictor:
         model: the detector, in eval mode.
         device: where it runs.
         input_format: channel order the images must be in ("RGB" or "BGR"), the model's.
+        weights: the checkpoint loaded ("" with ``random_weights``).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, random_weights: bool = False):
         self.device = available_device(cfg.train.get("device", "cuda"))
         self.model = instantiate(cfg.model).to(self.device).eval()
-        weights = cfg.train.get("init_checkpoint", "")
-        if weights:
-            DetectionCheckpointer(self.model).load(weights)
-        else:
-            logger.warning("train.init_checkpoint is empty: the model has random weights")
+        self.weights = load_trained_weights(self.model, cfg, random_weights, "predict with")
         try:
             augmentations = instantiate(cfg.dataloader.test.mapper.augmentations)
         except (AttributeError, KeyError):  # no test loader in the config: no resizing

@@ -15,7 +15,11 @@ What it adds to Detectron2's script:
 * evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
   ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
 * the project's datasets, and those given on the command line, are registered in every process
-  (:func:`~.config.load_config`).
+  (:func:`~.config.load_config`);
+* an override of a key the config does not have is refused (:mod:`.overrides`), and
+  ``--eval-only`` needs the weights of a trained model in ``train.init_checkpoint`` or an
+  explicit ``--random-weights`` (:mod:`.weights`); :func:`check_command_line` checks both
+  before any process is launched.
 """
 
 import logging
@@ -34,10 +38,12 @@ from atss.modeling.tta import build_tta_model
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
 from .config import load_config
 from .device import resolve_device
+from .overrides import load_checked_config
 from .resume import check_resume, config_identity
 from .sampler import ResumableTrainingSampler
+from .weights import WeightsError, load_trained_weights, weights_overrides
 
-__all__ = ["main", "do_train", "do_test", "build_train_loader"]
+__all__ = ["main", "do_train", "do_test", "build_train_loader", "check_command_line"]
 
 logger = logging.getLogger("detectron2")
 
@@ -142,13 +148,35 @@ def do_train(args, cfg):
     return trainer
 
 
+def check_command_line(args) -> None:
+    """Refuse, before launching, what :func:`main` would refuse in every process: a missing
+    config file, an override of an unknown key (:class:`~.overrides.ConfigError`), and
+    ``--eval-only`` without weights and without ``--random-weights`` (:class:`WeightsError`).
+    """
+    random_weights = getattr(args, "random_weights", False)
+    if random_weights and not args.eval_only:
+        raise WeightsError(
+            "--random-weights applies to --eval-only; training starts from "
+            "train.init_checkpoint (empty: from scratch)"
+        )
+    weights_overrides(args.opts, random_weights=random_weights)
+    cfg = load_checked_config(args.config_file, args.opts)
+    if args.eval_only and not random_weights and not cfg.train.get("init_checkpoint", ""):
+        raise WeightsError(
+            "--eval-only with an empty train.init_checkpoint: set train.init_checkpoint=PATH to "
+            "a trained run's model_final.pth, or pass --random-weights to evaluate a randomly "
+            "initialised model"
+        )
+
+
 def main(args):
     """Train, or with ``args.eval_only`` evaluate ``train.init_checkpoint``; the function each
     process runs under Detectron2's ``launch``.
 
     Args:
         args: parsed by Detectron2's ``default_argument_parser`` (``config_file``, ``opts``,
-            ``eval_only``, ``resume``, ...).
+            ``eval_only``, ``resume``, ...; ``random_weights`` from
+            :func:`atss.engine.cli.default_argument_parser`, False when absent).
 
     Returns:
         the evaluation results with ``--eval-only``, else None.
@@ -169,8 +197,8 @@ def main(args):
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
+        load_trained_weights(model, cfg, getattr(args, "random_weights", False), "evaluate")
         model = create_ddp_model(model, **cfg.train.ddp)
-        AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
         return do_test(cfg, build_tta_model(cfg, model))
     do_train(args, cfg)
     return None
