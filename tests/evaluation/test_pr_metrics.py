@@ -353,9 +353,19 @@ def test_evaluator_writes_json_png_and_returns_floats(tmp_path):
     res = ev.evaluate()["field_metrics"]
     assert all(isinstance(v, float) for v in res.values())
     assert res["P@thr"] == pytest.approx(0.5) and res["R@thr"] == pytest.approx(0.5)
+    assert res["F1-tree"] == pytest.approx(0.5)  # per class as "F1-<name>"
     saved = json.loads((tmp_path / "field_metrics.json").read_text())
     assert saved["overall"]["best_f1"]["tp"] == 1 and saved["iou_threshold"] == 0.4
     assert (tmp_path / "field_metrics_pr.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("iou_threshold", [0.0, -0.1, 1.01])
+def test_evaluator_refuses_an_iou_threshold_outside_0_1(iou_threshold):
+    """test.iou_threshold must be in (0, 1]; 1 itself is allowed (capped as in COCO). Fails if
+    0 (every touching detection would match) or a value above 1 is accepted, or 1 refused."""
+    with pytest.raises(ValueError, match=r"test.iou_threshold must be in \(0, 1\]"):
+        FieldMetricsEvaluator("any", iou_threshold=iou_threshold)
+    assert FieldMetricsEvaluator("any", iou_threshold=1.0).iou_threshold == 1.0
 
 
 def test_build_evaluator_adds_field_metrics_beside_the_configs_evaluator():
