@@ -11,7 +11,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from atss.data import DatasetError, get_checked_detection_dataset_dicts
 from atss.data.coco_example import write_coco_example
-from atss.data.coco_json import CUSTOM_TEST, CUSTOM_TRAIN, register_datasets_from_config
+from atss.data.coco_json import (
+    CUSTOM_TEST,
+    CUSTOM_TRAIN,
+    read_coco_categories,
+    register_datasets_from_config,
+)
 
 MNV2 = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 R50 = "configs/Custom/atss_R_50_FPN_1x_coco_json.py"
@@ -105,6 +110,97 @@ def test_test_categories_differing_from_train_is_an_error(example, tmp_path):
     message = str(e.value)
     assert str(other) in message and example["train_json"] in message
     assert "(7, 'circle')" in message and "(7, 'ellipse')" in message
+
+
+def _write_json(path, categories, boxes=()):
+    """A COCO JSON with one 100 x 80 image per ``(category_id, [x, y, w, h])`` of ``boxes``."""
+    data = {"images": [], "annotations": [], "categories": categories}
+    for i, (category_id, bbox) in enumerate(boxes, start=1):
+        data["images"].append({"id": i, "file_name": f"{i}.png", "height": 80, "width": 100})
+        data["annotations"].append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": category_id,
+                "bbox": bbox,
+                "area": bbox[2] * bbox[3],
+                "iscrowd": 0,
+            }
+        )
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_read_coco_categories_sorts_by_id_whatever_the_file_order(tmp_path):
+    """Categories listed 7, 12, 3 in the file come back as (3, birch), (7, spruce), (12, oak):
+    the order of Detectron2's contiguous ids (by hand). Fails if the file order is kept, or if
+    they are sorted by name or by the id's text ("12" before "3")."""
+    categories = [
+        {"id": 7, "name": "spruce"},
+        {"id": 12, "name": "oak"},
+        {"id": 3, "name": "birch"},
+    ]
+    path = _write_json(tmp_path / "c.json", categories)
+    assert read_coco_categories(path, "k") == [(3, "birch"), (7, "spruce"), (12, "oak")]
+
+
+@pytest.mark.parametrize(
+    "categories, message",
+    [
+        ([{"id": 3, "name": "a"}, {"id": 3, "name": "b"}], r"category ids \[3\] appear more"),
+        ([{"id": "3", "name": "a"}], "needs an integer 'id' and a 'name'"),
+        ([{"id": 3}], "needs an integer 'id' and a 'name'"),
+        ([], "needs a non-empty top-level 'categories' list"),
+        ({"id": 3, "name": "a"}, "needs a non-empty top-level 'categories' list"),
+    ],
+)
+def test_read_coco_categories_refuses_what_cannot_be_mapped(tmp_path, categories, message):
+    """A repeated id (two classes for one id), a non-integer id, a missing name, an empty or
+    non-list 'categories' each give a DatasetError naming the config key and the file. Fails
+    if a repeated id is accepted (its second name would silently take a class of its own)."""
+    path = _write_json(tmp_path / "bad.json", categories)
+    with pytest.raises(DatasetError, match=message) as e:
+        read_coco_categories(path, "dataset.train.json_file")
+    assert f"dataset.train.json_file={path}" in str(e.value)
+
+
+def test_categories_in_any_order_map_to_classes_and_back_to_the_json_ids(tmp_path):
+    """Train JSON lists the categories 7, 12, 3 and the test JSON 12, 3, 7 (the same set):
+    accepted; the classes are birch, spruce, oak (ids 3, 7, 12 -> 0, 1, 2, by hand); the test
+    records carry those contiguous ids; and COCOEvaluator, given one exact detection per test
+    box with its contiguous class, writes the JSON ids 7, 12, 3 back and scores AP 100 for each
+    class. Fails if the categories are compared in file order (an error here), if the classes
+    follow the file order (they would disagree with load_coco_json's) or if predictions are
+    not mapped back to the JSON's ids."""
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    def cats(*ids):
+        return [{"id": i, "name": {3: "birch", 7: "spruce", 12: "oak"}[i]} for i in ids]
+
+    boxes = [(7, [10, 10, 30, 20]), (12, [50, 20, 20, 40]), (3, [0, 0, 15, 15])]
+    train = _write_json(tmp_path / "train.json", cats(7, 12, 3), boxes)
+    test = _write_json(tmp_path / "test.json", cats(12, 3, 7), boxes)
+    paths = {"train_json": train, "val_json": test, "image_root": str(tmp_path)}
+    cfg = load(MNV2, data_opts(paths))
+    register_datasets_from_config(cfg)
+    assert MetadataCatalog.get(CUSTOM_TEST).thing_classes == ["birch", "spruce", "oak"]
+    records = DatasetCatalog.get(CUSTOM_TEST)  # as the test loader does before inference
+    assert [r["annotations"][0]["category_id"] for r in records] == [1, 2, 0]
+
+    evaluator = COCOEvaluator(CUSTOM_TEST, tasks=("bbox",), output_dir=str(tmp_path / "out"))
+    evaluator.reset()
+    for image_id, (_, (x, y, w, h)), label in zip((1, 2, 3), boxes, (1, 2, 0)):
+        inst = Instances((80, 100))
+        inst.pred_boxes = Boxes(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32))
+        inst.scores = torch.tensor([0.9])
+        inst.pred_classes = torch.tensor([label])
+        evaluator.process([{"image_id": image_id}], [{"instances": inst}])
+    ap = evaluator.evaluate()["bbox"]
+    with open(tmp_path / "out" / "coco_instances_results.json") as f:
+        written = json.load(f)
+    assert [(d["image_id"], d["category_id"]) for d in written] == [(1, 7), (2, 12), (3, 3)]
+    assert (ap["AP-birch"], ap["AP-spruce"], ap["AP-oak"]) == (100.0, 100.0, 100.0)
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,79 @@ def test_matching_equals_pycocotools_on_random_crowded_images(seed):
         assert ours(images, t) == coco_statuses(images, t)
 
 
+def _one_class(gt, dt):
+    """One image of class 0: ``gt`` [(xyxy, crowd)], ``dt`` [(xyxy, score)]."""
+    return [{"gt": [(b, 0, crowd) for b, crowd in gt], "dt": [(b, 0, s) for b, s in dt]}]
+
+
+def test_detection_at_exactly_the_iou_threshold_is_matched():
+    """IoU >= threshold is a match, as COCO's: a detection [0, 0, 10, 10] on the GT [0, 0, 10, 5]
+    has IoU 50 / 100 = 0.5 exactly, and one on a crowd box of the same shape has intersection /
+    detection area 0.5 exactly; at threshold 0.5 the first is TP, the second ignored; at
+    0.5 + 1e-9 both are false positives (by hand, and pycocotools' statuses). Fails if the
+    comparison is strict (>), for the regular or the crowd box."""
+    images = _one_class(
+        gt=[([0, 0, 10, 5], False), ([100, 0, 110, 5], True)],
+        dt=[([0, 0, 10, 10], 0.9), ([100, 0, 110, 10], 0.8)],
+    )
+    assert ours(images, 0.5) == [[TRUE_POSITIVE, IGNORED]] == coco_statuses(images, 0.5)
+    assert ours(images, 0.5 + 1e-9) == [[FALSE_POSITIVE] * 2] == coco_statuses(images, 0.5 + 1e-9)
+
+
+def test_iou_just_below_the_threshold_far_from_the_origin_is_no_match():
+    """Overlaps are computed in double precision, as COCO's: at the coordinates of a large
+    orthophoto (20000 px) a detection 0.0005 px taller than twice its GT, [20000, 20000, 20010,
+    20010.0005] on [20000, 20000, 20010, 20005], has IoU 50 / 100.005 < 0.5: a false positive at
+    threshold 0.5 (by hand, and pycocotools). Fails if the boxes are rounded to float32
+    (Detectron2's ``Boxes()`` cast), which makes the detection 10 px tall and the IoU 0.5."""
+    x = 20000.0
+    images = _one_class(
+        gt=[([x, x, x + 10, x + 5], False)], dt=[([x, x, x + 10, x + 10.0005], 0.9)]
+    )
+    assert ours(images, 0.5) == [[FALSE_POSITIVE]] == coco_statuses(images, 0.5)
+    assert ours(images, 0.4999) == [[TRUE_POSITIVE]] == coco_statuses(images, 0.4999)
+
+
+def test_threshold_one_is_capped_below_one_as_in_coco():
+    """COCO caps the IoU threshold at 1 - 1e-10: at threshold 1 a detection equal to its GT up
+    to 1e-9 px (IoU 1 - 1e-11) is a TP, one 1 px short (IoU 0.99) is not (by hand, and
+    pycocotools). Fails if the cap is dropped (only bit-identical boxes would match)."""
+    images = _one_class(
+        gt=[([0, 0, 100, 100], False), ([200, 0, 300, 100], False)],
+        dt=[([0, 0, 100, 100 + 1e-9], 0.9), ([200, 0, 300, 99], 0.8)],
+    )
+    assert ours(images, 1.0) == [[TRUE_POSITIVE, FALSE_POSITIVE]] == coco_statuses(images, 1.0)
+
+
+@pytest.mark.parametrize("a_first", [True, False])
+def test_tie_between_two_ground_truth_boxes_goes_to_the_later_one(a_first):
+    """A detection [10, 0, 20, 10] (score 0.9) has IoU 100 / 200 = 0.5 with both A = [0, 0, 20,
+    10] and B = [10, 0, 30, 10]; COCO gives it the later of the two in the GT list. A second
+    detection [0, 0, 18, 10] (0.8) overlaps A by 0.9 and B by 80 / 300 < 0.4. Threshold 0.4,
+    GTs (A, B): the first takes B, the second A: TP, TP. GTs (B, A): the first takes A, the
+    second finds nothing: TP, FP (by hand, and pycocotools in both orders). Fails if a tie
+    goes to the earlier GT."""
+    a, b = [0, 0, 20, 10], [10, 0, 30, 10]
+    images = _one_class(
+        gt=[(g, False) for g in ([a, b] if a_first else [b, a])],
+        dt=[([10, 0, 20, 10], 0.9), ([0, 0, 18, 10], 0.8)],
+    )
+    expected = [TRUE_POSITIVE, TRUE_POSITIVE if a_first else FALSE_POSITIVE]
+    assert ours(images, 0.4) == [expected] == coco_statuses(images, 0.4)
+
+
+def test_no_cap_on_the_number_of_detections_per_image():
+    """150 trees, each found exactly, in one image: all 150 are TPs (COCO's evaluateImg with
+    maxDets 1000 agrees). Fails if the detections are cut at COCO's default of 100 per image
+    (the 50 lowest scores would be FPs and the recall 2/3)."""
+    boxes = [[20.0 * (i % 15), 20.0 * (i // 15), 20.0 * (i % 15) + 15, 20.0 * (i // 15) + 15]
+             for i in range(150)]  # fmt: skip
+    images = _one_class(
+        gt=[(b, False) for b in boxes], dt=[(b, 1 - i / 1000) for i, b in enumerate(boxes)]
+    )
+    assert ours(images, 0.5) == [[TRUE_POSITIVE] * 150] == coco_statuses(images, 0.5)
+
+
 # ------------------------------------------------------------------------------ curves
 def test_curve_and_operating_points_hand_counts():
     """Scores 0.9 TP, 0.8 FP, 0.8 TP, 0.5 ignored, 0.3 TP, 4 GTs. Thresholds 0.9 / 0.8 / 0.3
@@ -178,6 +251,34 @@ def test_curve_and_operating_points_hand_counts():
     assert (at["tp"], at["fp"], at["fn"]) == (2, 1, 2)
     assert operating_point(c, 4, 0.95)["precision"] == 0.0
     assert best_f1_point(pr_curve([], [], 3), 3)["score_threshold"] is None
+
+
+def test_best_f1_tie_takes_the_highest_score_threshold():
+    """2 GTs; 0.9 TP, 0.8 FP, 0.7 FP, 0.6 TP. F1 at 0.9: P 1, R 1/2 -> 2/3; at 0.6: P 1/2, R 1
+    -> 2/3 as well (by hand; 0.8 and 0.7 are lower). The best point is the higher threshold,
+    0.9, with TP 1, FP 0. Fails if a tie goes to the lowest threshold (the last maximum)."""
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    status = np.array([TRUE_POSITIVE, FALSE_POSITIVE, FALSE_POSITIVE, TRUE_POSITIVE])
+    c = pr_curve(scores, status, num_gt=2)
+    assert c["f1"][0] == c["f1"][3] == pytest.approx(2 / 3) and c["f1"].max() == c["f1"][0]
+    best = best_f1_point(c, 2)
+    assert (best["score_threshold"], best["tp"], best["fp"]) == (0.9, 1, 0)
+
+
+def test_only_images_with_predictions_are_evaluated():
+    """Ground truth of an image without a prediction entry is not counted: one image with its
+    tree found (TP) and one image with two trees that has no entry give recall 1, 1 GT and one
+    image (by hand). Fails if every ground-truth image is evaluated (recall 1/3, 3 GTs)."""
+    box = np.array([[0.0, 0, 10, 10]])
+    gts = {
+        1: {"boxes": box, "classes": np.array([0]), "crowd": np.array([False])},
+        2: {"boxes": np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
+            "classes": np.array([0, 0]), "crowd": np.array([False, False])},
+    }  # fmt: skip
+    preds = [{"image_id": 1, "boxes": box, "scores": np.array([0.9]), "classes": np.array([0])}]
+    r = field_metrics(preds, gts, ["tree"], iou_threshold=0.5)
+    assert r["num_images"] == 1 and [im["image_id"] for im in r["images"]] == [1]
+    assert r["overall"]["num_gt"] == 1 and r["overall"]["best_f1"]["recall"] == 1.0
 
 
 def test_field_metrics_per_class_overall_and_images():
@@ -252,9 +353,19 @@ def test_evaluator_writes_json_png_and_returns_floats(tmp_path):
     res = ev.evaluate()["field_metrics"]
     assert all(isinstance(v, float) for v in res.values())
     assert res["P@thr"] == pytest.approx(0.5) and res["R@thr"] == pytest.approx(0.5)
+    assert res["F1-tree"] == pytest.approx(0.5)  # per class as "F1-<name>"
     saved = json.loads((tmp_path / "field_metrics.json").read_text())
     assert saved["overall"]["best_f1"]["tp"] == 1 and saved["iou_threshold"] == 0.4
     assert (tmp_path / "field_metrics_pr.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("iou_threshold", [0.0, -0.1, 1.01])
+def test_evaluator_refuses_an_iou_threshold_outside_0_1(iou_threshold):
+    """test.iou_threshold must be in (0, 1]; 1 itself is allowed (capped as in COCO). Fails if
+    0 (every touching detection would match) or a value above 1 is accepted, or 1 refused."""
+    with pytest.raises(ValueError, match=r"test.iou_threshold must be in \(0, 1\]"):
+        FieldMetricsEvaluator("any", iou_threshold=iou_threshold)
+    assert FieldMetricsEvaluator("any", iou_threshold=1.0).iou_threshold == 1.0
 
 
 def test_build_evaluator_adds_field_metrics_beside_the_configs_evaluator():

@@ -142,6 +142,56 @@ def test_cut_by_inner_border_hand_case():
     assert drop.tolist() == [True, False, False, False]
 
 
+def test_a_side_within_the_margin_touches_the_border():
+    """Tiles [0, 120) and [80, 200) of a 200 x 100 image, margin 2, boxes from tile 0. A side
+    at exactly 2 px from a tile side touches it, one at 2.5 px does not (by hand): (a) right
+    side at 118 touches tile 0's inner border and tile 1 holds the box: dropped; (b) at 117.5:
+    not cut, kept; (c) left side at 82 touches tile 1's inner border, so tile 1 does not hold
+    it whole: kept; (d) left side at 82.5: tile 1 holds it: dropped. Fails if "within the
+    margin" is strict (<) or the margin is ignored."""
+    tiles = tile_grid(100, 200, 120, 40)
+    boxes = torch.tensor(
+        [[90.0, 10, 118, 40], [90, 10, 117.5, 40], [82, 10, 119, 40], [82.5, 10, 119, 40]]
+    )
+    drop = cut_by_inner_border(boxes, torch.zeros(4, dtype=torch.int64), tiles, (100, 200), 2)
+    assert drop.tolist() == [True, False, False, True]
+
+
+def test_object_exactly_filling_the_overlap_is_kept_once():
+    """An object as wide as the overlap and lying exactly in it (80..120) ends on an inner
+    border of both tiles: each tile's box touches that tile's inner border, so neither tile
+    holds the other's whole; both are kept and merged into one (by hand). Fails if "held whole"
+    does not require the holding tile's inner borders to be untouched (both copies would be
+    dropped and the object lost)."""
+    inst, _ = run_tiled([(80, 10, 120, 50, 0, 0.9)], 200, 200, size=120, overlap=40)
+    assert as_rows(inst) == [(80, 10, 120, 50, 0)]
+
+
+@pytest.mark.parametrize("merge_type", ["nms", "vote", "soft-vote"])
+def test_overlapping_objects_of_two_classes_are_merged_per_class(merge_type):
+    """Two objects in the overlap of tiles 0 and 1, of classes 0 and 1, overlapping with IoU
+    (18 x 18) / (20 x 20) = 0.81 (above the NMS 0.6 and the voting 0.66): each is found by both
+    tiles, merged with its own duplicate only, and both are reported (by hand). Fails if the
+    merge is class-agnostic (the 0.8 box of class 1 would suppress the class-0 one)."""
+    objects = [(90, 20, 110, 40, 0, 0.7), (92, 22, 110, 40, 1, 0.8)]  # the second painted over
+    inst, _ = run_tiled(objects, 200, 200, size=120, overlap=40, merge_type=merge_type)
+    assert as_rows(inst) == [(90, 20, 110, 40, 0), (92, 22, 110, 40, 1)]
+
+
+def test_nms_threshold_defaults_to_the_models():
+    """An object wider than the overlap (75..145) is kept as two pieces, 75..120 and 80..145,
+    with IoU 40 / 70 = 0.57 (by hand): the fake model's test_nms_thresh 0.6 keeps both, the
+    same model with test_nms_thresh 0.5 keeps one. Fails if the merge uses a fixed threshold
+    instead of the model's ``test_nms_thresh``."""
+    image = paint(200, 200, [(75, 10, 145, 50, 0, 0.9)])
+    for nms_thresh, expected in ((0.6, 2), (0.5, 1)):
+        model = PaintedRectangleDetector().eval()
+        model.test_nms_thresh = nms_thresh
+        tiled = TiledDetector(model, size=120, overlap=40).eval()
+        inst = tiled([{"image": image, "height": 200, "width": 200}])[0]["instances"]
+        assert len(inst) == expected, nms_thresh
+
+
 @pytest.mark.parametrize("merge_type", ["nms", "vote", "soft-vote"])
 def test_object_crossing_a_tile_border_is_detected_once(merge_type):
     """An object crossing the inner border x = 120 of tile 0 (it is seen cut, 100..120, by tile 0
@@ -193,6 +243,20 @@ def test_cap_on_detections_keeps_the_best_scores_in_total():
     inst, _ = run_tiled(objects, 200, 200, size=120, overlap=40, max_detections_per_image=5)
     expected = sorted(round(o[5] * 255) / 255 for o in objects)[::-1][:5]
     assert inst.scores.tolist() == pytest.approx(expected)
+
+
+def test_cap_on_detections_defaults_to_the_models():
+    """12 objects over 4 tiles, the model's max_detections_per_image 3 and no cap given: 3
+    detections, the best scores. Fails if the default cap is a fixed 100 instead of the
+    model's own."""
+    objects = [(5 + 16 * i, 5 + 150 * (i % 2), 15 + 16 * i, 20 + 150 * (i % 2), 0, (i + 1) / 20)
+               for i in range(12)]  # fmt: skip
+    model = PaintedRectangleDetector().eval()
+    model.max_detections_per_image = 3
+    tiled = TiledDetector(model, size=120, overlap=40).eval()
+    inst = tiled([{"image": paint(200, 200, objects), "height": 200, "width": 200}])[0]
+    expected = [round(s * 255) / 255 for s in (0.6, 0.55, 0.5)]  # scores painted as s x 255
+    assert inst["instances"].scores.tolist() == pytest.approx(expected)
 
 
 def test_the_model_sees_only_tiles_and_boxes_are_scaled_to_the_original_size():

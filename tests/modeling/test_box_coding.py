@@ -30,6 +30,16 @@ def test_box_coding_round_trip_and_weights():
     assert t.get_deltas(anchors, anchors).abs().max() < 1e-5
 
 
+def test_box_coding_clamps_dw_dh_at_log_1000_over_16():
+    """BOX decoding caps the predicted log-scale at log(1000/16): dw = 100 (/ weight 5 = 20)
+    on the anchor [0, 0, 64, 64] gives a box 64 x 1000/16 = 4000 wide around x = 32, i.e.
+    [-1968, 0, 2032, 64] (by hand). Fails if the clamp is another value (e.g. log(1000))
+    or dropped (the width would be 64 e^20)."""
+    t = build_box_transform("BOX")
+    box = t.apply_deltas(torch.tensor([[0.0, 0.0, 100.0, 0.0]]), torch.tensor([[0.0, 0, 64, 64]]))
+    torch.testing.assert_close(box, torch.tensor([[-1968.0, 0.0, 2032.0, 64.0]]))
+
+
 def test_point_coding_is_distance_over_stride():
     """POINT: deltas are (l, t, r, b) / stride for 8-stride anchors, and round-trip."""
     t = build_box_transform("POINT", anchor_scale=8.0)

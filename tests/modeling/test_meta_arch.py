@@ -356,6 +356,64 @@ def test_results_file_boxes_follow_the_box_convention(convention, scale):
     torch.testing.assert_close(written, torch.tensor(FILE_BOXES[(convention, scale)]))
 
 
+def test_results_file_boxes_with_unequal_x_and_y_scales():
+    """Output 128 x 48 for the 128 x 96 input above (r_x = 1, r_y = 0.5; Detectron2's resize
+    rounds the output size, so r_x and r_y differ a little in practice). The authors': their
+    clipped boxes [28.5, 12.5, 91.5, 75.5] and [92.5, 0, 127, 51.5], resized x by 1 and y by
+    0.5 -> [28.5, 6.25, 91.5, 37.75] and [92.5, 0, 127, 25.75], "+1" xywh -> (28.5, 6.25, 64,
+    32.5) and (92.5, 0, 35.5, 26.75) (by hand, from their BoxList.resize / convert). Fails if
+    the x and y scales are swapped in the "+1" correction (only visible when they differ)."""
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+    model = tiny_model(box_convention="authors")
+    model.head = _FixedHead(model.num_classes, [(5, 7), (2, 15)])
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": torch.zeros(3, 96, 128), "height": 48, "width": 128}])
+    written = torch.tensor(sorted(r["bbox"] for r in instances_to_coco_json(out["instances"], 1)))
+    torch.testing.assert_close(
+        written, torch.tensor([[28.5, 6.25, 64.0, 32.5], [92.5, 0.0, 35.5, 26.75]])
+    )
+
+
+def _authors_clip_reference(box, height, width):
+    """Their side, written from maskrcnn-benchmark: the decoded box is ours shrunk by 0.5 px per
+    side with inclusive x2, y2 (width x2 - x1 + 1); ``clip_to_image`` (TO_REMOVE = 1) clamps x1
+    and x2 to [0, W - 1], y1 and y2 to [0, H - 1]; returned half-open (x2 + 1, y2 + 1)."""
+    x1, y1, x2, y2 = box[0] + 0.5, box[1] + 0.5, box[2] - 0.5, box[3] - 0.5
+    x1, x2 = (min(max(v, 0.0), width - 1.0) for v in (x1, x2))
+    y1, y2 = (min(max(v, 0.0), height - 1.0) for v in (y1, y2))
+    return [x1, y1, x2 + 1, y2 + 1]
+
+
+def test_authors_clip_bounds_on_every_side():
+    """96 x 128 input. Boxes wholly right of / below the image, wholly left of / above it,
+    starting inside the last pixel, inside, and a sliver at the corner -> by hand [127, 95, 128,
+    96], [0, 0, 1, 1], [127, 95, 128, 96], [10.5, 20.5, 30.5, 40.5], [0.3, 0, 1, 1]; equal to
+    the reference from their clip_to_image. Fails if x1 / y1 may reach W / H (instead of
+    W - 1 / H - 1), if x2 + 1 / y2 + 1 may drop below 1, or y2 + 1 is capped at H - 1."""
+    from atss.modeling.meta_arch import authors_clip
+
+    boxes = [
+        [130.0, 100.0, 140.0, 110.0],
+        [-20.0, -30.0, -10.0, -15.0],
+        [127.8, 95.8, 140.0, 100.0],
+        [10.0, 20.0, 30.0, 40.0],
+        [-0.2, -0.7, 0.3, 0.2],
+    ]
+    by_hand = [
+        [127.0, 95.0, 128.0, 96.0],
+        [0.0, 0.0, 1.0, 1.0],
+        [127.0, 95.0, 128.0, 96.0],
+        [10.5, 20.5, 30.5, 40.5],
+        [0.3, 0.0, 1.0, 1.0],
+    ]
+    reference = [_authors_clip_reference(b, 96, 128) for b in boxes]
+    torch.testing.assert_close(torch.tensor(reference), torch.tensor(by_hand))
+    got = authors_clip(torch.tensor(boxes, dtype=torch.float64), (96, 128))
+    torch.testing.assert_close(got, torch.tensor(by_hand, dtype=torch.float64))
+
+
 def test_unknown_box_convention_is_refused():
     with pytest.raises(ValueError, match="box_convention"):
         tiny_model(box_convention="legacy")

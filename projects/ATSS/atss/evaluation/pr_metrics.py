@@ -80,8 +80,7 @@ def match_detections(
     if num_dets == 0 or len(gt_boxes) == 0:
         return status
     gt_crowd = np.asarray(gt_crowd, dtype=bool)
-    dets = Boxes(torch.as_tensor(det_boxes, dtype=torch.float64).reshape(-1, 4))
-    gts = Boxes(torch.as_tensor(gt_boxes, dtype=torch.float64).reshape(-1, 4))
+    dets, gts = _boxes_float64(det_boxes), _boxes_float64(gt_boxes)
     # COCO: IoU against regular boxes, intersection over the detection's area against crowds.
     overlap = np.where(
         gt_crowd[None, :], pairwise_ioa(gts, dets).T.numpy(), pairwise_iou(dets, gts).numpy()
@@ -99,6 +98,15 @@ def match_detections(
                 matched[g] |= result == TRUE_POSITIVE
                 break
     return status
+
+
+def _boxes_float64(boxes) -> Boxes:
+    """(N, 4) XYXY as Detectron2 ``Boxes`` holding float64: ``Boxes()`` casts to float32, whose
+    IoUs (and a threshold compared with them) are rounded to ~1e-7, so decisions at the
+    threshold would differ from COCO's double precision (and the 1 - 1e-10 cap would be 1)."""
+    out = Boxes(torch.zeros(0, 4))
+    out.tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
+    return out
 
 
 # ----------------------------------------------------------------------------- curves
