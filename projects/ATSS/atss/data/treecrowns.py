@@ -87,6 +87,7 @@ __all__ = [
     "treecrowns_cache_dir",
     "build_treecrowns_cache",
     "register_all_treecrowns",
+    "tree_crown_mosaic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -461,3 +462,13 @@ def register_all_treecrowns(
             image_root=str(cache_dir / "images"),
         )
     return list(TREECROWNS_SPLITS)
+
+
+def tree_crown_mosaic(size: int) -> np.ndarray:
+    """A ``size`` x ``size`` RGB uint8 (H, W, 3) image: the largest tree-crown image repeated,
+    for benchmarks of large images (an orthomosaic stand-in made from real pixels)."""
+    source = max(find_annotated_images(), key=lambda im: im.width * im.height)
+    with Image.open(source.image_path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    reps = (-(-size // pixels.shape[0]), -(-size // pixels.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(pixels, reps)[:size, :size])
