@@ -9,14 +9,14 @@
 * :mod:`.sampler` — :class:`ResumableTrainingSampler`: Detectron2's ``TrainingSampler`` that can
   start part-way through its seeded index stream, so a resumed run sees the same batches.
 * :mod:`.device` — :func:`resolve_device` (CUDA -> CPU fallback, DDP on CPU, AMP needs CUDA).
-* :mod:`.datasets` — :func:`register_project_datasets` (shapes and tree crowns, every process).
+* :mod:`.config` — :func:`~.config.load_config`: a config file, its overrides and the data of
+  its ``dataset`` node, as every entry point loads them.
 * :mod:`.predictor` — :class:`~.predictor.ATSSPredictor`: a config's model on single images.
 * :mod:`.schedule` — :func:`shortened_schedule_overrides`: one rule for shorter runs.
 * :mod:`.metrics` — reading a run's ``metrics.json``.
 """
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
-from .datasets import register_project_datasets
 from .device import available_device, resolve_device
 from .sampler import ResumableTrainingSampler
 from .schedule import scale_milestones, shortened_schedule_overrides
@@ -26,7 +26,6 @@ __all__ = [
     "RNGState",
     "ResumableTrainingSampler",
     "available_device",
-    "register_project_datasets",
     "resolve_device",
     "scale_milestones",
     "shortened_schedule_overrides",

@@ -248,17 +248,6 @@ def configure(cfg, size: Optional[Sequence[int]] = None, batch: Optional[int] = 
     return cfg
 
 
-def register_project_datasets() -> None:
-    """Register the shapes and tree-crown datasets (idempotent), as ``train_net.py`` does."""
-    from atss.data import register_all_shapes, register_all_treecrowns
-
-    register_all_shapes()
-    try:
-        register_all_treecrowns()
-    except Exception as e:  # deepforest missing: shapes-only benchmarks still run
-        logger.warning(f"Tree-crown datasets not registered: {e}")
-
-
 def _build_model(cfg, device, weights: str = ""):
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -407,7 +396,6 @@ def run_benchmark(
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"train.device={device} but CUDA is not available: using the CPU")
         device = cfg.train.device = "cpu"
-    register_project_datasets()
     if task == "data":
         stats, extra = _bench_data(cfg, iters, warmup, device)
     elif task == "train":
