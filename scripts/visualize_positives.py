@@ -75,9 +75,9 @@ def load_from_dataset(name, index):
     from detectron2.structures import BoxMode
 
     if name not in DatasetCatalog.list():
-        from atss.engine import register_project_datasets
+        from atss.data.builtin import register_builtin_dataset
 
-        register_project_datasets()
+        register_builtin_dataset(name)  # the project's datasets: built on first read
     dicts = DatasetCatalog.get(name)
     if not 0 <= index < len(dicts):
         raise ValueError(f"--index {index}: dataset {name} has {len(dicts)} images")

@@ -4,6 +4,8 @@ the entry-point scripts as modules."""
 import importlib.util
 import os
 import socket
+import subprocess
+import sys
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -108,6 +110,34 @@ def write_tiny_config(path, short_edge_length, max_size, *extra_lines):
     text = TINY_CONFIG_FILE.format(short_edge_length=short_edge_length, max_size=max_size)
     path.write_text(text + "".join(line + "\n" for line in extra_lines))
     return path
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, *argv, env=None, timeout=900):
+    """``python -c code *argv`` in a fresh process at the repository root (``env``: its whole
+    environment, default this one's); returns the completed process, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ if env is None else env,
+    )
+
+
+def coco_json_overrides(paths, train_json=None, test_json=None):
+    """The four ``dataset.{train,test}.{json_file,image_root}=...`` overrides of a configs/Custom
+    config for a folder from :func:`atss.data.coco_example.write_coco_example` (``paths``: its
+    return value); ``train_json`` / ``test_json`` replace its JSON files."""
+    return [
+        f"dataset.train.json_file={train_json or paths['train_json']}",
+        f"dataset.train.image_root={paths['image_root']}",
+        f"dataset.test.json_file={test_json or paths['val_json']}",
+        f"dataset.test.image_root={paths['image_root']}",
+    ]
 
 
 def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):

@@ -5,10 +5,11 @@
 #       dataset.train.json_file=data/train.json dataset.train.image_root=data/images \
 #       dataset.test.json_file=data/val.json dataset.test.image_root=data/images
 #
-# atss.data.coco_json.register_datasets_from_config registers them as custom_train/custom_test
-# in every process and sets model.num_classes from the train JSON's categories (any ids); give
-# model.num_classes=N to force it. Loading is validated (configs/common/coco_data.py); the test
-# set is evaluated with COCOEvaluator. Images: anything PIL reads, 8-bit grey or colour.
+# The loaders read these paths through the config (../common/coco_json_data.py), so Detectron2's
+# own tools/lazyconfig_train_net.py takes the same command line; model.num_classes is the
+# number of the train JSON's categories (any ids); give model.num_classes=N to force it.
+# Loading is validated (configs/common/coco_data.py); the test set is evaluated with
+# COCOEvaluator. Images: anything PIL reads, 8-bit grey or colour.
 #
 # Choices for an unknown dataset on a CPU:
 # * input: shorter side 448-576 for training (+ horizontal flip), 512 for testing, longer side
@@ -24,7 +25,6 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 
 from atss.config import get_detectron2_config
-from atss.data.coco_json import CUSTOM_TEST, CUSTOM_TRAIN
 from atss.modeling.backbone import (
     MOBILENET_V2_PIXEL_MEAN,
     MOBILENET_V2_PIXEL_STD,
@@ -32,6 +32,7 @@ from atss.modeling.backbone import (
 )
 
 from ..common.coco_data import dataloader
+from ..common.coco_json_data import dataset, test_dataset, train_dataset
 from ..common.models.atss import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import atss_schedule
@@ -39,15 +40,6 @@ from ..common.tta import test
 
 CHANNELS = 128
 TEST_SHORT_EDGE, MAX_SIZE = 512, 853
-
-# --- the data: set on the command line -----------------------------------------------------
-dataset = dict(
-    train=dict(json_file="", image_root=""),
-    test=dict(json_file="", image_root=""),
-    # Set from the train JSON's categories by atss.data.coco_json.register_datasets_from_config;
-    # 1 is a placeholder that only a config loaded without data sees.
-    num_classes=1,
-)
 
 # --- model ---------------------------------------------------------------------------------
 model.backbone = L(build_mobilenetv2_fpn)(out_channels=CHANNELS, freeze_at=2, pretrained=True)
@@ -60,7 +52,7 @@ model.head.input_shape = [ShapeSpec(channels=CHANNELS)] * 5
 model.head.conv_dims = [CHANNELS, CHANNELS]
 
 # --- loaders -------------------------------------------------------------------------------
-dataloader.train.dataset.names = CUSTOM_TRAIN
+dataloader.train.dataset = train_dataset  # dataset.train, from the command line
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(
@@ -70,7 +62,7 @@ dataloader.train.mapper.augmentations = [
 ]
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 0  # in-process on a 2-core CPU; raise with more cores
-dataloader.test.dataset.names = CUSTOM_TEST
+dataloader.test.dataset = test_dataset
 dataloader.test.mapper.image_format = "RGB"
 dataloader.test.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=TEST_SHORT_EDGE, max_size=MAX_SIZE),

@@ -14,21 +14,13 @@
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 
-from atss.data.coco_json import CUSTOM_TEST, CUSTOM_TRAIN
-
 from ..COCO.atss_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, test, train
+from ..common.coco_json_data import dataset, test_dataset, train_dataset
 
-dataset = dict(
-    train=dict(json_file="", image_root=""),
-    test=dict(json_file="", image_root=""),
-    # Set from the train JSON's categories by atss.data.coco_json.register_datasets_from_config;
-    # 1 is a placeholder that only a config loaded without data sees.
-    num_classes=1,
-)
 # From the data; `model.num_classes=N` on the command line forces a count.
 model.num_classes = "${dataset.num_classes}"
-dataloader.train.dataset.names = CUSTOM_TRAIN
-dataloader.test.dataset.names = CUSTOM_TEST
+dataloader.train.dataset = train_dataset  # dataset.train, from the command line
+dataloader.test.dataset = test_dataset
 dataloader.evaluator = L(COCOEvaluator)(
     dataset_name="${..test.dataset.names}", output_dir="${...train.output_dir}/inference"
 )

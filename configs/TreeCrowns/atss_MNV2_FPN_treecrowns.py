@@ -1,8 +1,8 @@
 # ATSS on aerial tree crowns (deepforest's offline data, spatial split), sized for a 2-core CPU.
 #
 # Data: `treecrowns_train` (65 tiles of 320 px, 730 trees) -> `treecrowns_val` (4 held-out crops
-# up to 2472 px wide, 293 trees; one crop alone has 208). Register the datasets first:
-# train_net.py calls atss.data.register_all_treecrowns() in every process.
+# up to 2472 px wide, 293 trees; one crop alone has 208). The checked loader registers them and
+# builds their cache on first use (atss/data/builtin.py), under any tool that instantiates this.
 #
 # Deviations from the paper's recipe, all for CPU cost on a tiny data set:
 # * backbone: ImageNet MobileNetV2-FPN (P3-P7, 128 channels, FrozenBN, stem + m2 frozen), RGB

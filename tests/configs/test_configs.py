@@ -99,6 +99,8 @@ def _model(path):
     reads its anchor side at construction). Cached: built once per config for all tests.
     """
     model_cfg = copy.deepcopy(_cfg(path).model)
+    if "dataset" in _cfg(path):  # configs/Custom: the class count comes from data not given here
+        model_cfg.num_classes = 2
     if "anchor_generator" in model_cfg:  # FCOS (a reference detector) builds its own
         model_cfg.anchor_generator = instantiate(model_cfg.anchor_generator)
     if model_cfg.backbone.get("pretrained", False):  # ImageNet weights into meta tensors: a

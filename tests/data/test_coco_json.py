@@ -17,6 +17,7 @@ from atss.data.coco_json import (
     read_coco_categories,
     register_datasets_from_config,
 )
+from tests.atss_testing import coco_json_overrides
 
 MNV2 = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 R50 = "configs/Custom/atss_R_50_FPN_1x_coco_json.py"
@@ -29,12 +30,17 @@ def example(tmp_path_factory):
 
 
 def data_opts(paths, train_json=None, test_json=None):
-    return [
-        f"dataset.train.json_file={train_json or paths['train_json']}",
-        f"dataset.train.image_root={paths['image_root']}",
-        f"dataset.test.json_file={test_json or paths['val_json']}",
-        f"dataset.test.image_root={paths['image_root']}",
-    ]
+    return coco_json_overrides(paths, train_json, test_json)
+
+
+def val_json_with_categories(paths, folder, categories):
+    """A copy of the example's val JSON in ``folder`` with ``categories`` ({id: name})."""
+    with open(paths["val_json"]) as f:
+        coco = json.load(f)
+    coco["categories"] = [{"id": i, "name": name} for i, name in categories.items()]
+    path = folder / "val_other_categories.json"
+    path.write_text(json.dumps(coco))
+    return path
 
 
 def load(config, opts):
@@ -99,11 +105,7 @@ def test_test_categories_differing_from_train_is_an_error(example, tmp_path):
     """A test JSON whose categories differ (a renamed class, same ids) fails before anything
     is trained, naming both files and the differing (id, name). Fails if only the count or
     only the ids are compared, or if the test categories are not checked."""
-    with open(example["val_json"]) as f:
-        coco = json.load(f)
-    coco["categories"] = [{"id": 3, "name": "rectangle"}, {"id": 7, "name": "circle"}]
-    other = tmp_path / "val_renamed.json"
-    other.write_text(json.dumps(coco))
+    other = val_json_with_categories(example, tmp_path, {3: "rectangle", 7: "circle"})
     cfg = load(MNV2, data_opts(example, test_json=str(other)))
     with pytest.raises(DatasetError) as e:
         register_datasets_from_config(cfg)
@@ -269,3 +271,56 @@ def test_mnv2_model_has_one_output_per_class(example):
     register_datasets_from_config(cfg)
     model = instantiate(cfg.model)
     assert model.num_classes == 2 and model.head.cls_score.out_channels == 2  # 1 anchor
+
+
+@pytest.fixture
+def unregistered_custom():
+    """custom_train / custom_test not registered (as in a fresh process), before and after."""
+
+    def unregister():
+        for name in (CUSTOM_TRAIN, CUSTOM_TEST):
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+
+    unregister()
+    yield
+    unregister()
+
+
+def test_config_loaders_read_the_dataset_node_without_registration(example, unregistered_custom):
+    """With only LazyConfig.load + overrides (Detectron2's tools), the test loader registers
+    custom_test from dataset.test with the train JSON's classes, json_file and id map (what
+    COCOEvaluator reads), and dataset.num_classes instantiates to the data's count. Fails if the
+    loader does not register its split (the configs named custom_test and left registering it
+    to our entry points), or if the class count is not read from the JSON (the placeholder was
+    1)."""
+    cfg = load(MNV2, data_opts(example))
+    dicts = instantiate(cfg.dataloader.test.dataset)
+    assert len(dicts) == 3
+    meta = MetadataCatalog.get(CUSTOM_TEST)
+    assert meta.thing_classes == ["rectangle", "ellipse"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1}
+    assert meta.json_file == os.path.abspath(example["val_json"])
+    assert CUSTOM_TRAIN not in DatasetCatalog.list()  # each loader registers its own split
+    assert instantiate(cfg.dataset.num_classes) == 2
+
+
+def test_train_loader_refuses_a_test_json_with_other_categories(example, tmp_path):
+    """The train loader checks the test JSON too, so Detectron2's lazyconfig_train_net (which
+    builds the test loader only after training) stops before the first iteration. Fails if a
+    loader checks only its own split."""
+    other = val_json_with_categories(example, tmp_path, {3: "rectangle", 8: "ellipse"})
+    cfg = load(MNV2, data_opts(example, test_json=str(other)))
+    with pytest.raises(DatasetError, match=r"only in dataset.test.json_file=.*\(8, 'ellipse'\)"):
+        instantiate(cfg.dataloader.train.dataset)
+
+
+def test_config_loader_without_its_split_names_the_keys(example):
+    """The test loader of a config given only the train split: an error naming the keys to
+    give, not an empty path passed on to Detectron2."""
+    cfg = load(MNV2, data_opts(example)[:2])
+    with pytest.raises(DatasetError, match="give dataset.test.json_file=PATH"):
+        instantiate(cfg.dataloader.test.dataset)
+    with pytest.raises(DatasetError, match="give dataset.train.json_file=PATH"):
+        instantiate(load(MNV2, []).dataset.num_classes)

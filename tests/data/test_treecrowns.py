@@ -185,12 +185,17 @@ def test_cache_is_rebuilt_when_a_source_file_changes(tmp_path):
     assert json.loads((second / "treecrowns_xsite_train.json").read_text())["annotations"]
 
 
-def test_default_cache_root_is_env_var_or_git_ignored_repo_folder(monkeypatch):
+def test_default_cache_root_is_env_var_else_the_user_cache_never_the_checkout(monkeypatch):
+    """$ATSS_CACHE wins; else $XDG_CACHE_HOME/atss, else ~/.cache/atss. Fails if the default is
+    the checkout's .cache/ again (a run must not write into the source tree)."""
     monkeypatch.setenv("ATSS_CACHE", "/some/where")
     assert cache_mod.default_cache_root() == Path("/some/where")
     monkeypatch.delenv("ATSS_CACHE")
-    root = cache_mod.default_cache_root()
-    assert root.name == ".cache" and (root.parent / "setup.cfg").is_file()
+    monkeypatch.setenv("XDG_CACHE_HOME", "/user/cache")
+    assert cache_mod.default_cache_root() == Path("/user/cache/atss")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert cache_mod.default_cache_root() == Path("/home/someone/.cache/atss")
 
 
 def test_failed_build_publishes_nothing(tmp_path):

@@ -3,8 +3,11 @@
 Generated datasets (tree-crown tiles, synthetic shapes) are written under one cache root:
 
 * ``$ATSS_CACHE`` when that environment variable is set, else
-* ``<repo>/.cache`` for a source checkout (``.cache/`` is git-ignored), else
-* ``~/.cache/atss`` (e.g. for a non-editable install).
+* ``$XDG_CACHE_HOME/atss`` (the user's cache directory), ``~/.cache/atss`` when that is unset:
+  never inside the checkout, whose files a run does not read.
+
+A dataset's files are written there when the dataset is first read, not when it is registered
+or a config is loaded (:mod:`atss.data.builtin`).
 
 Each dataset family uses a subfolder (``treecrowns/``, ``shapes/``) holding one folder per
 *content key*: a hash of everything the output depends on (source files, parameters, format
@@ -34,11 +37,8 @@ def default_cache_root() -> Path:
     env = os.environ.get("ATSS_CACHE")
     if env:
         return Path(env).expanduser()
-    # projects/ATSS/atss/data/cache.py -> parents[4] is the repository root of a checkout.
-    repo = Path(__file__).resolve().parents[4]
-    if (repo / "setup.cfg").is_file() and (repo / "projects").is_dir():
-        return repo / ".cache"
-    return Path.home() / ".cache" / "atss"
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(user_cache).expanduser() / "atss"
 
 
 _HASH_MEMO = {}

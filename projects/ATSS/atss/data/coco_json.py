@@ -1,41 +1,54 @@
-"""COCO-format datasets given on the command line: ``dataset.train/test.json_file/image_root``.
+"""COCO-format datasets named by a config's ``dataset`` node: ``dataset.train/test.json_file/
+image_root``.
 
 A config with a ``dataset`` node (``configs/Custom/*``) takes the data as overrides::
 
     dataset.train.json_file=PATH dataset.train.image_root=DIR
     dataset.test.json_file=PATH dataset.test.image_root=DIR
 
-and every entry point calls :func:`register_datasets_from_config` once, after the overrides are
-applied and before anything reads a dataset or the class count. It
+and its loaders and class count read that node through the config itself, so the config works
+under any tool that instantiates it (Detectron2's ``tools/lazyconfig_train_net.py``, a notebook),
+with no registration step before::
 
-1. checks the paths (an error names the config key and the path);
-2. reads the categories of the train JSON (any ids, e.g. 3 and 7: Detectron2's
+    dataloader.train.dataset = L(get_checked_coco_json_dicts)(
+        names="custom_train", splits="${dataset}", split="train")
+    dataset.num_classes = L(coco_json_num_classes)(train="${..train}", test="${..test}")
+
+Both
+
+1. check the paths (an error names the config key and the path);
+2. read the categories of the train JSON (any ids, e.g. 3 and 7: Detectron2's
    ``load_coco_json`` maps the sorted ids to contiguous classes 0..N-1, and COCOEvaluator maps
-   them back) and checks that the test JSON has the same ones (an error before training, not a
-   wrong AP after it);
-3. sets ``model.num_classes`` to their number unless the command line gave one (the Custom
-   configs' ``"${dataset.num_classes}"``, or ``None``, means "from the data");
-4. registers the datasets as ``custom_train`` and ``custom_test`` (the names the Custom configs'
-   loaders and evaluator use), with the category names as ``thing_classes``.
+   them back) and check that the test JSON, when given, has the same ones: the train loader
+   refuses a test JSON with other categories before the first iteration, not with a wrong AP
+   after the last;
 
-It runs in every launched process (``train_net.py``'s ``main``), so ``--num-gpus N`` works.
-Reading the annotations and validating them is left to the checked loader
-(:func:`atss.data.get_checked_detection_dataset_dicts`), as for every other dataset.
+and the loader then registers its split (``custom_train`` / ``custom_test``, the names the
+configs' evaluator uses) with the category names as ``thing_classes``, the JSON as
+``json_file`` and the id map (what COCOEvaluator reads), and loads it through the checked loader
+(:func:`atss.data.get_checked_detection_dataset_dicts`), as every other dataset.
+
+Our entry points also call :func:`register_datasets_from_config` after the overrides: it does
+the same for every given split at once (an early error when a split they need is missing), and
+puts the class count into ``model.num_classes`` (demo and export build a model without reading
+the data; a count given on the command line is checked against the data's).
 """
 
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
 from .registration import register_coco_json
-from .validation import DatasetError
+from .validation import DatasetError, get_checked_detection_dataset_dicts
 
 __all__ = [
     "CUSTOM_TRAIN",
     "CUSTOM_TEST",
+    "coco_json_num_classes",
+    "get_checked_coco_json_dicts",
     "read_coco_categories",
     "register_datasets_from_config",
 ]
@@ -82,10 +95,10 @@ def read_coco_categories(json_file: str, key: str) -> List[Tuple[int, str]]:
     return sorted(pairs)
 
 
-def _split_paths(cfg, split: str) -> Optional[Tuple[str, str]]:
-    """``(json_file, image_root)`` of ``cfg.dataset[split]``, absolute and checked; None when
-    ``json_file`` is not set."""
-    node = cfg.dataset.get(split) or {}
+def _split_paths(splits: Mapping, split: str) -> Optional[Tuple[str, str]]:
+    """``(json_file, image_root)`` of ``splits[split]`` (a config's ``dataset`` node), absolute
+    and checked; None when ``json_file`` is not set."""
+    node = splits.get(split) or {}
     json_file, image_root = node.get("json_file") or "", node.get("image_root") or ""
     if not json_file:
         if image_root:
@@ -125,7 +138,11 @@ def _set_num_classes(cfg, num_classes: int, source: str) -> None:
     (the Custom configs' ``"${dataset.num_classes}"``) or ``None``; a number (the command
     line's ``model.num_classes=N``) is the user's. A given count smaller than the data's is an
     error (labels would fall outside the classifier); a larger one leaves unused outputs, which
-    is allowed."""
+    is allowed. A config without a model (a common piece) gets ``dataset.num_classes`` only."""
+    if "model" not in cfg:
+        if "num_classes" in cfg.dataset:
+            cfg.dataset.num_classes = num_classes
+        return
     from_data = OmegaConf.is_interpolation(cfg.model, "num_classes")
     given = None if from_data else cfg.model.get("num_classes")
     if given is None:
@@ -148,27 +165,18 @@ def _set_num_classes(cfg, num_classes: int, source: str) -> None:
         head.num_classes = cfg.model.num_classes  # a head spelled without "${..num_classes}"
 
 
-def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test")) -> List[str]:
-    """Register the COCO-format datasets named by ``cfg.dataset`` (see the module docstring).
-
-    Args:
-        cfg: a LazyConfig after the command-line overrides; one without a ``dataset`` node is
-            left alone (returns ``[]``).
-        required: splits that must be given: ``("train", "test")`` to train, ``("test",)`` to
-            evaluate, ``()`` where only the classes matter (demo, export: at least one split).
+def _read_splits(
+    splits: Mapping, required: Sequence[str]
+) -> Tuple[Dict[str, Tuple[str, str]], List[Tuple[int, str]], str]:
+    """Check the given splits of a ``dataset`` node (paths, same categories).
 
     Returns:
-        The registered dataset names (``custom_train`` and/or ``custom_test``).
-
-    Raises:
-        DatasetError: a missing key or path, unreadable categories, or train and test
-            categories that differ; the message names the config key and the path.
+        ``{split: (json_file, image_root)}`` of the given splits, the ``(id, name)`` categories
+        sorted by id (of the train JSON, else the test JSON) and ``key=path`` of that JSON.
     """
-    if "dataset" not in cfg:
-        return []
     paths: Dict[str, Tuple[str, str]] = {}
     for split in ("train", "test"):
-        found = _split_paths(cfg, split)
+        found = _split_paths(splits, split)
         if found:
             paths[split] = found
     missing = [s for s in required if s not in paths] or ([] if paths else ["train"])
@@ -186,17 +194,96 @@ def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test
         if split != reference:
             key = f"dataset.{split}.json_file={paths[split][0]}"
             _check_same_categories(categories[reference], reference_key, categories[split], key)
-    thing_classes = [name for _, name in categories[reference]]
-    _set_num_classes(cfg, len(thing_classes), reference_key)
+    return paths, categories[reference], reference_key
 
+
+def _register_split(name: str, paths: Tuple[str, str], categories: List[Tuple[int, str]]) -> None:
+    """Register one split as ``name`` with the classes and id map of ``categories``."""
+    # Replaces a registration of the same name from other files (an earlier config in this
+    # process, e.g. in tests or notebooks): the config is the source. The id map is set now, so
+    # COCOEvaluator maps contiguous classes back to the JSON's category ids.
+    json_file, image_root = paths
+    register_coco_json(
+        name,
+        json_file,
+        image_root,
+        thing_classes=[category for _, category in categories],
+        thing_dataset_id_to_contiguous_id={cid: i for i, (cid, _) in enumerate(categories)},
+    )
+
+
+def coco_json_num_classes(train: Mapping, test: Optional[Mapping] = None) -> int:
+    """The class count of a config's ``dataset`` node: the number of categories of the train
+    JSON (the test JSON's when no train JSON is given), after the checks of
+    :func:`get_checked_coco_json_dicts`. What the Custom configs' ``dataset.num_classes`` calls.
+
+    Args:
+        train, test: ``{"json_file", "image_root"}`` of each split (``dataset.train`` and
+            ``dataset.test``; a node cannot name its own parent).
+
+    Raises:
+        DatasetError: no split given, a bad path, or train and test categories that differ.
+    """
+    return len(_read_splits({"train": train, "test": test}, required=())[1])
+
+
+def get_checked_coco_json_dicts(
+    names: str,
+    splits: Mapping,
+    split: str,
+    filter_empty: bool = True,
+    check_files: bool = True,
+) -> List[dict]:
+    """The dataset dicts of ``splits[split]``, registered as ``names`` and loaded through
+    :func:`atss.data.get_checked_detection_dataset_dicts` (validated).
+
+    Args:
+        names: the name to register the split as (what the config's evaluator names).
+        splits: the config's ``dataset`` node: ``{"train": {"json_file", "image_root"},
+            "test": {...}}``; every given split is checked, so the train loader refuses a test
+            JSON with other categories before training starts.
+        split: "train" or "test": which one to load (it must be given).
+        filter_empty, check_files: as for ``get_checked_detection_dataset_dicts``.
+
+    Raises:
+        DatasetError: a missing key or path, unreadable categories, train and test categories
+            that differ, or invalid annotations; the message names the config key and the path.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    paths, categories, _ = _read_splits(splits, required=(split,))
+    _register_split(names, paths[split], categories)
+    return get_checked_detection_dataset_dicts(
+        names, filter_empty=filter_empty, check_files=check_files
+    )
+
+
+def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test")) -> List[str]:
+    """Register the COCO-format datasets named by ``cfg.dataset`` and set ``model.num_classes``
+    (see the module docstring); what our entry points call after the overrides.
+
+    Args:
+        cfg: a LazyConfig after the command-line overrides; one without a ``dataset`` node is
+            left alone (returns ``[]``).
+        required: splits that must be given: ``("train", "test")`` to train, ``("test",)`` to
+            evaluate, ``()`` where only the classes matter (demo, export: at least one split).
+
+    Returns:
+        The registered dataset names (``custom_train`` and/or ``custom_test``).
+
+    Raises:
+        DatasetError: a missing key or path, unreadable categories, or train and test
+            categories that differ; the message names the config key and the path.
+    """
+    if "dataset" not in cfg:
+        return []
+    paths, categories, reference_key = _read_splits(cfg.dataset, required)
+    _set_num_classes(cfg, len(categories), reference_key)
     names = []
-    for split, (json_file, image_root) in paths.items():
-        # Replaces a registration of the same name from other files (an earlier config in this
-        # process, e.g. in tests or notebooks): the config is the source.
-        register_coco_json(
-            _DATASET_NAMES[split], json_file, image_root, thing_classes=thing_classes
-        )
+    for split, split_paths in paths.items():
+        _register_split(_DATASET_NAMES[split], split_paths, categories)
         names.append(_DATASET_NAMES[split])
+    thing_classes = [category for _, category in categories]
     logger.info(
         f"registered {', '.join(names)}: {len(thing_classes)} classes "
         f"({', '.join(thing_classes[:5])}{', ...' if len(thing_classes) > 5 else ''})"

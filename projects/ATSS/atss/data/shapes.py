@@ -34,6 +34,7 @@ from .registration import register_dataset
 
 __all__ = [
     "SHAPES_CLASSES",
+    "SHAPES_DATASETS",
     "generate_shapes_image",
     "build_shapes_cache",
     "register_shapes",
@@ -42,6 +43,8 @@ __all__ = [
 
 
 SHAPES_CLASSES = ["rectangle", "ellipse", "triangle"]
+# The project's named shapes datasets: name -> (num_images, seed), 128-256 px images.
+SHAPES_DATASETS = {"shapes_train": (64, 0), "shapes_val": (16, 1)}
 # Bump when generation changes, so caches of the old generator are not reused.
 _GENERATOR_VERSION = 1
 _GAP = 2  # pixels kept free between shapes
@@ -219,21 +222,31 @@ def register_shapes(
     image_size: Tuple[int, int] = (128, 256),
     root: Optional[str] = None,
     max_shapes: int = 4,
+    build: bool = True,
 ) -> str:
-    """Generate (if not cached) and register a shapes dataset with Detectron2.
+    """Register a shapes dataset with Detectron2, generating its files now (``build``) or when
+    it is first read.
 
-    The files are written now (~10 ms per image), so ``metadata.json_file`` exists for
-    COCOEvaluator. Calling again with the same arguments is a no-op; with different
-    arguments the name is re-registered.
+    ``metadata.json_file`` names the file either way (its folder is a hash of the arguments);
+    with ``build=False`` it exists once the dataset was read, which is when Detectron2's tools
+    build COCOEvaluator (after the test loader). Calling again with the same arguments is a
+    no-op; with different arguments the name is re-registered.
+
+    Args:
+        build: write the files now (~10 ms per image), so that ``metadata.json_file`` exists
+            before the dataset is read; False: write nothing until ``DatasetCatalog.get``.
 
     Returns:
         str: ``name``.
     """
-    folder = build_shapes_cache(num_images, seed, image_size, max_shapes, root)
+    params = _params(num_images, seed, image_size, max_shapes)
+    folder = _cache_dir(root, params)
+    if build:
+        build_shapes_cache(num_images, seed, image_size, max_shapes, root)
     json_file, image_root = str(folder / "annotations.json"), str(folder / "images")
 
     def load():
-        if not is_complete(folder):  # the cache was deleted after registration
+        if not is_complete(folder):  # not built yet, or deleted since
             build_shapes_cache(num_images, seed, image_size, max_shapes, root)
         return load_coco_json(json_file, image_root, name)
 
@@ -249,9 +262,10 @@ def register_shapes(
 
 
 def register_all_shapes(root: Optional[str] = None) -> List[str]:
-    """Register ``shapes_train`` (64 images, seed 0) and ``shapes_val`` (16 images, seed 1),
-    128-256 px. Idempotent."""
+    """Register and build ``shapes_train`` (64 images, seed 0) and ``shapes_val`` (16 images,
+    seed 1), 128-256 px. Idempotent. (The configs need not call it: the checked loader registers
+    these names on first use, :mod:`atss.data.builtin`.)"""
     return [
-        register_shapes("shapes_train", num_images=64, seed=0, root=root),
-        register_shapes("shapes_val", num_images=16, seed=1, root=root),
+        register_shapes(name, num_images=num_images, seed=seed, root=root)
+        for name, (num_images, seed) in SHAPES_DATASETS.items()
     ]

@@ -38,15 +38,17 @@ Evaluation
 Cache
     The COCO JSON files and the tile / crop PNGs are written at run time under
     ``<cache root>/treecrowns/<key>/`` (see :mod:`atss.data.cache`; default ``$ATSS_CACHE`` or
-    ``<repo>/.cache``). ``key`` hashes the contents of the source XML and image files, the
+    ``~/.cache/atss``). ``key`` hashes the contents of the source XML and image files, the
     split parameters and a format version, so the cache is rebuilt whenever any of them
     changes. Building takes about a second; later calls only hash the sources.
 
 Usage::
 
+    # in a LazyConfig (the checked loader registers the name and builds the cache on first use):
+    dataloader.train.dataset.names = "treecrowns_train"
+    # or explicitly:
     from atss.data import register_all_treecrowns
     register_all_treecrowns()          # idempotent; builds the cache if needed
-    # then e.g. in a LazyConfig: dataloader.train.dataset.names = "treecrowns_train"
 """
 
 import hashlib
@@ -415,8 +417,8 @@ def register_all_treecrowns(
     main module or inside the function each worker runs).
 
     Args:
-        root: folder for the cache folders; default ``$ATSS_CACHE/treecrowns`` or
-            ``<repo>/.cache/treecrowns``.
+        root: folder for the cache folders; default ``<cache root>/treecrowns``
+            (:func:`atss.data.default_cache_root`).
         source_dir: folder with VOC XMLs + images; default deepforest's ``data/``.
         params: split parameters (part of the cache key).
         build: build the cache now (~1 s the first time, ~0.1 s to verify later), so

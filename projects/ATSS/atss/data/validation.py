@@ -395,11 +395,15 @@ def _coco_annotation_problem(json_file: str, ann, category_ids: set) -> Optional
 
 # ------------------------------------------------------------------------- the loader
 def _load_registered(name: str) -> List[dict]:
-    """``DatasetCatalog.get(name)`` with errors that name the dataset and its source file."""
-    if name not in DatasetCatalog.list():
-        raise DatasetError(
-            f"dataset '{name}' is not registered; registered: {', '.join(DatasetCatalog.list())}"
-        )
+    """``DatasetCatalog.get(name)`` with errors that name the dataset and its source file; one
+    of the project's datasets (shapes, tree crowns) is registered here on first use, so a config
+    naming it works in any process (:mod:`atss.data.builtin`)."""
+    # Imported here: the builtin datasets' modules import this one.
+    from .builtin import builtin_dataset_names, register_builtin_dataset
+
+    if name not in DatasetCatalog.list() and not register_builtin_dataset(name):
+        known = sorted(set(DatasetCatalog.list()) | set(builtin_dataset_names()))
+        raise DatasetError(f"dataset '{name}' is not registered; known: {', '.join(known)}")
     source = getattr(MetadataCatalog.get(name), "json_file", None)
     try:
         return DatasetCatalog.get(name)

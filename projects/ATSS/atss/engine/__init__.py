@@ -12,7 +12,8 @@
   needs CUDA).
 * :mod:`.resume` — :func:`check_resume`: ``--resume`` refuses a last checkpoint written under
   another config file (each checkpoint records its :func:`config_identity`).
-* :mod:`.datasets` — :func:`register_project_datasets` (shapes and tree crowns, every process).
+* :mod:`.config` — :func:`~.config.load_config`: a config file, its overrides and the data of
+  its ``dataset`` node, as every entry point loads them.
 * :mod:`.predictor` — :class:`~.predictor.ATSSPredictor`: a config's model on single images.
 * :mod:`.overrides` — the check every ``key=value`` override passes (an unknown key is refused
   with the nearest names) and the config-file check, both called by :func:`.config.load_config`.
@@ -23,7 +24,6 @@
 """
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
-from .datasets import register_project_datasets
 from .device import available_device, resolve_device
 from .resume import check_resume, config_identity
 from .sampler import ResumableTrainingSampler
@@ -36,7 +36,6 @@ __all__ = [
     "available_device",
     "check_resume",
     "config_identity",
-    "register_project_datasets",
     "resolve_device",
     "scale_milestones",
     "shortened_schedule_overrides",

@@ -251,17 +251,6 @@ def configure(cfg, size: Optional[Sequence[int]] = None, batch: Optional[int] = 
     return cfg
 
 
-def register_project_datasets() -> None:
-    """Register the shapes and tree-crown datasets (idempotent), as ``train_net.py`` does."""
-    from atss.data import register_all_shapes, register_all_treecrowns
-
-    register_all_shapes()
-    try:
-        register_all_treecrowns()
-    except Exception as e:  # deepforest missing: shapes-only benchmarks still run
-        logger.warning(f"Tree-crown datasets not registered: {e}")
-
-
 def _build_model(cfg, device, random_weights: bool):
     """The model to train, from ``train.init_checkpoint`` as training starts (any part of a
     model, e.g. a pretrained backbone, or nothing); nothing loaded with ``random_weights``."""
@@ -420,7 +409,6 @@ def run_benchmark(
     if threads:
         torch.set_num_threads(int(threads))
     device = cfg.train.device = available_device(cfg.train.get("device"))
-    register_project_datasets()
     if task == "data":
         stats, extra = _bench_data(cfg, iters, warmup, device)
     elif task == "train":

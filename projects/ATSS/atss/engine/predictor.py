@@ -9,19 +9,24 @@ Usage (images read in the model's channel order)::
     instances = predictor(image)  # boxes in the coordinates of `image`
 """
 
+import logging
 from typing import List, Optional
 
 import numpy as np
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
+
+from atss.data.builtin import register_builtin_dataset
 
 from .device import available_device
 from .weights import load_trained_weights
 
 __all__ = ["ATSSPredictor", "dataset_class_names"]
+
+logger = logging.getLogger(__name__)
 
 
 class ATSSPredictor:
@@ -87,12 +92,19 @@ class ATSSPredictor:
 
 def dataset_class_names(cfg, num_classes: int) -> Optional[List[str]]:
     """``thing_classes`` of the config's test dataset(s), the first registered one whose length
-    is ``num_classes``; None when the config has no test dataset or none matches."""
+    is ``num_classes``; None when the config has no test dataset or none matches. The project's
+    own datasets are registered here (metadata only: no file is written)."""
     try:
         names = cfg.dataloader.test.dataset.names
     except (AttributeError, KeyError):  # configs without a test loader
         return None
     for name in [names] if isinstance(names, str) else list(names):
+        if name not in DatasetCatalog.list():
+            try:
+                register_builtin_dataset(name)
+            except ModuleNotFoundError as e:  # tree crowns without deepforest: no names
+                logger.warning(f"class names of {name} unknown: {e}")
+                continue
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) == num_classes:
             return list(classes)

@@ -14,8 +14,10 @@ What it adds to Detectron2's script:
   checkpoint; no optimizer step is taken with it;
 * evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
   ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
-* the project's datasets, and those given on the command line, are registered in every process
-  (:func:`~.config.load_config`);
+* the data given on the command line to a ``configs/Custom`` config are checked before
+  anything is built, and the class count is taken from them (:func:`~.config.load_config`);
+  the datasets themselves are registered and built by the loaders the config names, in every
+  process, as under Detectron2's own ``lazyconfig_train_net.py``;
 * an override of a key the config does not have is refused (:mod:`.overrides`), and
   ``--eval-only`` needs the weights of a trained model in ``train.init_checkpoint`` or an
   explicit ``--random-weights`` (:mod:`.weights`); :func:`check_command_line` checks both
