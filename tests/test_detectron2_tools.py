@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from atss.data.coco_example import write_coco_example
 from tests.atss_testing import REPO_ROOT as ROOT
@@ -80,7 +81,12 @@ print("RESULTS " + json.dumps(do_train(args, cfg)["bbox"]))
 def run_lazyconfig_train_net(config, output_dir, cache, *opts):
     """Run :data:`LAZYCONFIG_TRAIN_NET` in a fresh process, the generated datasets cached under
     ``cache``; returns the completed process."""
+    # Detectron2's tool moves the model to train.device as the config gives it (our configs keep
+    # Detectron2's "cuda", which only our entry points resolve at run time): a user without a
+    # GPU gives train.device=cpu, as with any Detectron2 config.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     argv = ["--config-file", config, *opts, f"train.output_dir={output_dir}"]
+    argv.append(f"train.device={device}")
     return run_python(LAZYCONFIG_TRAIN_NET, *argv, env={**os.environ, "ATSS_CACHE": str(cache)})
 
 

@@ -20,6 +20,18 @@ from atss.data import treecrowns as tc
 from atss.data.tiling import boxes_in_window, tile_starts
 
 
+@pytest.fixture(autouse=True)
+def _forget_tree_crown_registrations():
+    """The tests here register the tree-crown names on their own caches and sources (temporary
+    folders); unregister them after each test, so that later tests (the make-demo job, the
+    entry points) register the real ones lazily instead of reading a deleted folder."""
+    yield
+    for split in tc.TREECROWNS_SPLITS:
+        if split in DatasetCatalog.list():
+            DatasetCatalog.remove(split)
+            MetadataCatalog.remove(split)
+
+
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
     """The default split of the real data, built once into a temporary cache root."""
