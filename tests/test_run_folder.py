@@ -57,8 +57,9 @@ def run(tmp_path_factory):
     work = tmp_path_factory.mktemp("standalone")
     data = write_coco_example(str(work / "data"), 8, 3, size=(64, 96))
     files = sorted(os.listdir(data["image_root"]))
-    cv2.imwrite(str(work / "mosaic.png"), _mosaic(data["image_root"], files)[:, :, ::-1])
-    shutil.copy(os.path.join(data["image_root"], files[-1]), work / "photo.png")  # a val image
+    mosaic = _mosaic(data["image_root"], files)
+    cv2.imwrite(str(work / "mosaic.png"), mosaic[:, :, ::-1])
+    cv2.imwrite(str(work / "photo.png"), mosaic[:150, :260, ::-1])  # not square, 2 x 3 cells
     folder = str(work / "run")
     argv = ["--config-file", CONFIG, *coco_json_overrides(data), *SMALL]
     argv += ["train.max_iter=20", f"train.output_dir={folder}"]

@@ -88,10 +88,11 @@ def test_a_run_config_evaluates_another_dataset_with_the_same_categories(run, tm
 
 
 def test_training_from_a_run_config_still_needs_its_data(run):
-    """Training (train split required) does not use classes.json: the missing train JSON is
-    reported. Fails if the run's classes replace the training data for training too."""
+    """Training (train split required) does not use classes.json: the deleted train JSON is
+    reported by its path. Fails if the run's config drops dataset.train for training too (then
+    'give dataset.train.json_file=PATH')."""
     folder, _ = run
-    with pytest.raises(DatasetError, match="dataset.train.json_file"):
+    with pytest.raises(DatasetError, match=r"dataset\.train\.json_file=\S+train\.json: no such"):
         load_config(os.path.join(folder, "config.yaml"), data_splits=("train", "test"))
 
 
