@@ -124,3 +124,14 @@ def test_export_info_names_the_resize_channels_and_classes():
     cfg.dataloader.test.mapper.augmentations[0].short_edge_length = [96, 128]
     with pytest.raises(ValueError, match="short edge"):
         resize_of_test_loader(cfg)
+
+
+def test_a_registered_dataset_gives_its_classes_with_its_ids(tmp_path):
+    """For a config without a dataset node (COCO), classes.json holds the registered dataset's
+    thing_classes with its own ids: 80 classes, person = 1, toothbrush = 90 (COCO's ids have
+    gaps). Fails if the contiguous index is written as the id."""
+    cfg = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
+    write_run_classes(cfg, str(tmp_path))
+    classes = read_run_classes(str(tmp_path))
+    assert len(classes) == 80
+    assert classes[0] == (1, "person") and classes[-1] == (90, "toothbrush")
