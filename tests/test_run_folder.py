@@ -193,3 +193,22 @@ def test_eval_only_on_another_dataset_from_the_run_folder(run):
     with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
         detections = json.load(f)
     assert detections and {d["category_id"] for d in detections} <= {3, 7}
+
+
+def test_eval_only_from_the_run_folder_keeps_the_run_config(run):
+    """--eval-only with RUN/config.yaml and no train.output_dir (so the run folder) evaluates
+    into RUN/eval and leaves RUN/config.yaml as training wrote it. Fails if default_setup is
+    let rewrite the run's config with the evaluation's."""
+    folder, work = run
+    other = write_coco_example(str(work / "other2"), 1, 2, size=(64, 96), seed=6)
+    config = os.path.join(folder, "config.yaml")
+    with open(config) as f:
+        saved = f.read()
+    argv = ["--config-file", config, "--eval-only"]
+    argv += [f"train.init_checkpoint={os.path.join(folder, 'model_final.pth')}"]
+    argv += [f"dataset.test.json_file={other['val_json']}"]
+    argv += [f"dataset.test.image_root={other['image_root']}"]
+    train_net.main(train_net.default_argument_parser().parse_args(argv))
+    with open(config) as f:
+        assert f.read() == saved
+    assert os.path.isfile(os.path.join(folder, "eval", "inference", "coco_instances_results.json"))

@@ -38,6 +38,7 @@ __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "config_classes",
+    "keep_run_config",
     "model_classes",
     "read_run_classes",
     "run_arguments",
@@ -130,6 +131,20 @@ def write_run_classes(cfg, output_dir: str) -> Optional[str]:
     os.makedirs(output_dir, exist_ok=True)
     atomic_write(path, lambda f: f.write(text.encode()))
     return path
+
+
+def keep_run_config(cfg, config_file: str) -> None:
+    """``--eval-only`` from a run's own config with ``train.output_dir`` still the run folder:
+    evaluate into ``RUN/eval`` instead, so that Detectron2's ``default_setup`` does not replace
+    the run's ``config.yaml`` by the evaluation's."""
+    folder = os.path.dirname(os.path.abspath(config_file))
+    output_dir = os.path.abspath(cfg.train.output_dir)
+    if output_dir == folder and read_run_classes(folder) is not None:
+        cfg.train.output_dir = os.path.join(folder, "eval")
+        logger.warning(
+            f"--eval-only from the run folder {folder}: writing into {cfg.train.output_dir} "
+            "(give train.output_dir=DIR for another place)"
+        )
 
 
 def model_num(cfg) -> Optional[int]:

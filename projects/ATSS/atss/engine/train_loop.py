@@ -44,7 +44,7 @@ from .config import load_config
 from .device import resolve_device
 from .overrides import load_checked_config
 from .resume import check_resume, config_identity
-from .run_folder import write_run_classes
+from .run_folder import keep_run_config, write_run_classes
 from .sampler import ResumableTrainingSampler
 from .weights import WeightsError, load_trained_weights, weights_overrides
 
@@ -197,6 +197,8 @@ def main(args):
     resolve_device(cfg)
     if args.resume and not args.eval_only:  # before default_setup rewrites config.yaml there
         check_resume(cfg.train.output_dir, args.config_file)
+    if args.eval_only:
+        keep_run_config(cfg, args.config_file)
     default_setup(cfg, args)
     if not args.eval_only and comm.is_main_process():  # the run folder names its classes
         write_run_classes(cfg, cfg.train.output_dir)
