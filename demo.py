@@ -11,8 +11,11 @@ Run an ATSS model on images or a video and write the detections drawn on them.
   in ``train_net.py``; the weights are ``train.init_checkpoint`` (a whole trained model of the
   config; ``--random-weights`` runs an untrained one). An override of a key the config does not
   have is refused.
+* ``--run RUN`` (a training run's folder) stands for ``--config-file RUN/config.yaml
+  train.init_checkpoint=RUN/model_final.pth``: the folder alone, without the training data.
 * Runs on ``train.device`` when it is available, else on the CPU. Class names come from the
-  metadata of the config's test dataset when they match the model's number of classes.
+  run's ``classes.json`` beside the config, else from the metadata of the config's datasets
+  when they match the model's number of classes.
 * A file that cannot be read is reported by name and skipped; the exit status is then 1
   (2 when the config or the weights cannot be loaded).
 """
@@ -37,6 +40,7 @@ from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
+from atss.engine.run_folder import add_config_arguments, read_run_classes, run_arguments
 from atss.engine.weights import add_weights_arguments, weights_overrides
 
 logger = logging.getLogger("demo")
@@ -51,7 +55,7 @@ def get_parser():
         epilog="key=value config overrides may also stand anywhere on the command line, "
         "e.g. train.init_checkpoint=model.pth",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
+    add_config_arguments(parser)
     parser.add_argument("--input", nargs="+", default=[], help="images, folders or globs")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", default="output/demo", help="folder for the results")
@@ -207,7 +211,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
     try:
-        opts = weights_overrides(args.opts + trailing, random_weights=args.random_weights)
+        opts = args.opts + trailing
+        if args.run:
+            args.config_file, opts = run_arguments(args.run, opts, not args.random_weights)
+        opts = weights_overrides(opts, random_weights=args.random_weights)
         cfg = load_config(args.config_file, opts)
         if args.runtime == "onnxruntime":  # exported once, cached next to the weights
             predictor = OnnxPredictor(cfg, random_weights=args.random_weights)
@@ -216,7 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
-    classes = dataset_class_names(cfg, predictor.model.num_classes)
+    run_classes = read_run_classes(os.path.dirname(os.path.abspath(args.config_file)))
+    if run_classes:
+        classes, source = [name for _, name in run_classes], "the run's classes.json"
+    else:
+        classes = dataset_class_names(cfg, predictor.model.num_classes)
+        source = "the test dataset"
     if args.tile_size:  # large images: run the model on overlapping tiles
         try:
             predictor.tile(args.tile_size, args.tile_overlap)
@@ -226,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metadata = Metadata(name="demo", thing_classes=classes) if classes else Metadata(name="demo")
     names = "unknown, indices shown"
     if classes:
-        names = f"{len(classes)} from the test dataset ({', '.join(classes[:3])}, ...)"
+        names = f"{len(classes)} from {source} ({', '.join(classes[:3])}, ...)"
     logger.info(f"model on {predictor.device}; class names: {names}")
     os.makedirs(args.output, exist_ok=True)
 

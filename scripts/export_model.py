@@ -10,7 +10,11 @@ The weights are ``train.init_checkpoint`` as everywhere (``--weights PATH`` is t
 must be a whole trained model of the config. ``--random-weights`` exports an untrained model.
 
 The exported model takes (3, H, W) float images (0-255, the config's channel order) and returns
-per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. The batch size is
+per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. Beside it,
+``model.json`` says so, with the test resize to apply first and the class list (entry i: the
+id and name of pred_classes == i; from the run's classes.json or the config's datasets).
+``--run RUN`` exports a training run's folder alone: ``--config-file RUN/config.yaml
+train.init_checkpoint=RUN/model_final.pth``. The batch size is
 fixed at export; H and W are not. To export for a GPU, run with `--device cuda`: the trace then
 holds CUDA tensors and must be run on a GPU.
 """
@@ -22,8 +26,16 @@ import torch
 
 from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
 from atss.engine.config import load_config
+from atss.engine.run_folder import add_config_arguments, model_classes, run_arguments
 from atss.engine.weights import add_weights_arguments, load_trained_weights, weights_overrides
-from atss.export import OUTPUT_NAMES, export_onnx, export_torchscript
+from atss.export import (
+    OUTPUT_NAMES,
+    export_info,
+    export_onnx,
+    export_torchscript,
+    resize_of_test_loader,
+    write_export_info,
+)
 
 
 def parse_args(argv=None):
@@ -32,7 +44,7 @@ def parse_args(argv=None):
         epilog="e.g. --config-file configs/Shapes/atss_tiny_shapes.py --output out/export "
         "train.init_checkpoint=out/run/model_final.pth",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
+    add_config_arguments(parser)
     add_weights_arguments(parser, alias=True)
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument("--output", required=True, help="output folder")
@@ -49,12 +61,35 @@ def load_model(config_file, opts, device, weights="", random_weights=False):
     """The config's model on ``device`` in eval mode with the weights of
     ``train.init_checkpoint`` (``weights``: ``--weights``), or random ones with
     ``random_weights``; raises ConfigError / WeightsError with the fix."""
+    return load_model_and_config(config_file, opts, device, weights, random_weights)[0]
+
+
+def load_model_and_config(config_file, opts, device, weights="", random_weights=False):
+    """:func:`load_model` and the loaded config."""
     from detectron2.config import instantiate
 
     cfg = load_config(config_file, weights_overrides(opts, weights, random_weights))
     model = instantiate(cfg.model)
     load_trained_weights(model, cfg, random_weights, "export")
-    return model.to(device).eval()
+    return model.to(device).eval(), cfg
+
+
+def info_of(cfg, config_file, model, path, output_names, batch_size):
+    """What model.json says of the export at ``path`` (:func:`atss.export.export_info`)."""
+    try:
+        resize = resize_of_test_loader(cfg)
+    except ValueError as e:
+        print(f"warning: model.json gives no test resize: {e}")
+        resize = None
+    return export_info(
+        path,
+        model.input_format or "BGR",
+        resize,
+        model_classes(cfg, config_file),
+        model.num_classes,
+        output_names,
+        [f"image{i}" for i in range(batch_size)],
+    )
 
 
 def sample_images(args, input_format):
@@ -79,14 +114,19 @@ def main(argv=None):
     args = parse_args(argv)
     reject_flags_in_overrides(args.opts, argv)
     with exit_on_usage_errors("export_model.py"):
-        model = load_model(
-            args.config_file, args.opts, args.device, args.weights, args.random_weights
+        opts = args.opts
+        if args.run:
+            with_weights = not (args.weights or args.random_weights)
+            args.config_file, opts = run_arguments(args.run, opts, with_weights)
+        model, cfg = load_model_and_config(
+            args.config_file, opts, args.device, args.weights, args.random_weights
         )
     images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
     ext = "ts" if args.format == "torchscript" else "onnx"
     path = os.path.join(args.output, f"model.{ext}")
     if args.format == "torchscript":
         export_torchscript(model, images, path)
+        names = [f"{name}{i}" for i in range(args.batch_size) for name in OUTPUT_NAMES]
         how = (
             "import torch, torchvision  # torchvision registers the NMS op\n"
             f"model = torch.jit.load({path!r})\n"
@@ -101,7 +141,10 @@ def main(argv=None):
             "outputs = sess.run(None, {'image0': image})  # (3, H, W) float32 numpy\n"
             f"# outputs: {names}\n"
         )
-    print(f"wrote {path}")
+    info = write_export_info(
+        args.output, info_of(cfg, args.config_file, model, path, names, args.batch_size)
+    )
+    print(f"wrote {path} and {info} (classes, channel order, pixel range, test resize)")
     print(f"outputs per image: {OUTPUT_NAMES}")
     print("run it with:\n" + how)
     return path

@@ -11,15 +11,25 @@ Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 
 
 import contextlib
 import inspect
+import json
 import os
 import warnings
-from typing import BinaryIO, List, Sequence, Union
+from typing import BinaryIO, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.export import TracingAdapter
 from torch import Tensor, nn
 
-__all__ = ["OUTPUT_NAMES", "build_traceable", "export_torchscript", "export_onnx"]
+__all__ = [
+    "INFO_FILE",
+    "OUTPUT_NAMES",
+    "build_traceable",
+    "export_info",
+    "export_torchscript",
+    "export_onnx",
+    "resize_of_test_loader",
+    "write_export_info",
+]
 
 # Per image, in the order TracingAdapter flattens an Instances (fields sorted, then image size).
 OUTPUT_NAMES = ("pred_boxes", "pred_classes", "scores", "image_size")
@@ -116,3 +126,71 @@ def split_outputs(flat: Sequence[Tensor]) -> List[dict]:
     """Group the flat outputs of an exported model into one dict per image."""
     k = len(OUTPUT_NAMES)
     return [dict(zip(OUTPUT_NAMES, flat[i : i + k])) for i in range(0, len(flat), k)]
+
+
+# Written beside the exported file: what its user must know to run it (see export_info).
+INFO_FILE = "model.json"
+
+
+def resize_of_test_loader(cfg) -> Optional[dict]:
+    """The test loader's resize, ``{"short_edge": S, "max_size": M}`` (Detectron2's
+    ``ResizeShortestEdge``: the shorter side to S, then the longer side to at most M, sizes
+    rounded, bilinear); None when the config's test loader does not resize. Raises ValueError
+    for a resize a user could not reproduce from these two numbers (a range of short edges,
+    other augmentations)."""
+    from detectron2.config import instantiate
+    from detectron2.data import transforms as T
+
+    try:
+        augmentations = list(instantiate(cfg.dataloader.test.mapper.augmentations))
+    except (AttributeError, KeyError):  # no test loader: the model gets images as they are
+        return None
+    if not augmentations:
+        return None
+    resize = augmentations[0]
+    lengths = getattr(resize, "short_edge_length", None)
+    if len(augmentations) > 1 or not isinstance(resize, T.ResizeShortestEdge) or lengths is None:
+        raise ValueError(f"the test augmentations {augmentations} are not one ResizeShortestEdge")
+    if len(set(lengths)) != 1:
+        raise ValueError(f"the test resize draws its short edge from {lengths}: give one value")
+    return {"short_edge": int(lengths[0]), "max_size": int(resize.max_size)}
+
+
+def export_info(
+    model_file: str,
+    input_format: str,
+    resize: Optional[dict],
+    classes: Optional[Sequence[Tuple[int, str]]],
+    num_classes: int,
+    output_names: Sequence[str],
+    input_names: Sequence[str],
+) -> dict:
+    """The content of :data:`INFO_FILE`: the model file, its inputs (names, (3, H, W) float32,
+    0-255, ``input_format`` channel order, the test resize to apply first), its outputs, and
+    the class list: entry ``i`` is the ``{"id", "name"}`` of ``pred_classes == i`` (the user's
+    category ids; the class index and ``class<i>`` when the config names none)."""
+    if classes is None:
+        classes = [(i, f"class{i}") for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for a model of {num_classes} classes")
+    return {
+        "model": os.path.basename(model_file),
+        "input_names": list(input_names),
+        "input_layout": "CHW",
+        "input_dtype": "float32",
+        "input_format": input_format,
+        "pixel_range": [0, 255],
+        "test_resize": resize,
+        "output_names": list(output_names),
+        "boxes": "XYXY, in the pixels of the (resized) input",
+        "classes": [{"id": int(i), "name": str(n)} for i, n in classes],
+    }
+
+
+def write_export_info(folder: str, info: dict) -> str:
+    """Write ``info`` as ``folder/model.json``; returns the path."""
+    path = os.path.join(folder, INFO_FILE)
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=1)
+    return path

@@ -166,20 +166,29 @@ def _set_num_classes(cfg, num_classes: int, source: str) -> None:
 
 
 def _read_splits(
-    splits: Mapping, required: Sequence[str]
+    splits: Mapping,
+    required: Sequence[str],
+    model_classes: Optional[Tuple[List[Tuple[int, str]], str]] = None,
 ) -> Tuple[Dict[str, Tuple[str, str]], List[Tuple[int, str]], str]:
     """Check the given splits of a ``dataset`` node (paths, same categories).
 
+    Args:
+        model_classes: ``(categories, where)`` of a trained run (its ``classes.json``): the
+            reference every given split must match; no split is then needed unless required.
+
     Returns:
         ``{split: (json_file, image_root)}`` of the given splits, the ``(id, name)`` categories
-        sorted by id (of the train JSON, else the test JSON) and ``key=path`` of that JSON.
+        sorted by id (``model_classes``, else the train JSON's, else the test JSON's) and
+        ``key=path`` of where they were read.
     """
     paths: Dict[str, Tuple[str, str]] = {}
     for split in ("train", "test"):
         found = _split_paths(splits, split)
         if found:
             paths[split] = found
-    missing = [s for s in required if s not in paths] or ([] if paths else ["train"])
+    missing = [s for s in required if s not in paths]
+    if not paths and not model_classes:
+        missing = missing or ["train"]
     if missing:
         keys = " ".join(f"dataset.{s}.json_file=PATH dataset.{s}.image_root=DIR" for s in missing)
         raise DatasetError(f"this config reads COCO-format data from the command line: give {keys}")
@@ -188,13 +197,17 @@ def _read_splits(
         s: read_coco_categories(json_file, f"dataset.{s}.json_file")
         for s, (json_file, _) in paths.items()
     }
-    reference = "train" if "train" in paths else "test"
-    reference_key = f"dataset.{reference}.json_file={paths[reference][0]}"
+    if model_classes:
+        reference_categories, reference_key = model_classes
+    else:
+        reference = "train" if "train" in paths else "test"
+        reference_key = f"dataset.{reference}.json_file={paths[reference][0]}"
+        reference_categories = categories[reference]
     for split in categories:
-        if split != reference:
-            key = f"dataset.{split}.json_file={paths[split][0]}"
-            _check_same_categories(categories[reference], reference_key, categories[split], key)
-    return paths, categories[reference], reference_key
+        key = f"dataset.{split}.json_file={paths[split][0]}"
+        if key != reference_key:
+            _check_same_categories(reference_categories, reference_key, categories[split], key)
+    return paths, reference_categories, reference_key
 
 
 def _register_split(name: str, paths: Tuple[str, str], categories: List[Tuple[int, str]]) -> None:
@@ -258,7 +271,11 @@ def get_checked_coco_json_dicts(
     )
 
 
-def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test")) -> List[str]:
+def register_datasets_from_config(
+    cfg,
+    required: Sequence[str] = ("train", "test"),
+    model_classes: Optional[Tuple[List[Tuple[int, str]], str]] = None,
+) -> List[str]:
     """Register the COCO-format datasets named by ``cfg.dataset`` and set ``model.num_classes``
     (see the module docstring); what our entry points call after the overrides.
 
@@ -266,7 +283,11 @@ def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test
         cfg: a LazyConfig after the command-line overrides; one without a ``dataset`` node is
             left alone (returns ``[]``).
         required: splits that must be given: ``("train", "test")`` to train, ``("test",)`` to
-            evaluate, ``()`` where only the classes matter (demo, export: at least one split).
+            evaluate, ``()`` where only the classes matter (demo, export: at least one split,
+            or ``model_classes``).
+        model_classes: ``(categories, where)``, the ``(id, name)`` classes of a trained run
+            (:mod:`atss.engine.run_folder`): they give the class count and every given split
+            must have the same categories.
 
     Returns:
         The registered dataset names (``custom_train`` and/or ``custom_test``).
@@ -277,7 +298,7 @@ def register_datasets_from_config(cfg, required: Sequence[str] = ("train", "test
     """
     if "dataset" not in cfg:
         return []
-    paths, categories, reference_key = _read_splits(cfg.dataset, required)
+    paths, categories, reference_key = _read_splits(cfg.dataset, required, model_classes)
     _set_num_classes(cfg, len(categories), reference_key)
     names = []
     for split, split_paths in paths.items():

@@ -9,6 +9,7 @@ loaders register and build the datasets they name when instantiated
 what lets Detectron2's own tools run our configs.
 """
 
+import os
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog
@@ -36,14 +37,38 @@ def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequ
     Returns:
         the config, with ``model.num_classes`` the number taken from the data when the config
         reads it from its ``dataset`` node (so that demo and export build the right head
-        without reading the data). Raises :class:`atss.data.DatasetError` naming the key and
-        the path when a given file or folder does not exist or the splits' categories differ,
-        and :class:`~.overrides.ConfigError` for a missing config file or an unknown override
-        key.
+        without reading the data). A run's own config (``classes.json`` beside it,
+        :mod:`.run_folder`) loaded without ``"train"`` in ``data_splits`` takes the class count
+        from that file and reads neither split unless ``data_splits`` names it (the data may
+        be gone); a given test split must have the run's categories. Raises
+        :class:`atss.data.DatasetError` naming the key and the path when a given file or
+        folder does not exist or the splits' categories differ, and
+        :class:`~.overrides.ConfigError` for a missing config file or an unknown override key.
     """
     cfg = load_checked_config(config_file, list(opts))
-    register_datasets_from_config(cfg, required=tuple(data_splits))
+    run_classes = None
+    if "dataset" in cfg and "train" not in data_splits:
+        run_classes = _run_classes(config_file, cfg, data_splits)
+    register_datasets_from_config(cfg, required=tuple(data_splits), model_classes=run_classes)
     return cfg
+
+
+def _run_classes(config_file: str, cfg, data_splits: Sequence[str]):
+    """``(classes, where)`` of the run folder ``config_file`` stands in (its ``classes.json``),
+    None outside one. A run's config names the data it was trained and tested on; a tool that
+    does not train needs them no more: ``dataset.train`` is emptied (the loaders check every
+    given split), and ``dataset.test`` too unless the tool reads it (``--eval-only``), and the
+    classes come from the run."""
+    from .run_folder import CLASSES_FILE, read_run_classes
+
+    folder = os.path.dirname(os.path.abspath(config_file))
+    classes = read_run_classes(folder)
+    if classes is None:
+        return None
+    for split in ("train", "test"):
+        if split not in data_splits:
+            cfg.dataset[split] = {"json_file": "", "image_root": ""}
+    return classes, os.path.join(folder, CLASSES_FILE)
 
 
 def config_dataset_names(cfg) -> List[str]:

@@ -14,6 +14,8 @@ What it adds to Detectron2's script:
   checkpoint; no optimizer step is taken with it;
 * evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
   ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
+* ``train.output_dir`` holds the class list (``classes.json``: ids and names) beside the
+  config and the weights, so the folder alone serves inference (:mod:`.run_folder`);
 * the data given on the command line to a ``configs/Custom`` config are checked before
   anything is built, and the class count is taken from them (:func:`~.config.load_config`);
   the datasets themselves are registered and built by the loaders the config names, in every
@@ -42,6 +44,7 @@ from .config import load_config
 from .device import resolve_device
 from .overrides import load_checked_config
 from .resume import check_resume, config_identity
+from .run_folder import keep_run_config, write_run_classes
 from .sampler import ResumableTrainingSampler
 from .weights import WeightsError, load_trained_weights, weights_overrides
 
@@ -194,7 +197,11 @@ def main(args):
     resolve_device(cfg)
     if args.resume and not args.eval_only:  # before default_setup rewrites config.yaml there
         check_resume(cfg.train.output_dir, args.config_file)
+    if args.eval_only:
+        keep_run_config(cfg, args.config_file)
     default_setup(cfg, args)
+    if not args.eval_only and comm.is_main_process():  # the run folder names its classes
+        write_run_classes(cfg, cfg.train.output_dir)
 
     if args.eval_only:
         model = instantiate(cfg.model)

@@ -1,0 +1,214 @@
+"""A run folder that stands alone (issue 27.3): train ~20 iterations on a tiny COCO folder,
+delete the data, then from the run folder alone predict tiled on a 2k mosaic (demo.py --run,
+and eager vs ONNX Runtime), export to ONNX with model.json and run the README's onnxruntime
+recipe, literally, on a raw image: the eager detections within 1e-4, in the user's ids."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data.detection_utils import read_image
+
+import train_net
+from atss.data.coco_example import write_coco_example
+from atss.engine.config import load_config
+from atss.engine.onnx_runtime import OnnxPredictor
+from atss.engine.predictor import ATSSPredictor
+from tests.atss_testing import coco_json_overrides
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
+SMALL = [  # as tests/test_own_data.py: small inputs, detections even after a short run
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[96,128]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=96",
+    "model.test_score_thresh=0.001",
+    "model.test_topk_candidates=50",
+    "train.checkpointer.period=1000",
+    "train.log_period=5",
+]
+MOSAIC = 2048
+TILE, OVERLAP = 512, 64
+ATOL = 1e-4  # tests/test_export.py's ONNX tolerance
+
+
+def _mosaic(image_root, files):
+    """A 2048 x 2048 RGB image of the example's images side by side (96-pixel cells)."""
+    cells = [read_image(os.path.join(image_root, f), format="RGB") for f in files]
+    mosaic = np.zeros((MOSAIC, MOSAIC, 3), np.uint8)
+    for k, (y, x) in enumerate((y, x) for y in range(0, MOSAIC, 96) for x in range(0, MOSAIC, 96)):
+        cell = cells[k % len(cells)][: MOSAIC - y, : MOSAIC - x]
+        mosaic[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
+    return mosaic
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(run folder, work folder with photo.png and mosaic.png): trained 20 iterations, then
+    the training data deleted."""
+    work = tmp_path_factory.mktemp("standalone")
+    data = write_coco_example(str(work / "data"), 8, 3, size=(64, 96))
+    files = sorted(os.listdir(data["image_root"]))
+    mosaic = _mosaic(data["image_root"], files)
+    cv2.imwrite(str(work / "mosaic.png"), mosaic[:, :, ::-1])
+    cv2.imwrite(str(work / "photo.png"), mosaic[:150, :260, ::-1])  # not square, 2 x 3 cells
+    folder = str(work / "run")
+    argv = ["--config-file", CONFIG, *coco_json_overrides(data), *SMALL]
+    argv += ["train.max_iter=20", f"train.output_dir={folder}"]
+    train_net.main(train_net.default_argument_parser().parse_args(argv))
+    shutil.rmtree(work / "data")
+    return folder, work
+
+
+def _cli(*argv, cwd=ROOT, env=None):
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+def _predictor(folder, cls=ATSSPredictor):
+    cfg = load_config(
+        os.path.join(folder, "config.yaml"),
+        [f"train.init_checkpoint={os.path.join(folder, 'model_final.pth')}"],
+    )
+    return cls(cfg)
+
+
+def _assert_same(a, b, box_scale=1.0):
+    """Same detections: scores within ATOL, boxes within ATOL in the model's input pixels
+    (``box_scale`` image pixels per input pixel), same classes."""
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.pred_boxes.tensor.numpy(), b.pred_boxes.tensor.numpy(),
+                               atol=ATOL * box_scale, rtol=0)  # fmt: skip
+    np.testing.assert_allclose(a.scores.numpy(), b.scores.numpy(), atol=ATOL, rtol=0)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+
+
+def test_the_run_folder_names_its_classes(run):
+    """After training, train.output_dir holds config.yaml, model_final.pth and classes.json with
+    the train JSON's ids (3, 7) and names. Fails if the train loop does not write classes.json."""
+    folder, _ = run
+    assert {"config.yaml", "model_final.pth", "classes.json"} <= set(os.listdir(folder))
+    with open(os.path.join(folder, "classes.json")) as f:
+        assert [(c["id"], c["name"]) for c in json.load(f)["classes"]] == [
+            (3, "rectangle"),
+            (7, "ellipse"),
+        ]
+
+
+def test_demo_runs_tiled_from_the_run_folder_alone(run):
+    """demo.py --run RUN on the 2k mosaic, tiled, without the training data: exit 0, class
+    names from the run's classes.json, the drawing written. Fails if loading the run's config
+    still needs dataset.train ('give dataset.train.json_file=PATH') or the names are lost."""
+    folder, work = run
+    out = str(work / "demo")
+    result = _cli(
+        "demo.py", "--run", folder, "--input", str(work / "mosaic.png"), "--output", out,
+        "--tile-size", str(TILE), "--tile-overlap", str(OVERLAP), "--confidence-threshold", "0.01",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 from the run's classes.json (rectangle, ellipse" in result.stdout + result.stderr
+    assert os.path.isfile(os.path.join(out, "mosaic.png"))
+
+
+def test_tiled_onnx_runtime_matches_tiled_eager_from_the_run_folder(run):
+    """The run's model on 512-pixel tiles of the 2k mosaic in ONNX Runtime (exported from the
+    run folder) gives the eager tiled detections: scores within 1e-4, boxes within 1e-4 of the
+    model's input pixels (each tile is resized 512 -> 96, so 5.3e-4 mosaic pixels; float32 at
+    ~2000 px is itself 1.2e-4 apart)."""
+    folder, work = run
+    mosaic = read_image(str(work / "mosaic.png"), format="RGB")
+    eager, onnx = _predictor(folder), _predictor(folder, OnnxPredictor)
+    for predictor in (eager, onnx):
+        predictor.tile(TILE, OVERLAP)
+    _assert_same(onnx(mosaic).to("cpu"), eager(mosaic).to("cpu"), box_scale=TILE / 96)
+
+
+def _readme_recipe():
+    """The README's onnxruntime block: the python fence after 'model.json' in 'Export'."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    section = text[text.index("## Export (TorchScript / ONNX)") :]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks and "onnxruntime" in blocks[0]
+    return blocks[0]
+
+
+def test_readme_onnx_recipe_on_the_export_of_the_run_folder_matches_eager(run):
+    """scripts/export_model.py --run RUN --format onnx writes model.onnx and model.json (ids,
+    names, RGB, 0-255, the run's test resize 96/853); the README's recipe, run as written in a
+    process without atss or detectron2 (only onnxruntime, numpy, PIL and model.json) on a raw
+    PNG, prints the eager predictor's detections within 1e-4 with the JSON's ids and names.
+    Fails if model.json lacks or misstates the resize, channel order or classes (ids 0/1), or
+    if the README's recipe is edited wrongly."""
+    folder, work = run
+    export = work / "output" / "own_data" / "export"  # the recipe's folder, relative to work
+    result = _cli("scripts/export_model.py", "--run", folder, "--format", "onnx",
+                  "--output", str(export), "--sample-size", "96", "144")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(export / "model.json") as f:
+        info = json.load(f)
+    assert info["classes"] == [{"id": 3, "name": "rectangle"}, {"id": 7, "name": "ellipse"}]
+    assert info["test_resize"] == {"short_edge": 96, "max_size": 853}
+    assert (info["input_format"], info["pixel_range"]) == ("RGB", [0, 255])
+    assert info["model"] == "model.onnx" and info["input_names"] == ["image0"]
+
+    code = "import sys\nassert 'atss' not in sys.modules\n" + _readme_recipe()
+    code += "assert 'atss' not in sys.modules and 'detectron2' not in sys.modules\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    recipe = _cli("-c", code, cwd=str(work), env=env)
+    assert recipe.returncode == 0, recipe.stderr[-3000:]
+    rows = [line.split() for line in recipe.stdout.splitlines() if line.strip()]
+
+    expected = _predictor(folder)(read_image(str(work / "photo.png"), format="RGB")).to("cpu")
+    assert len(rows) == len(expected) > 0
+    ids = {0: ("3", "rectangle"), 1: ("7", "ellipse")}
+    assert [tuple(r[:2]) for r in rows] == [ids[int(c)] for c in expected.pred_classes]
+    got = np.array([[float(v) for v in r[2:]] for r in rows])
+    np.testing.assert_allclose(got[:, 0], expected.scores.numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got[:, 1:], expected.pred_boxes.tensor.numpy(), atol=ATOL, rtol=0)
+
+
+def test_eval_only_on_another_dataset_from_the_run_folder(run):
+    """train_net.py --eval-only with the run's config.yaml on another dataset (same categories)
+    after the training data are gone: COCOEvaluator results in that JSON's ids (3, 7). Fails if
+    --eval-only still reads the deleted dataset.train."""
+    folder, work = run
+    other = write_coco_example(str(work / "other"), 1, 3, size=(64, 96), seed=5)
+    out = str(work / "eval_other")
+    argv = ["--config-file", os.path.join(folder, "config.yaml"), "--eval-only"]
+    argv += [f"train.init_checkpoint={os.path.join(folder, 'model_final.pth')}"]
+    argv += [f"dataset.test.json_file={other['val_json']}"]
+    argv += [f"dataset.test.image_root={other['image_root']}", f"train.output_dir={out}"]
+    results = train_net.main(train_net.default_argument_parser().parse_args(argv))
+    assert {"AP-rectangle", "AP-ellipse"} <= set(results["bbox"])
+    with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
+        detections = json.load(f)
+    assert detections and {d["category_id"] for d in detections} <= {3, 7}
+
+
+def test_eval_only_from_the_run_folder_keeps_the_run_config(run):
+    """--eval-only with RUN/config.yaml and no train.output_dir (so the run folder) evaluates
+    into RUN/eval and leaves RUN/config.yaml as training wrote it. Fails if default_setup is
+    let rewrite the run's config with the evaluation's."""
+    folder, work = run
+    other = write_coco_example(str(work / "other2"), 1, 2, size=(64, 96), seed=6)
+    config = os.path.join(folder, "config.yaml")
+    with open(config) as f:
+        saved = f.read()
+    argv = ["--config-file", config, "--eval-only"]
+    argv += [f"train.init_checkpoint={os.path.join(folder, 'model_final.pth')}"]
+    argv += [f"dataset.test.json_file={other['val_json']}"]
+    argv += [f"dataset.test.image_root={other['image_root']}"]
+    train_net.main(train_net.default_argument_parser().parse_args(argv))
+    with open(config) as f:
+        assert f.read() == saved
+    assert os.path.isfile(os.path.join(folder, "eval", "inference", "coco_instances_results.json"))
