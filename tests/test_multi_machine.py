@@ -5,13 +5,14 @@ against one ``--num-gpus 2`` run of the same global batch."""
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+
+from tests.atss_testing import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
@@ -30,12 +31,6 @@ OVERRIDES = [
     "train.checkpointer.period=2",
     f"train.eval_period={MAX_ITER}",
 ]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(out, log_name, *flags):
@@ -68,7 +63,7 @@ def test_two_machines_equal_one_machine_with_two_processes(tmp_path):
     """
     machines = [str(tmp_path / f"machine{r}") for r in (0, 1)]
     one_machine = str(tmp_path / "one_machine")
-    url_two, url_one = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+    url_two, url_one = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     start = time.monotonic()
     runs = [
         _start(machines[r], f"machine{r}.log", "--num-gpus", "1", "--num-machines", "2",

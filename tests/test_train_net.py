@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ import train_net
 from atss.data import register_shapes
 from atss.engine import AtomicDetectionCheckpointer, resolve_device, train_loop
 from atss.modeling.losses import loss_normalizers
+from tests.atss_testing import free_port
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 # A 4-image validation set keeps the in-process evaluations short (the 2-process run is spawned
@@ -366,12 +366,6 @@ def test_device_resolution_and_amp_on_cpu():
             resolve_device(cfg)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 CASES = [  # (positives per rank, centerness-target sums per rank, local loss sums)
     ([7, 3], [3.25, 1.5], [2.0, 5.0]),
     ([0, 5], [0.0, 2.0], [1.0, 4.0]),
@@ -402,7 +396,7 @@ def test_all_reduced_normalisers_match_one_process_on_the_same_global_batch(tmp_
     value (sum_r L_r) / N for the same global batch, and every rank must get the same N_r."""
     world, out = 2, str(tmp_path / "norm")
     mp.start_processes(
-        _normalizer_worker, args=(world, _free_port(), out), nprocs=world, start_method="spawn"
+        _normalizer_worker, args=(world, free_port(), out), nprocs=world, start_method="spawn"
     )
     per_rank = [torch.load(f"{out}.{r}") for r in range(world)]
     for i, (pos, ctr, losses) in enumerate(CASES):

@@ -2,7 +2,6 @@
 that takes overrides, and a machine that cannot complete the rendezvous stops in bounded time
 with a message saying what to check."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import flags_among_overrides, parse_launch_args, reject_flags_in_overrides
-from tests.atss_testing import ROOT, load_script
+from tests.atss_testing import ROOT, free_port, load_script
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 # The issue's example: a new user appends --machine-rank after an override.
@@ -152,12 +151,6 @@ def test_train_net_command_line_refuses_a_late_flag_before_launching(tmp_path):
     assert not out.exists()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_unreachable_rendezvous_fails_within_the_timeout_with_a_clear_message(tmp_path):
     """Machine 1 pointed at a port nobody listens on, and machine 0 whose peer never comes,
@@ -169,7 +162,7 @@ def test_unreachable_rendezvous_fails_within_the_timeout_with_a_clear_message(tm
     procs = {}
     start = time.monotonic()
     for rank in (0, 1):
-        url = f"tcp://127.0.0.1:{_free_port()}"
+        url = f"tcp://127.0.0.1:{free_port()}"
         cmd = [sys.executable, "train_net.py", "--config-file", CONFIG, "--num-machines", "2"]
         cmd += ["--machine-rank", str(rank), "--dist-url", url, "--dist-timeout", str(timeout_s)]
         cmd += [f"train.output_dir={tmp_path / str(rank)}"]
