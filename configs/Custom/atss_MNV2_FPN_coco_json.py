@@ -22,34 +22,22 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
-from detectron2.layers import ShapeSpec
 
 from atss.config import get_detectron2_config
-from atss.modeling.backbone import (
-    MOBILENET_V2_PIXEL_MEAN,
-    MOBILENET_V2_PIXEL_STD,
-    build_mobilenetv2_fpn,
-)
 
 from ..common.coco_data import dataloader
 from ..common.coco_json_data import dataset, test_dataset, train_dataset
-from ..common.models.atss import model
+from ..common.models.atss_mnv2 import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import atss_schedule
 from ..common.tta import test
 
-CHANNELS = 128
 TEST_SHORT_EDGE, MAX_SIZE = 512, 853
 
 # --- model ---------------------------------------------------------------------------------
-model.backbone = L(build_mobilenetv2_fpn)(out_channels=CHANNELS, freeze_at=2, pretrained=True)
-model.pixel_mean = MOBILENET_V2_PIXEL_MEAN
-model.pixel_std = MOBILENET_V2_PIXEL_STD
-model.input_format = "RGB"
+# The CPU model of configs/common/models/atss_mnv2.py (as the tree-crown configs).
 # From the data; `model.num_classes=N` on the command line forces a count.
 model.num_classes = "${dataset.num_classes}"
-model.head.input_shape = [ShapeSpec(channels=CHANNELS)] * 5
-model.head.conv_dims = [CHANNELS, CHANNELS]
 
 # --- loaders -------------------------------------------------------------------------------
 dataloader.train.dataset = train_dataset  # dataset.train, from the command line

@@ -22,34 +22,19 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
-from detectron2.layers import ShapeSpec
 
 from atss.config import get_detectron2_config
-from atss.modeling.backbone import (
-    MOBILENET_V2_PIXEL_MEAN,
-    MOBILENET_V2_PIXEL_STD,
-    build_mobilenetv2_fpn,
-)
 
 from ..common.coco_data import dataloader
-from ..common.models.atss import model
+from ..common.models.atss_mnv2 import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import atss_schedule
 from ..common.tta import test
 
-CHANNELS = 128
 MAX_DETS = 300
 
 # --- model ---------------------------------------------------------------------------------
-model.backbone = L(build_mobilenetv2_fpn)(
-    out_channels=CHANNELS, freeze_at=2, pretrained=True, channels_last=True
-)  # channels_last: ~1.5x faster CPU training step, same results (docs/profile_train_step.md)
-model.pixel_mean = MOBILENET_V2_PIXEL_MEAN
-model.pixel_std = MOBILENET_V2_PIXEL_STD
-model.input_format = "RGB"
 model.num_classes = 1
-model.head.input_shape = [ShapeSpec(channels=CHANNELS)] * 5
-model.head.conv_dims = [CHANNELS, CHANNELS]
 model.max_detections_per_image = MAX_DETS
 
 # --- data ----------------------------------------------------------------------------------
