@@ -6,7 +6,7 @@ from ..common.coco_data import dataloader
 from ..common.models.atss import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import lr_multiplier_1x as lr_multiplier
-from ..common.tta import test  # test-time augmentation, off (test.aug.enabled)
+from ..common.test import test  # TTA off (test.aug.enabled), no tiling, field metrics at 0.5
 
 train = get_detectron2_config("common/train.py").train
 train.max_iter = 90000

@@ -30,7 +30,7 @@ from ..common.coco_json_data import dataset, test_dataset, train_dataset
 from ..common.models.atss_mnv2 import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import atss_schedule
-from ..common.tta import test
+from ..common.test import test
 
 TEST_SHORT_EDGE, MAX_SIZE = 512, 853
 

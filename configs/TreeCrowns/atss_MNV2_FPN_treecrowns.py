@@ -29,7 +29,7 @@ from ..common.coco_data import dataloader
 from ..common.models.atss_mnv2 import model
 from ..common.optim import SGD as optimizer
 from ..common.schedule import atss_schedule
-from ..common.tta import test
+from ..common.test import test
 
 MAX_DETS = 300
 

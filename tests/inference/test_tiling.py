@@ -14,7 +14,7 @@ from torch import nn
 from atss.inference import TiledDetector, build_tiled_model, cut_by_inner_border, tile_grid
 from tests.atss_testing import fit_briefly, make_inputs, tiny_model
 
-TTA_CONFIG = "configs/common/tta.py"
+TEST_CONFIG = "configs/common/test.py"
 
 
 # ------------------------------------------------------------------------------ fake detector
@@ -311,7 +311,7 @@ def test_real_model_on_many_tiles_gives_valid_capped_output():
 def test_config_switch():
     """`test.tile.size=0` (the default) leaves the model alone; a positive size wraps it with
     the config's overlap. Fails if the default config switched tiling on."""
-    cfg = LazyConfig.load(TTA_CONFIG)
+    cfg = LazyConfig.load(TEST_CONFIG)
     model = PaintedRectangleDetector()
     assert build_tiled_model(cfg, model) is model
     on = LazyConfig.apply_overrides(cfg, ["test.tile.size=256", "test.tile.overlap=48"])
@@ -333,7 +333,7 @@ def test_tiled_evaluation_moves_the_test_resize_from_the_loader_to_the_tiles():
 
     from atss.inference import build_tiled_evaluation
 
-    cfg = LazyConfig.load(TTA_CONFIG)
+    cfg = LazyConfig.load(TEST_CONFIG)
     resize = L(T.ResizeShortestEdge)(short_edge_length=512, max_size=853)
     cfg.dataloader = {"test": L(_fields)(mapper=L(_fields)(augmentations=[resize]))}
     model = PaintedRectangleDetector()

@@ -23,7 +23,7 @@ from atss.modeling.tta import (
 )
 from tests.atss_testing import make_inputs, tiny_model
 
-TTA_CONFIG = "configs/common/tta.py"
+TEST_CONFIG = "configs/common/test.py"
 
 
 # ------------------------------------------------------------------------------ reference
@@ -430,7 +430,7 @@ def test_batched_tta_equals_one_by_one(detector):
 
 # ------------------------------------------------------------------------------ config switch
 def test_build_tta_model_follows_the_config_switch():
-    cfg = LazyConfig.load(TTA_CONFIG)
+    cfg = LazyConfig.load(TEST_CONFIG)
     model = _SquareDetector()
     assert build_tta_model(cfg, model) is model  # off by default
     assert build_tta_model(LazyConfig.load("configs/common/optim.py"), model) is model

@@ -39,7 +39,7 @@ the training images, so that objects appear at the scale the model learnt. An im
 in one tile is run exactly as without tiling (steps 4-5 only apply across tiles).
 
 Switch: ``test.tile.size=PIXELS test.tile.overlap=PIXELS`` (0 = off) in a config that imports
-``configs/common/tta.py``; ``train_net.py`` calls :func:`build_tiled_evaluation` (the test loader
+``configs/common/test.py``; ``train_net.py`` calls :func:`build_tiled_evaluation` (the test loader
 then reads images unresized and the tiles get its resize), ``demo.py`` takes ``--tile-size`` /
 ``--tile-overlap``.
 """
@@ -329,7 +329,7 @@ def build_tiled_model(cfg, model: nn.Module, augmentations: Sequence[T.Augmentat
     """
     The model to evaluate: ``model`` itself, or ``TiledDetector(model, **cfg.test.tile,
     augmentations=augmentations)`` when ``cfg.test.tile.size`` is set and > 0 (see
-    ``configs/common/tta.py``). Configs without a ``test.tile`` node get the model unchanged.
+    ``configs/common/test.py``). Configs without a ``test.tile`` node get the model unchanged.
     """
     tile = tile_settings(cfg)
     if tile is None:

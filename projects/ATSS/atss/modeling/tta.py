@@ -35,7 +35,7 @@ For the authors' protocol (every scale resized from the original image) build th
 without resizing (``dataloader.test.mapper.augmentations=[]``), as
 ``configs/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta.py`` does.
 
-Switch: ``test.aug.enabled=True`` in a config that imports ``configs/common/tta.py`` (all COCO
+Switch: ``test.aug.enabled=True`` in a config that imports ``configs/common/test.py`` (all COCO
 configs do); a training script calls :func:`build_tta_model` on the model it evaluates.
 """
 
@@ -397,8 +397,9 @@ def build_tta_model(cfg, model: nn.Module) -> nn.Module:
     """
     The model to evaluate: ``model`` itself, or ``ATSSWithTTA(model, **params)`` when the
     config switch ``cfg.test.aug.enabled`` is true (params: the other keys of ``cfg.test.aug``,
-    see ``configs/common/tta.py``). A DistributedDataParallel model is unwrapped first.
-    Configs without a ``test.aug`` node get the model unchanged.
+    see ``configs/common/tta.py``, put at ``test.aug`` by ``configs/common/test.py``). A
+    DistributedDataParallel model is unwrapped first. Configs without a ``test.aug`` node get
+    the model unchanged.
     """
     aug = None
     test = cfg.get("test", None) if hasattr(cfg, "get") else None
