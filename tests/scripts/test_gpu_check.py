@@ -4,6 +4,7 @@ turns any failed check into a non-zero exit; a CPU smoke run exercises every che
 import importlib.util
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -23,8 +24,14 @@ def _gpu_check_module():
 
 def _run(tmp_path, *args):
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so this holds on GPU machines too; TMPDIR shows
-    # whether a check started (the checks' work folder is created only then).
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}
+    # whether a check started (the checks' work folder is created only then). ATSS_PYTHON: the
+    # interpreter of this test run (a checkout without .venv, or another stack's venv).
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "TMPDIR": str(tmp_path),
+        "ATSS_PYTHON": sys.executable,
+    }
     return subprocess.run(
         ["bash", SCRIPT, *args], env=env, capture_output=True, text=True, timeout=1800
     )
