@@ -1,19 +1,7 @@
-"""Inference helpers beyond a single forward pass: tiled (sliced) inference for large images."""
+"""Inference helpers beyond a single forward pass: tiled (sliced) inference for large images
+(:mod:`.tiling`, whose public names are re-exported here)."""
 
-from .tiling import (
-    TiledDetector,
-    build_tiled_evaluation,
-    build_tiled_model,
-    cut_by_inner_border,
-    tile_grid,
-    tile_settings,
-)
+from . import tiling
+from .tiling import *  # noqa: F403
 
-__all__ = [
-    "TiledDetector",
-    "build_tiled_evaluation",
-    "build_tiled_model",
-    "cut_by_inner_border",
-    "tile_grid",
-    "tile_settings",
-]
+__all__ = list(tiling.__all__)
