@@ -20,7 +20,7 @@ from typing import Tuple
 from .shapes import SHAPES_DATASETS, register_shapes
 from .treecrowns import TREECROWNS_SPLITS, register_all_treecrowns
 
-__all__ = ["builtin_dataset_names", "register_builtin_dataset"]
+__all__ = ["builtin_dataset_names", "ensure_registered", "register_builtin_dataset"]
 
 
 def builtin_dataset_names() -> Tuple[str, ...]:
@@ -49,3 +49,11 @@ def register_builtin_dataset(name: str) -> bool:
         register_all_treecrowns(build=False)
         return True
     return False
+
+
+def ensure_registered(name: str) -> bool:
+    """True when ``name`` is in Detectron2's ``DatasetCatalog``: already, or registered now as
+    one of the project's datasets (:func:`register_builtin_dataset`, which writes nothing)."""
+    from detectron2.data import DatasetCatalog
+
+    return name in DatasetCatalog.list() or register_builtin_dataset(name)

@@ -399,9 +399,9 @@ def _load_registered(name: str) -> List[dict]:
     of the project's datasets (shapes, tree crowns) is registered here on first use, so a config
     naming it works in any process (:mod:`atss.data.builtin`)."""
     # Imported here: the builtin datasets' modules import this one.
-    from .builtin import builtin_dataset_names, register_builtin_dataset
+    from .builtin import builtin_dataset_names, ensure_registered
 
-    if name not in DatasetCatalog.list() and not register_builtin_dataset(name):
+    if not ensure_registered(name):
         known = sorted(set(DatasetCatalog.list()) | set(builtin_dataset_names()))
         raise DatasetError(f"dataset '{name}' is not registered; known: {', '.join(known)}")
     source = getattr(MetadataCatalog.get(name), "json_file", None)

@@ -12,9 +12,7 @@ what lets Detectron2's own tools run our configs.
 import os
 from typing import List, Sequence
 
-from detectron2.data import DatasetCatalog
-
-from atss.data.builtin import register_builtin_dataset
+from atss.data.builtin import ensure_registered
 from atss.data.coco_json import register_datasets_from_config
 
 from .overrides import load_checked_config
@@ -81,7 +79,6 @@ def config_dataset_names(cfg) -> List[str]:
         dataset = cfg.get("dataloader", {}).get(split, {}).get("dataset", {})
         given = dataset.get("names", ()) if hasattr(dataset, "get") else ()
         for name in [given] if isinstance(given, str) else list(given):
-            registered = name in DatasetCatalog.list() or register_builtin_dataset(name)
-            if registered and name not in names:
+            if ensure_registered(name) and name not in names:
                 names.append(name)
     return names

@@ -15,11 +15,11 @@ from typing import List, Optional
 import numpy as np
 import torch
 from detectron2.config import instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from atss.data.builtin import register_builtin_dataset
+from atss.data.builtin import ensure_registered
 
 from .device import available_device
 from .weights import load_trained_weights
@@ -99,12 +99,11 @@ def dataset_class_names(cfg, num_classes: int) -> Optional[List[str]]:
     except (AttributeError, KeyError):  # configs without a test loader
         return None
     for name in [names] if isinstance(names, str) else list(names):
-        if name not in DatasetCatalog.list():
-            try:
-                register_builtin_dataset(name)
-            except ModuleNotFoundError as e:  # tree crowns without deepforest: no names
-                logger.warning(f"class names of {name} unknown: {e}")
-                continue
+        try:
+            ensure_registered(name)
+        except ModuleNotFoundError as e:  # tree crowns without deepforest: no names
+            logger.warning(f"class names of {name} unknown: {e}")
+            continue
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) == num_classes:
             return list(classes)
