@@ -25,9 +25,9 @@ import os
 import torch
 
 from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
-from atss.engine.config import load_config
+from atss.engine.config import RANDOM, TRAINED, build_model, load_config
 from atss.engine.run_folder import add_config_arguments, model_classes, run_arguments
-from atss.engine.weights import add_weights_arguments, load_trained_weights, weights_overrides
+from atss.engine.weights import add_weights_arguments, weights_overrides
 from atss.export import (
     OUTPUT_NAMES,
     export_info,
@@ -66,12 +66,8 @@ def load_model(config_file, opts, device, weights="", random_weights=False):
 
 def load_model_and_config(config_file, opts, device, weights="", random_weights=False):
     """:func:`load_model` and the loaded config."""
-    from detectron2.config import instantiate
-
     cfg = load_config(config_file, weights_overrides(opts, weights, random_weights))
-    model = instantiate(cfg.model)
-    load_trained_weights(model, cfg, random_weights, "export")
-    return model.to(device).eval(), cfg
+    return build_model(cfg, RANDOM if random_weights else TRAINED, device, what="export"), cfg
 
 
 def info_of(cfg, config_file, model, path, output_names, batch_size):

@@ -160,3 +160,29 @@ def test_train_net_eval_only_needs_weights_or_random_weights(
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and refused in err and len(err.splitlines()) == 1
     assert not launched
+
+
+def test_build_model_is_the_one_place_a_model_gets_its_weights(setup):
+    """atss.engine.config.build_model: TRAINED loads train.init_checkpoint whole (the
+    classifier bias 2.0 no initialisation gives) and returns an eval-mode model; it refuses an
+    empty key and a backbone-only checkpoint with the key named; RANDOM loads nothing; NO_WEIGHTS
+    (training: the checkpointer loads the start) loads nothing and keeps train mode; an unknown
+    mode is refused. Fails if any mode loads the wrong thing or the refusals go."""
+    from atss.engine.config import NO_WEIGHTS, RANDOM, TRAINED, build_model
+
+    def bias(model):
+        return model.head.cls_score.bias
+
+    cfg = load_config(setup["config"], [f"train.init_checkpoint={setup['full']}"])
+    model = build_model(cfg, TRAINED, "cpu")
+    assert not model.training and torch.all(bias(model) == 2.0)
+    for mode in (RANDOM, NO_WEIGHTS):
+        model = build_model(cfg, mode, "cpu")
+        assert not torch.any(bias(model) == 2.0)
+        assert model.training == (mode == NO_WEIGHTS)
+    for checkpoint in ("", setup["backbone"]):
+        cfg.train.init_checkpoint = checkpoint
+        with pytest.raises(WeightsError, match="train.init_checkpoint"):
+            build_model(cfg, TRAINED, "cpu")
+    with pytest.raises(ValueError, match="weights="):
+        build_model(cfg, "pretrained", "cpu")

@@ -36,8 +36,8 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model
 from .device import available_device
-from .weights import load_trained_weights
 
 __all__ = [
     "TASKS",
@@ -256,7 +256,7 @@ def _build_model(cfg, device, random_weights: bool):
     model, e.g. a pretrained backbone, or nothing); nothing loaded with ``random_weights``."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    model = instantiate(cfg.model).to(device)
+    model = build_model(cfg, NO_WEIGHTS, device)
     if not random_weights:
         DetectionCheckpointer(model).load(cfg.train.get("init_checkpoint", ""))
     return model
@@ -266,9 +266,7 @@ def _build_trained_model(cfg, device, random_weights: bool):
     """The model to time in evaluation / inference, in eval mode: a whole trained model from
     ``train.init_checkpoint`` or, with ``random_weights``, an untrained one
     (:func:`~.weights.load_trained_weights`)."""
-    model = instantiate(cfg.model)
-    load_trained_weights(model, cfg, random_weights, "benchmark")
-    return model.to(device).eval()
+    return build_model(cfg, RANDOM if random_weights else TRAINED, device, what="benchmark")
 
 
 def _cache(loader, num_batches: int) -> List:

@@ -10,14 +10,24 @@ what lets Detectron2's own tools run our configs.
 """
 
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
+
+from detectron2.config import instantiate
+from torch import nn
 
 from atss.data.builtin import ensure_registered
 from atss.data.coco_json import register_datasets_from_config
 
+from .device import available_device
 from .overrides import load_checked_config
+from .weights import load_trained_weights
 
-__all__ = ["config_dataset_names", "load_config"]
+__all__ = ["NO_WEIGHTS", "RANDOM", "TRAINED", "build_model", "config_dataset_names", "load_config"]
+
+# What build_model loads into the model (its ``weights`` argument).
+TRAINED = "trained"  # cfg.train.init_checkpoint, a whole trained model, or WeightsError
+RANDOM = "random"  # nothing: the user asked for --random-weights
+NO_WEIGHTS = "none"  # nothing yet: training loads its start through its checkpointer
 
 
 def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequence[str] = ()):
@@ -49,6 +59,40 @@ def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequ
         run_classes = _run_classes(config_file, cfg, data_splits)
     register_datasets_from_config(cfg, required=tuple(data_splits), model_classes=run_classes)
     return cfg
+
+
+def build_model(
+    cfg, weights: str = TRAINED, device: Optional[str] = None, *, what: str = "run"
+) -> nn.Module:
+    """Instantiate ``cfg.model`` on ``device`` with its weights: the one place a model is built.
+
+    Args:
+        cfg: a config from :func:`load_config`.
+        weights: :data:`TRAINED` — load ``cfg.train.init_checkpoint``, which must fill every
+            model tensor (:func:`~.weights.load_trained_weights`; raises
+            :class:`~.weights.WeightsError` naming the key otherwise); :data:`RANDOM` — keep the
+            random initialisation (``--random-weights``); :data:`NO_WEIGHTS` — load nothing
+            here: a training run loads its start (e.g. an ImageNet backbone, a part of the
+            model) or its last checkpoint through its checkpointer.
+        device: where the model goes; None means ``cfg.train.device``, resolved at run time
+            (CUDA when available, else the CPU: :func:`~.device.available_device`).
+        what: the verb the weights messages use ("export", "evaluate", ...).
+
+    Returns:
+        the model on ``device``: in eval mode with :data:`TRAINED` or :data:`RANDOM`, in train
+        mode (as instantiated) with :data:`NO_WEIGHTS`.
+    """
+    if weights not in (TRAINED, RANDOM, NO_WEIGHTS):
+        raise ValueError(
+            f"weights={weights!r}: expected one of {TRAINED!r}, {RANDOM!r}, {NO_WEIGHTS!r}"
+        )
+    if device is None:
+        device = available_device(cfg.train.get("device", None))
+    model = instantiate(cfg.model)
+    if weights == NO_WEIGHTS:
+        return model.to(device)
+    load_trained_weights(model, cfg, weights == RANDOM, what)
+    return model.to(device).eval()
 
 
 def _run_classes(config_file: str, cfg, data_splits: Sequence[str]):

@@ -21,8 +21,8 @@ from detectron2.structures import Instances
 
 from atss.data.builtin import ensure_registered
 
+from .config import RANDOM, TRAINED, build_model
 from .device import available_device
-from .weights import load_trained_weights
 
 __all__ = ["ATSSPredictor", "dataset_class_names"]
 
@@ -46,8 +46,10 @@ class ATSSPredictor:
 
     def __init__(self, cfg, random_weights: bool = False):
         self.device = available_device(cfg.train.get("device", "cuda"))
-        self.model = instantiate(cfg.model).to(self.device).eval()
-        self.weights = load_trained_weights(self.model, cfg, random_weights, "predict with")
+        self.model = build_model(
+            cfg, RANDOM if random_weights else TRAINED, self.device, what="predict with"
+        )
+        self.weights = "" if random_weights else str(cfg.train.init_checkpoint)
         try:
             augmentations = instantiate(cfg.dataloader.test.mapper.augmentations)
         except (AttributeError, KeyError):  # no test loader in the config: no resizing

@@ -40,13 +40,13 @@ from atss.inference import build_tiled_evaluation
 from atss.modeling.tta import build_tta_model
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
-from .config import load_config
+from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model, load_config
 from .device import resolve_device
 from .overrides import load_checked_config
 from .resume import check_resume, config_identity
 from .run_folder import keep_run_config, write_run_classes
 from .sampler import ResumableTrainingSampler
-from .weights import WeightsError, load_trained_weights, weights_overrides
+from .weights import WeightsError, weights_overrides
 
 __all__ = ["main", "do_train", "do_test", "build_train_loader", "check_command_line"]
 
@@ -93,9 +93,8 @@ def do_train(args, cfg):
     Raises:
         FloatingPointError: the loss became NaN or inf (logged with the last good checkpoint).
     """
-    model = instantiate(cfg.model)
+    model = build_model(cfg, NO_WEIGHTS, cfg.train.device)  # the checkpointer loads its start
     logger.info(f"Model:\n{model}")
-    model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -204,9 +203,10 @@ def main(args):
         write_run_classes(cfg, cfg.train.output_dir)
 
     if args.eval_only:
-        model = instantiate(cfg.model)
-        model.to(cfg.train.device)
-        load_trained_weights(model, cfg, getattr(args, "random_weights", False), "evaluate")
+        random_weights = getattr(args, "random_weights", False)
+        model = build_model(
+            cfg, RANDOM if random_weights else TRAINED, cfg.train.device, what="evaluate"
+        )
         model = create_ddp_model(model, **cfg.train.ddp)
         return do_test(cfg, build_tta_model(cfg, model))
     do_train(args, cfg)
