@@ -219,3 +219,46 @@ def test_eval_only_from_the_run_folder_keeps_the_run_config(run):
     with open(config) as f:
         assert f.read() == saved
     assert os.path.isfile(os.path.join(folder, "eval", "inference", "coco_instances_results.json"))
+
+
+def _tiled_evaluation(folder, work, name, *flags):
+    """--eval-only of the run on another dataset, on 48-pixel tiles (overlap 16) of its 64 x 96
+    images (each tile resized to the config's 96): (results, detections of the JSON)."""
+    other = write_coco_example(str(work / "tiled_other"), 1, 3, size=(64, 96), seed=7)
+    out = str(work / name)
+    argv = ["--config-file", os.path.join(folder, "config.yaml"), "--eval-only", *flags]
+    argv += [f"train.init_checkpoint={os.path.join(folder, 'model_final.pth')}"]
+    argv += [f"dataset.test.json_file={other['val_json']}", f"train.output_dir={out}"]
+    argv += [f"dataset.test.image_root={other['image_root']}"]
+    argv += ["test.tile.size=48", "test.tile.overlap=16"]
+    results = train_net.main(train_net.default_argument_parser().parse_args(argv))
+    with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
+        return results, json.load(f)
+
+
+def test_tiled_evaluation_on_onnx_runtime_gives_the_eager_evaluation(run):
+    """train_net.py --eval-only --runtime onnxruntime with test.tile.*: the same detections as
+    the eager tiled evaluation (per image, in score order: the same classes, scores within 1e-4,
+    boxes within 1e-3 pixels, XYWH), the
+    same AP to 1e-3, in the JSON's ids. Fails if --runtime is ignored by the evaluation (the
+    export is not made) or the ONNX model is run without the tiles."""
+    folder, work = run
+    eager_results, eager = _tiled_evaluation(folder, work, "eval_tiled_eager")
+    onnx_results, onnx = _tiled_evaluation(
+        folder, work, "eval_tiled_ort", "--runtime", "onnxruntime"
+    )
+    assert any(f.endswith(".onnx") for f in os.listdir(folder)), "no ONNX export was made"
+    assert len(onnx) == len(eager) > 0
+    assert {d["category_id"] for d in onnx} <= {3, 7}
+
+    def by_image(dets):
+        key = lambda d: (d["image_id"], -d["score"])  # noqa: E731
+        return sorted(dets, key=key)
+
+    for got, want in zip(by_image(onnx), by_image(eager)):
+        assert (got["image_id"], got["category_id"]) == (want["image_id"], want["category_id"])
+        assert abs(got["score"] - want["score"]) <= ATOL
+        np.testing.assert_allclose(got["bbox"], want["bbox"], atol=1e-3, rtol=0)  # XYWH px
+    for key, value in eager_results["bbox"].items():
+        if not np.isnan(value):
+            assert abs(onnx_results["bbox"][key] - value) <= 1e-3, key

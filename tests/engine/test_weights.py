@@ -139,6 +139,18 @@ def test_benchmarking_a_model_needs_weights_or_random_weights(setup, task):
         (["--eval-only"], "--eval-only with an empty train.init_checkpoint"),
         (["--random-weights"], "--random-weights applies to --eval-only"),
         (["--eval-only", "--random-weights"], None),
+        (["--runtime", "onnxruntime"], "--runtime onnxruntime applies to --eval-only"),
+        (
+            [
+                "--eval-only",
+                "--random-weights",
+                "--runtime",
+                "onnxruntime",
+                "+test.aug.enabled=True",
+            ],
+            "the test-time augmentation runs the eager model only",
+        ),
+        (["--eval-only", "--random-weights", "--runtime", "onnxruntime"], None),
     ],
 )
 def test_train_net_eval_only_needs_weights_or_random_weights(
@@ -146,7 +158,8 @@ def test_train_net_eval_only_needs_weights_or_random_weights(
 ):
     """train_net.py --eval-only with an empty train.init_checkpoint stops before launching
     (exit 2, one line); --random-weights lets it evaluate an untrained model and means nothing
-    without --eval-only. Fails if the check is skipped (launch is reached)."""
+    without --eval-only; --runtime onnxruntime likewise, and not with the test-time augmentation
+    (eager only). Fails if the check is skipped (launch is reached)."""
     train_net = load_script("train_net.py")
     launched = []
     monkeypatch.setattr(train_net, "launch_training", lambda *a: launched.append(a))

@@ -60,7 +60,8 @@ Train on one machine (CUDA when available, else the CPU):
 Change config values (a key the config does not have is refused; +key=value adds one):
     $ {prog} --config-file CFG train.max_iter=1000 optimizer.lr=0.005 train.output_dir=out/run
 
-Evaluate a trained model (--random-weights to evaluate an untrained one):
+Evaluate a trained model (--random-weights to evaluate an untrained one; --runtime onnxruntime
+to evaluate its ONNX export in ONNX Runtime):
     $ {prog} --config-file CFG --eval-only train.init_checkpoint=out/run/model_final.pth
 
 Continue the run in train.output_dir:
@@ -81,6 +82,13 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         if action.dest == "opts":
             action.help = "key=value config overrides (e.g. train.max_iter=100), after the flags"
     add_weights_arguments(parser)
+    parser.add_argument(
+        "--runtime",
+        choices=["eager", "onnxruntime"],
+        default="eager",
+        help="with --eval-only: onnxruntime exports the model once (cached next to the weights) "
+        "and evaluates the ONNX model in ONNX Runtime, on tiles too (test.tile.*)",
+    )
     return parser
 
 

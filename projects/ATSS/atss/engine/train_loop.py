@@ -42,7 +42,7 @@ from atss.modeling.tta import build_tta_model
 from .checkpoint import AtomicDetectionCheckpointer, RNGState
 from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model, load_config
 from .device import resolve_device
-from .overrides import load_checked_config
+from .overrides import ConfigError, load_checked_config
 from .resume import check_resume, config_identity
 from .run_folder import keep_run_config, write_run_classes
 from .sampler import ResumableTrainingSampler
@@ -152,6 +152,18 @@ def do_train(args, cfg):
     return trainer
 
 
+def onnxruntime_model(cfg, model):
+    """``model``'s ONNX export (made once, cached next to ``train.init_checkpoint``:
+    :func:`~.onnx_runtime.export_cached`) as an :class:`~.onnx_runtime.OnnxDetector` on
+    ``cfg.train.device``: evaluated like the eager model, on tiles too (``test.tile.*``). Each
+    process runs its own session on its share of the test set (no DDP: nothing to train)."""
+    from .onnx_runtime import OnnxDetector, export_cached, onnx_session
+
+    weights = str(cfg.train.get("init_checkpoint", "") or "")
+    path = export_cached(model.cpu().eval(), cfg.model, weights)
+    return OnnxDetector(onnx_session(path, cfg.train.device), model)
+
+
 def check_command_line(args) -> None:
     """Refuse, before launching, what :func:`main` would refuse in every process: a missing
     config file, an override of an unknown key (:class:`~.overrides.ConfigError`), and
@@ -165,6 +177,14 @@ def check_command_line(args) -> None:
         )
     weights_overrides(args.opts, random_weights=random_weights)
     cfg = load_checked_config(args.config_file, args.opts)
+    if getattr(args, "runtime", "eager") == "onnxruntime":
+        if not args.eval_only:
+            raise ConfigError("--runtime onnxruntime applies to --eval-only; training runs eager")
+        if cfg.get("test", {}).get("aug", {}).get("enabled", False):
+            raise ConfigError(
+                "--runtime onnxruntime with test.aug.enabled=True: the test-time augmentation "
+                "runs the eager model only; drop one of them"
+            )
     if args.eval_only and not random_weights and not cfg.train.get("init_checkpoint", ""):
         raise WeightsError(
             "--eval-only with an empty train.init_checkpoint: set train.init_checkpoint=PATH to "
@@ -207,6 +227,8 @@ def main(args):
         model = build_model(
             cfg, RANDOM if random_weights else TRAINED, cfg.train.device, what="evaluate"
         )
+        if getattr(args, "runtime", "eager") == "onnxruntime":
+            return do_test(cfg, onnxruntime_model(cfg, model))
         model = create_ddp_model(model, **cfg.train.ddp)
         return do_test(cfg, build_tta_model(cfg, model))
     do_train(args, cfg)
