@@ -36,6 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import PIL.Image
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -172,13 +173,21 @@ def _detect(predictor: ATSSPredictor, bgr, threshold: float):
 
 def read_input(path: str, lazy: bool):
     """An (H, W, 3) uint8 RGB image: a ``.npy`` file read a window at a time when ``lazy``
-    (tiled inference), else the whole image in memory."""
+    (tiled inference), else the whole image in memory. Tiled, PIL's decompression-bomb limit
+    (179 M pixels) is lifted: large pictures are what tiling is asked for."""
     if path.lower().endswith(".npy"):
         image = NpyWindows(path)
         if image.dtype != np.uint8 or image.shape[2] != 3:
             raise ValueError(f"need an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
         return image if lazy else np.asarray(image)
-    return read_image(path, format="RGB")
+    if not lazy:
+        return read_image(path, format="RGB")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        return read_image(path, format="RGB")
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = limit
 
 
 def _detect_rgb(predictor: ATSSPredictor, rgb, threshold: float):

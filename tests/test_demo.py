@@ -156,3 +156,21 @@ def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path
     everything = read_detections_csv(str(tmp_path / "all.csv"))
     assert everything == big + same
     assert len(json.loads((tmp_path / "all.json").read_text())) == len(everything)
+
+
+def test_tiled_demo_reads_pictures_over_pils_pixel_limit(setup, tmp_path, monkeypatch):
+    """PIL refuses pictures over ``Image.MAX_IMAGE_PIXELS`` (179 M pixels: a 16384² picture)
+    as decompression bombs; the tiled demo lifts that limit while it reads (tiling is asked
+    for large pictures), the untiled one keeps it, and the limit is restored afterwards.
+    Shown with the limit lowered below the test image's size. Fails if tiling still refuses
+    the picture or the limit is left lifted."""
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # the images have 10,800 / 8,000
+    base = ["--config-file", str(setup["config"]), "--input", str(setup["images"][0])]
+    base += [f"train.init_checkpoint={setup['weights']}"]
+    assert main(base + ["--output", str(tmp_path / "untiled")]) == 1  # refused: > 2x limit
+    tiled = ["--output", str(tmp_path / "tiled"), "--tile-size", "48", "--tile-overlap", "16"]
+    assert main(base + tiled) == 0
+    assert [p.name for p in (tmp_path / "tiled").iterdir()] == ["img0.png"]
+    assert PIL.Image.MAX_IMAGE_PIXELS == 1000
