@@ -51,24 +51,25 @@ def run_demo_case(args) -> dict:
 
     torch.set_num_threads(args.threads)
     before = maxrss_mb()
-    out = tempfile.mkdtemp(prefix="bench_tiling_demo_")
-    csv_path = os.path.join(out, "dets.csv")
-    argv = ["--config-file", args.config_file, "--input", args.npy, "--output", out]
-    argv += [f"--tile-size={args.tile_size}", f"--tile-overlap={args.tile_overlap}"]
-    argv += ["--output-detections", csv_path, "--confidence-threshold=0"]
-    argv += [f"train.init_checkpoint={args.weights}"] if args.weights else ["--random-weights"]
-    start = time.perf_counter()
-    status = demo_main(argv)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"demo.py exited with {status}")
+    with tempfile.TemporaryDirectory(prefix="bench_tiling_demo_") as out:
+        csv_path = os.path.join(out, "dets.csv")
+        argv = ["--config-file", args.config_file, "--input", args.npy, "--output", out]
+        argv += [f"--tile-size={args.tile_size}", f"--tile-overlap={args.tile_overlap}"]
+        argv += ["--output-detections", csv_path, "--confidence-threshold=0"]
+        argv += [f"train.init_checkpoint={args.weights}"] if args.weights else ["--random-weights"]
+        start = time.perf_counter()
+        status = demo_main(argv)
+        seconds = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"demo.py exited with {status}")
+        dets = len(read_detections_csv(csv_path))
     return {
         "size": args.size,
         "mode": "demo",
         "rss_before_MB": round(before),
         "peak_MB": round(maxrss_mb()),
         "seconds": round(seconds, 1),
-        "dets": len(read_detections_csv(csv_path)),
+        "dets": dets,
     }
 
 
@@ -165,41 +166,46 @@ def main():
         f"{'size':>6} {'mode':>8} {'rss_before_MB':>14} {'peak_MB':>8} {'seconds':>8} {'dets':>5}"
     )
     rows = []
-    tmp = tempfile.mkdtemp(prefix="bench_tiling_")
-    for size in args.sizes:
-        npy = os.path.join(tmp, f"mosaic_{size}.npy")
-        if "demo" in args.modes:  # written by a process of its own: not in the demo's peak
-            subprocess.run(
-                [sys.executable, __file__, f"--size={size}", f"--write-mosaic={npy}"], check=True
-            )
-        for mode in args.modes:
-            cmd = [sys.executable, __file__, f"--size={size}", f"--mode={mode}", *common]
-            cmd += [f"--npy={npy}"]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode == 0 and lines:
-                    row = json.loads(lines[-1][len("RESULT ") :])
-                else:
-                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                    row = {"size": size, "mode": mode, "failed": tail[:200]}
-            except subprocess.TimeoutExpired:
-                row = {"size": size, "mode": mode, "failed": f"over {args.timeout:g} s"}
-            rows.append(row)
-            if args.json:  # every row as soon as it is measured
-                with open(args.json, "w") as f:
-                    json.dump(rows, f, indent=1)
-            if "failed" in row:
-                print(f"{size:>6} {mode:>8}  did not fit: {row['failed']}", flush=True)
-            else:
-                print(
-                    f"{size:>6} {mode:>8} {row['rss_before_MB']:>14} {row['peak_MB']:>8} "
-                    f"{row['seconds']:>8} {row['dets']:>5}",
-                    flush=True,
-                )
-        if os.path.exists(npy):
-            os.remove(npy)
+    with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:
+        for size in args.sizes:
+            run_size(args, size, common, tmp, rows)
     return 0
+
+
+def run_size(args, size: int, common: list, tmp: str, rows: list) -> None:
+    """Every mode at one size, each in a child process; rows appended to ``rows``."""
+    npy = os.path.join(tmp, f"mosaic_{size}.npy")
+    if "demo" in args.modes:  # written by a process of its own: not in the demo's peak
+        subprocess.run(
+            [sys.executable, __file__, f"--size={size}", f"--write-mosaic={npy}"], check=True
+        )
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, f"--size={size}", f"--mode={mode}", *common]
+        cmd += [f"--npy={npy}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode == 0 and lines:
+                row = json.loads(lines[-1][len("RESULT ") :])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                row = {"size": size, "mode": mode, "failed": tail[:200]}
+        except subprocess.TimeoutExpired:
+            row = {"size": size, "mode": mode, "failed": f"over {args.timeout:g} s"}
+        rows.append(row)
+        if args.json:  # every row as soon as it is measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        if "failed" in row:
+            print(f"{size:>6} {mode:>8}  did not fit: {row['failed']}", flush=True)
+        else:
+            print(
+                f"{size:>6} {mode:>8} {row['rss_before_MB']:>14} {row['peak_MB']:>8} "
+                f"{row['seconds']:>8} {row['dets']:>5}",
+                flush=True,
+            )
+    if os.path.exists(npy):
+        os.remove(npy)
 
 
 if __name__ == "__main__":
