@@ -16,6 +16,12 @@ Run an ATSS model on images or a video and write the detections drawn on them.
 * Runs on ``train.device`` when it is available, else on the CPU. Class names come from the
   run's ``classes.json`` beside the config, else from the metadata of the config's datasets
   when they match the model's number of classes.
+* Large images: ``--tile-size`` runs the model on tiles; a ``.npy`` input (an (H, W, 3) uint8
+  RGB array, ``np.save``) is then read a tile at a time from the file, so no copy of the whole
+  image is held. An image of more than ``--max-draw-pixels`` pixels is not drawn: its detections
+  go to ``<output>/<name>.csv`` and ``<name>.json`` instead. ``--output-detections FILE.csv
+  FILE.json`` writes the detections of all images too (columns ``image, x0, y0, x1, y1, score,
+  class_id, class_name``; COCO results JSON; class ids of the run's / dataset's categories).
 * A file that cannot be read is reported by name and skipped; the exit status is then 1
   (2 when the config or the weights cannot be loaded).
 """
@@ -29,6 +35,8 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
+import numpy as np
+import PIL.Image
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -38,14 +46,23 @@ from tqdm import tqdm
 
 from atss.engine.cli import reject_flags_in_overrides
 from atss.engine.config import load_config
+from atss.engine.detection_files import detection_rows, write_detections
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor, dataset_class_names
-from atss.engine.run_folder import add_config_arguments, read_run_classes, run_arguments
+from atss.engine.run_folder import (
+    Classes,
+    add_config_arguments,
+    config_classes,
+    read_run_classes,
+    run_arguments,
+)
 from atss.engine.weights import add_weights_arguments, weights_overrides
+from atss.inference.lazy_image import NpyWindows, ReversedChannels
 
 logger = logging.getLogger("demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+MAX_DRAW_PIXELS = 4096 * 4096
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
@@ -81,6 +98,21 @@ def get_parser():
         choices=["eager", "onnxruntime"],
         default="eager",
         help="onnxruntime: export once (cached next to the weights) and run the ONNX model",
+    )
+    parser.add_argument(
+        "--max-draw-pixels",
+        type=int,
+        default=MAX_DRAW_PIXELS,
+        metavar="N",
+        help="images of more pixels are not drawn (drawing holds several full-size copies): "
+        f"their detections go to <output>/<name>.csv and .json (default {MAX_DRAW_PIXELS})",
+    )
+    parser.add_argument(
+        "--output-detections",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="also write all detections to these .csv / .json (COCO results) files",
     )
     add_weights_arguments(parser)
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
@@ -139,6 +171,34 @@ def _detect(predictor: ATSSPredictor, bgr, threshold: float):
     return instances[instances.scores >= threshold]
 
 
+def read_input(path: str, lazy: bool):
+    """An (H, W, 3) uint8 RGB image: a ``.npy`` file read a window at a time when ``lazy``
+    (tiled inference), else the whole image in memory. Tiled, PIL's decompression-bomb limit
+    (179 M pixels) is lifted: large pictures are what tiling is asked for."""
+    if path.lower().endswith(".npy"):
+        image = NpyWindows(path)
+        if image.dtype != np.uint8 or image.shape[2] != 3:
+            raise ValueError(f"need an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+        return image if lazy else np.asarray(image)
+    if not lazy:
+        return read_image(path, format="RGB")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        return read_image(path, format="RGB")
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = limit
+
+
+def _detect_rgb(predictor: ATSSPredictor, rgb, threshold: float):
+    """Detections with score >= ``threshold`` (on the CPU) in an (H, W, 3) uint8 RGB image or
+    lazily read array-like."""
+    if predictor.input_format != "RGB":
+        rgb = rgb[:, :, ::-1] if isinstance(rgb, np.ndarray) else ReversedChannels(rgb)
+    instances = predictor(rgb).to("cpu")
+    return instances[instances.scores >= threshold]
+
+
 def _unique_path(folder: str, stem: str, ext: str, used: set) -> str:
     name, i = f"{stem}{ext}", 1
     while name in used:
@@ -147,19 +207,49 @@ def _unique_path(folder: str, stem: str, ext: str, used: set) -> str:
     return os.path.join(folder, name)
 
 
-def run_images(predictor, files, metadata, output, threshold) -> List[str]:
-    """Annotate each image into ``output/<name>.png``; returns one message per failure."""
+def run_images(
+    predictor,
+    files,
+    metadata,
+    output,
+    threshold,
+    max_draw_pixels: int = MAX_DRAW_PIXELS,
+    classes: Optional[Classes] = None,
+    all_rows: Optional[list] = None,
+) -> List[str]:
+    """Annotate each image into ``output/<name>.png``, or, above ``max_draw_pixels``, write its
+    detections to ``output/<name>.csv`` and ``.json``; the detections' rows (``classes``: the
+    ``(id, name)`` of each model class) are appended to ``all_rows``. Returns one message per
+    failure."""
     failures, used = [], set()
     for path in tqdm(files, desc="images", unit="img"):
         try:
-            bgr = read_image(path, format="BGR")
+            rgb = read_input(path, lazy=getattr(predictor, "tiled", False))
         except Exception as e:  # missing file, not an image, truncated, ...
             failures.append(f"{path}: cannot read image ({type(e).__name__}: {e})")
             logger.error(failures[-1])
             continue
-        instances = _detect(predictor, bgr, threshold)
-        drawn = Visualizer(bgr[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        instances = _detect_rgb(predictor, rgb, threshold)
         stem = os.path.splitext(os.path.basename(path))[0]
+        rows = detection_rows(os.path.basename(path), instances, classes)
+        if all_rows is not None:
+            all_rows.extend(rows)
+        height, width = rgb.shape[:2]
+        if height * width > max_draw_pixels:  # drawing would hold several full-size copies
+            out_path = _unique_path(output, stem, ".csv", used)
+            try:
+                write_detections(out_path, rows)
+                write_detections(out_path[: -len(".csv")] + ".json", rows)
+            except OSError as e:
+                failures.append(f"{path}: cannot write {out_path} ({e})")
+                logger.error(failures[-1])
+                continue
+            logger.info(
+                f"{path}: {width}x{height} is over --max-draw-pixels {max_draw_pixels}, not "
+                f"drawn: {len(instances)} detections -> {out_path} and .json"
+            )
+            continue
+        drawn = Visualizer(np.asarray(rgb), metadata).draw_instance_predictions(instances)
         out_path = _unique_path(output, stem, ".png", used)
         if not cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1]):
             failures.append(f"{path}: cannot write {out_path}")
@@ -202,6 +292,36 @@ def run_video(predictor, path, metadata, output, threshold) -> List[str]:
     return []
 
 
+def _model_classes(cfg, config_file: str, num_classes: int):
+    """(names, where they come from, ``(id, name)`` pairs) of the model's classes: the run's
+    classes.json beside the config, else the test dataset's names, with the category ids of
+    the config's datasets where they carry them for these names (else the class index)."""
+    run_classes = read_run_classes(os.path.dirname(os.path.abspath(config_file)))
+    if run_classes:
+        return [name for _, name in run_classes], "the run's classes.json", run_classes
+    names = dataset_class_names(cfg, num_classes)
+    if not names:
+        return names, "the test dataset", None
+    with_ids = config_classes(cfg, num_classes)
+    if not with_ids or [name for _, name in with_ids] != list(names):
+        with_ids = list(enumerate(names))
+    return names, "the test dataset", with_ids
+
+
+def _write_all_detections(paths: Sequence[str], rows: list) -> List[str]:
+    """Write ``rows`` to each of ``paths`` (.csv / .json); one message per failure."""
+    failures = []
+    for path in paths:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            write_detections(path, rows)
+            logger.info(f"{len(rows)} detections -> {path}")
+        except OSError as e:
+            failures.append(f"cannot write {path} ({e})")
+            logger.error(failures[-1])
+    return failures
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, trailing = split_overrides(argv)
@@ -210,6 +330,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
+    for path in args.output_detections:
+        if not path.lower().endswith((".csv", ".json")):
+            logger.error(f"--output-detections {path}: write .csv or .json files")
+            return 2
     try:
         opts = args.opts + trailing
         if args.run:
@@ -223,12 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
-    run_classes = read_run_classes(os.path.dirname(os.path.abspath(args.config_file)))
-    if run_classes:
-        classes, source = [name for _, name in run_classes], "the run's classes.json"
-    else:
-        classes = dataset_class_names(cfg, predictor.model.num_classes)
-        source = "the test dataset"
+    classes, source, id_names = _model_classes(cfg, args.config_file, predictor.model.num_classes)
     if args.tile_size:  # large images: run the model on overlapping tiles
         try:
             predictor.tile(args.tile_size, args.tile_overlap)
@@ -245,7 +364,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files, failures = expand_inputs(args.input)
     for message in failures:
         logger.error(message)
-    failures += run_images(predictor, files, metadata, args.output, args.confidence_threshold)
+    rows: list = []
+    failures += run_images(
+        predictor,
+        files,
+        metadata,
+        args.output,
+        args.confidence_threshold,
+        args.max_draw_pixels,
+        id_names,
+        rows,
+    )
+    failures += _write_all_detections(args.output_detections, rows)
     if args.video_input:
         failures += run_video(
             predictor, args.video_input, metadata, args.output, args.confidence_threshold

@@ -1,11 +1,18 @@
 #!/usr/bin/env python
 """
 Peak memory and time of tiled vs untiled inference on large square mosaics made from the
-tree-crown images (deepforest's largest YELL crop repeated to 1k, 4k, 8k px).
+tree-crown images (deepforest's largest YELL crop repeated to 1k, 4k, 8k, 16k px).
 
-    python scripts/bench_tiling.py                                  # 1024 4096 8192, both modes
-    python scripts/bench_tiling.py --sizes 1024 4096 --tile-size 512 --tile-overlap 64 \
+    python scripts/bench_tiling.py                       # 1024 4096 8192 16384, tiled and demo
+    python scripts/bench_tiling.py --sizes 1024 4096 --modes tiled untiled demo \
         --weights output/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite/model_final.pth
+
+Modes: ``tiled`` / ``untiled`` run the model (``TiledDetector`` or not) on the mosaic held in
+memory as a uint8 tensor; ``demo`` is the tiled demo path end to end, ``demo.py --tile-size
+--input mosaic.npy --output-detections dets.csv`` (the mosaic written beforehand, by another
+process, as an ``.npy`` that the demo reads a tile at a time; images over ``--max-draw-pixels``
+are not drawn) with the config's test resize on each tile and its ``seconds`` counting the whole
+``main()``: model set-up, reading, inference and writing.
 
 Every case runs in a fresh subprocess (peak RSS = ``resource.getrusage`` maxrss of that process:
 the model, the mosaic and the inference) under an address-space cap (``--mem-cap-gb``), so an
@@ -20,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +39,53 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def run_demo_case(args) -> dict:
+    """The tiled demo path on ``args.npy`` (the child)."""
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, ROOT)
+    from atss.engine.detection_files import read_detections_csv
+    from demo import main as demo_main
+
+    torch.set_num_threads(args.threads)
+    before = maxrss_mb()
+    with tempfile.TemporaryDirectory(prefix="bench_tiling_demo_") as out:
+        csv_path = os.path.join(out, "dets.csv")
+        argv = ["--config-file", args.config_file, "--input", args.npy, "--output", out]
+        argv += [f"--tile-size={args.tile_size}", f"--tile-overlap={args.tile_overlap}"]
+        argv += ["--output-detections", csv_path, "--confidence-threshold=0"]
+        argv += [f"train.init_checkpoint={args.weights}"] if args.weights else ["--random-weights"]
+        start = time.perf_counter()
+        status = demo_main(argv)
+        seconds = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"demo.py exited with {status}")
+        dets = len(read_detections_csv(csv_path))
+    return {
+        "size": args.size,
+        "mode": "demo",
+        "rss_before_MB": round(before),
+        "peak_MB": round(maxrss_mb()),
+        "seconds": round(seconds, 1),
+        "dets": dets,
+    }
+
+
+def write_mosaic(size: int, path: str) -> None:
+    """The ``size`` px mosaic as an (H, W, 3) uint8 RGB ``.npy`` (run in its own process)."""
+    import numpy as np
+
+    from atss.data.treecrowns import tree_crown_mosaic
+
+    np.save(path, tree_crown_mosaic(size))
+
+
 def run_case(args) -> dict:
     """One measurement, in this process (the child)."""
+    if args.mode == "demo":
+        return run_demo_case(args)
     import numpy as np
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
@@ -70,8 +123,10 @@ def run_case(args) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192])
-    parser.add_argument("--modes", nargs="+", default=["tiled", "untiled"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
+    parser.add_argument(
+        "--modes", nargs="+", default=["tiled", "demo"], choices=["tiled", "untiled", "demo"]
+    )
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--tile-overlap", type=int, default=64)
     parser.add_argument("--config-file", default=CONFIG)
@@ -82,8 +137,13 @@ def main():
     parser.add_argument("--json", default="", help="also write the rows to this file")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # child: one case
     parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--npy", help=argparse.SUPPRESS)  # child of mode demo: its mosaic
+    parser.add_argument("--write-mosaic", help=argparse.SUPPRESS)  # child: write the mosaic
     args = parser.parse_args()
 
+    if args.write_mosaic:
+        write_mosaic(args.size, args.write_mosaic)
+        return 0
     if args.size is not None:  # child process
         cap = int(args.mem_cap_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -106,32 +166,46 @@ def main():
         f"{'size':>6} {'mode':>8} {'rss_before_MB':>14} {'peak_MB':>8} {'seconds':>8} {'dets':>5}"
     )
     rows = []
-    for size in args.sizes:
-        for mode in args.modes:
-            cmd = [sys.executable, __file__, f"--size={size}", f"--mode={mode}", *common]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode == 0 and lines:
-                    row = json.loads(lines[-1][len("RESULT ") :])
-                else:
-                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                    row = {"size": size, "mode": mode, "failed": tail[:200]}
-            except subprocess.TimeoutExpired:
-                row = {"size": size, "mode": mode, "failed": f"over {args.timeout:g} s"}
-            rows.append(row)
-            if "failed" in row:
-                print(f"{size:>6} {mode:>8}  did not fit: {row['failed']}", flush=True)
-            else:
-                print(
-                    f"{size:>6} {mode:>8} {row['rss_before_MB']:>14} {row['peak_MB']:>8} "
-                    f"{row['seconds']:>8} {row['dets']:>5}",
-                    flush=True,
-                )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:
+        for size in args.sizes:
+            run_size(args, size, common, tmp, rows)
     return 0
+
+
+def run_size(args, size: int, common: list, tmp: str, rows: list) -> None:
+    """Every mode at one size, each in a child process; rows appended to ``rows``."""
+    npy = os.path.join(tmp, f"mosaic_{size}.npy")
+    if "demo" in args.modes:  # written by a process of its own: not in the demo's peak
+        subprocess.run(
+            [sys.executable, __file__, f"--size={size}", f"--write-mosaic={npy}"], check=True
+        )
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, f"--size={size}", f"--mode={mode}", *common]
+        cmd += [f"--npy={npy}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode == 0 and lines:
+                row = json.loads(lines[-1][len("RESULT ") :])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                row = {"size": size, "mode": mode, "failed": tail[:200]}
+        except subprocess.TimeoutExpired:
+            row = {"size": size, "mode": mode, "failed": f"over {args.timeout:g} s"}
+        rows.append(row)
+        if args.json:  # every row as soon as it is measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        if "failed" in row:
+            print(f"{size:>6} {mode:>8}  did not fit: {row['failed']}", flush=True)
+        else:
+            print(
+                f"{size:>6} {mode:>8} {row['rss_before_MB']:>14} {row['peak_MB']:>8} "
+                f"{row['seconds']:>8} {row['dets']:>5}",
+                flush=True,
+            )
+    if os.path.exists(npy):
+        os.remove(npy)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,61 @@ def test_overrides_anywhere_on_the_command_line(setup):
     rest, overrides = split_overrides(argv)
     assert overrides == ["model.test_score_thresh=0.3"]
     assert rest == ["--input", "a.png", str(setup["images"][0])]
+
+
+def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path):
+    """Tiled, an image over ``--max-draw-pixels`` is not drawn: its detections go to
+    ``<name>.csv`` / ``.json`` (class ids of the run's classes.json), and
+    ``--output-detections`` gets those of every image. The same picture as a ``.npy`` (RGB,
+    read a tile at a time) and as a ``.png`` gives the same rows. Fails if a large image is
+    still drawn, the channel order of the lazily read ``.npy`` is wrong, or the user's class
+    ids are replaced by the model's indices."""
+    import json
+    import shutil
+
+    from atss.engine.detection_files import read_detections_csv
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = shutil.copy(setup["config"], run / "config.py")
+    classes = [{"id": 11, "name": "a"}, {"id": 12, "name": "b"}, {"id": 14, "name": "c"}]
+    (run / "classes.json").write_text(json.dumps({"classes": classes}))
+    rgb = np.random.default_rng(1).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", rgb)
+    cv2.imwrite(str(tmp_path / "same.png"), rgb[:, :, ::-1])
+    out = tmp_path / "out"
+    argv = ["--config-file", str(config), f"train.init_checkpoint={setup['weights']}"]
+    argv += ["--input", str(tmp_path / "big.npy"), str(tmp_path / "same.png")]
+    argv += ["--output", str(out), "--tile-size", "96", "--tile-overlap", "32"]
+    argv += ["--max-draw-pixels", str(149 * 200), "--confidence-threshold", "0.2"]
+    argv += ["--output-detections", str(tmp_path / "all.csv"), str(tmp_path / "all.json")]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["big.csv", "big.json", "same.csv", "same.json"]
+    big, same = read_detections_csv(str(out / "big.csv")), read_detections_csv(
+        str(out / "same.csv")
+    )
+    assert len(big) > 0
+    assert [{**r, "image": ""} for r in big] == [{**r, "image": ""} for r in same]
+    assert {r["class_id"] for r in big} <= {11, 12, 14}
+    assert {(r["class_id"], r["class_name"]) for r in big} <= {(11, "a"), (12, "b"), (14, "c")}
+    everything = read_detections_csv(str(tmp_path / "all.csv"))
+    assert everything == big + same
+    assert len(json.loads((tmp_path / "all.json").read_text())) == len(everything)
+
+
+def test_tiled_demo_reads_pictures_over_pils_pixel_limit(setup, tmp_path, monkeypatch):
+    """PIL refuses pictures over ``Image.MAX_IMAGE_PIXELS`` (179 M pixels: a 16384² picture)
+    as decompression bombs; the tiled demo lifts that limit while it reads (tiling is asked
+    for large pictures), the untiled one keeps it, and the limit is restored afterwards.
+    Shown with the limit lowered below the test image's size. Fails if tiling still refuses
+    the picture or the limit is left lifted."""
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # the images have 10,800 / 8,000
+    base = ["--config-file", str(setup["config"]), "--input", str(setup["images"][0])]
+    base += [f"train.init_checkpoint={setup['weights']}"]
+    assert main(base + ["--output", str(tmp_path / "untiled")]) == 1  # refused: > 2x limit
+    tiled = ["--output", str(tmp_path / "tiled"), "--tile-size", "48", "--tile-overlap", "16"]
+    assert main(base + tiled) == 0
+    assert [p.name for p in (tmp_path / "tiled").iterdir()] == ["img0.png"]
+    assert PIL.Image.MAX_IMAGE_PIXELS == 1000

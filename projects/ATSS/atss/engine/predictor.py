@@ -56,24 +56,31 @@ class ATSSPredictor:
             augmentations = []
         self.augmentations = T.AugmentationList(list(augmentations))
         self.input_format = getattr(self.model, "input_format", None) or "BGR"
+        self.tiled = False
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Instances:
         """
         Args:
-            image: (H, W, 3) uint8 image in :attr:`input_format` channel order.
+            image: (H, W, 3) uint8 image in :attr:`input_format` channel order. After
+                :meth:`tile`, any (H, W, 3) array-like read a window at a time
+                (:class:`atss.inference.lazy_image.NpyWindows`) too: the tiles are cut from it
+                as they are needed, uint8, without a float copy of the whole image.
 
         Returns:
             the detections, in the coordinates of ``image`` (on :attr:`device`).
         """
         height, width = image.shape[:2]
-        tensor = torch.as_tensor(self.preprocess(image))
+        if self.tiled:  # the tiled model cuts and resizes each tile itself
+            return self.model([{"image": image, "height": height, "width": width}])[0]["instances"]
+        tensor = torch.as_tensor(self.preprocess(np.asarray(image)))
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
 
     def tile(self, size: int, overlap: int = 0, **kwargs) -> None:
         """From now on run on overlapping ``size`` x ``size`` tiles cut from the image as read,
         each resized like a test image (:class:`atss.inference.TiledDetector`, which takes
-        ``kwargs`` too): the model is wrapped and the whole image is no longer resized. Raises
+        ``kwargs`` too): the model is wrapped, and the whole image is neither resized nor
+        converted (the tiles go to the model uint8, each as it is cut). Raises
         ValueError for a bad size or overlap."""
         from atss.inference import TiledDetector
 
@@ -81,6 +88,7 @@ class ATSSPredictor:
             self.model, size=size, overlap=overlap, augmentations=self.augmentations.augs, **kwargs
         )
         self.augmentations = T.AugmentationList([])
+        self.tiled = True
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The (3, H', W') float32 input of the model for an (H, W, 3) uint8 ``image``: resized

@@ -26,10 +26,13 @@ per image:
    scales the boxes to the original image size (``height``/``width`` of the input dict) as
    Detectron2's ``detector_postprocess`` does.
 
-Memory: the full image is held once, as the input tensor (uint8 from Detectron2's loaders);
-tiles are views of it (resized copies of one batch when ``augmentations`` are given), and the
-model only ever sees ``batch_size`` tiles, so the activations - the bulk of the memory - depend
-on the tile size, not on the image size.
+Memory: a tensor input holds the full image once (uint8 from Detectron2's loaders); tiles are
+views of it (resized copies of one batch when ``augmentations`` are given). The input may also
+be an (H, W, C) array-like read a window at a time (an ndarray, a memmap,
+:class:`atss.inference.lazy_image.NpyWindows`): then only the current tiles are materialised,
+uint8 as read (the model converts each to float). The model only ever sees ``batch_size``
+tiles, so the activations - the bulk of the memory - depend on the tile size, not on the image
+size.
 
 Tile sizes are in the pixels of the image as read: the tiles are cut before any resize, and
 each one is then resized like a test image (DeepForest's ``predict_tile`` does the same).
@@ -178,9 +181,10 @@ def cut_by_inner_border(
 class TiledDetector(nn.Module):
     """
     A detector run on overlapping tiles of each image (see the module docstring). Called like
-    the wrapped model with a list of dataset dicts ("image" as a CHW tensor, "height"/"width"
-    of the original image); returns one ``{"instances": Instances}`` per image in original-image
-    coordinates, sorted by decreasing score.
+    the wrapped model with a list of dataset dicts ("image" as a CHW tensor, or any (H, W, C)
+    array-like with ``.shape`` and ``[y0:y1, x0:x1]`` windows, e.g. a lazily read file;
+    "height"/"width" of the original image); returns one ``{"instances": Instances}`` per image
+    in original-image coordinates, sorted by decreasing score.
     """
 
     def __init__(
@@ -247,7 +251,8 @@ class TiledDetector(nn.Module):
 
     def _run_tiles(self, image: Tensor, tiles: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """
-        Run the model on every tile of ``image`` (C, H, W).
+        Run the model on every tile of ``image``: a (C, H, W) tensor or an (H, W, C) array-like
+        (see :meth:`forward`), cut one tile at a time.
 
         Returns:
             boxes (N, 4) in image coordinates, scores (N,), classes (N,), tile index (N,).
@@ -258,7 +263,7 @@ class TiledDetector(nn.Module):
             chunk = coords[start : start + self.batch_size]
             inputs = [
                 {
-                    "image": self._tile_input(image[:, y0:y1, x0:x1]),
+                    "image": self._tile_input(_cut(image, x0, y0, x1, y1)),
                     "height": y1 - y0,
                     "width": x1 - x0,
                 }
@@ -273,15 +278,22 @@ class TiledDetector(nn.Module):
                 index.append(torch.full_like(inst.pred_classes, start + i))
         return torch.cat(boxes), torch.cat(scores), torch.cat(classes), torch.cat(index)
 
-    def _tile_input(self, tile: Tensor) -> Tensor:
-        """The model input for a (C, h, w) tile: the tile itself, or the tile through the
+    def _tile_input(self, tile) -> Tensor:
+        """The model input for a (C, h, w) tensor tile or an (h, w, C) ndarray tile: the tile
+        itself (channels first, dtype kept: uint8 stays uint8), or the tile through the
         augmentations (on an (h, w, C) array, as Detectron2's mapper applies them)."""
-        if not self.augmentations.augs:
-            return tile
-        aug_input = T.AugInput(np.ascontiguousarray(tile.permute(1, 2, 0).cpu().numpy()))
-        self.augmentations(aug_input)
-        resized = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        return resized.to(tile.device)
+        if isinstance(tile, Tensor):
+            if not self.augmentations.augs:
+                return tile
+            device, tile = tile.device, tile.permute(1, 2, 0).cpu().numpy()
+        else:
+            device = None
+        if self.augmentations.augs:
+            aug_input = T.AugInput(np.ascontiguousarray(tile))
+            self.augmentations(aug_input)
+            tile = aug_input.image
+        chw = torch.as_tensor(np.ascontiguousarray(tile.transpose(2, 0, 1)))
+        return chw if device is None else chw.to(device)
 
     def _merge(self, boxes: Tensor, scores: Tensor, classes: Tensor):
         """Class-wise merge of the tiles' detections; sorted by decreasing score."""
@@ -299,7 +311,7 @@ class TiledDetector(nn.Module):
 
     def _inference_one_image(self, inp: Dict) -> Instances:
         image = inp["image"]
-        height, width = image.shape[-2:]
+        height, width = image.shape[-2:] if isinstance(image, Tensor) else image.shape[:2]
         tiles = tile_grid(height, width, self.size, self.overlap)
         boxes, scores, classes, index = self._run_tiles(image, tiles)
         if len(tiles) > 1:  # one tile: no border is inner and nothing comes twice
@@ -311,6 +323,14 @@ class TiledDetector(nn.Module):
         result.scores = scores[:k]
         result.pred_classes = classes[:k]
         return _to_original(result, inp)
+
+
+def _cut(image, x0: int, y0: int, x1: int, y1: int):
+    """A tile of a (C, H, W) tensor (a view), or of an (H, W, C) array-like (read now, as an
+    (h, w, C) ndarray: a lazily read image materialises only this window)."""
+    if isinstance(image, Tensor):
+        return image[:, y0:y1, x0:x1]
+    return np.asarray(image[y0:y1, x0:x1])
 
 
 def _to_original(result: Instances, inp: Dict) -> Instances:

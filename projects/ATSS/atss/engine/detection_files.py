@@ -1,0 +1,95 @@
+"""
+Detections written as files rather than drawn: a CSV (one row a box) and COCO-style results
+JSON, for images too large to draw and for whoever wants the numbers.
+
+CSV columns (:data:`CSV_COLUMNS`): ``image, x0, y0, x1, y1, score, class_id, class_name`` with
+boxes in the image's pixels (XYXY). JSON: COCO's results format, a list of ``{"image_id",
+"file_name", "category_id", "category_name", "bbox": [x, y, w, h], "score"}``. ``class_id`` /
+``category_id`` is the user's category id where the classes carry one (a run's
+``classes.json``, a COCO dataset's ``thing_dataset_id_to_contiguous_id``), else the model's
+class index.
+"""
+
+import csv
+import json
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "CSV_COLUMNS",
+    "detection_rows",
+    "read_detections_csv",
+    "write_detections",
+]
+
+CSV_COLUMNS = ("image", "x0", "y0", "x1", "y1", "score", "class_id", "class_name")
+
+
+def detection_rows(
+    image: str, instances, classes: Optional[Sequence[Tuple[int, str]]] = None
+) -> List[Dict]:
+    """
+    Args:
+        image: the image's name (as it will stand in the files).
+        instances: Detectron2 ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes``.
+        classes: ``(id, name)`` of each model class, in the model's order; None: the class
+            index as the id, no name.
+
+    Returns:
+        one dict per detection with the keys of :data:`CSV_COLUMNS`.
+    """
+    boxes = instances.pred_boxes.tensor.tolist()
+    scores = instances.scores.tolist()
+    labels = instances.pred_classes.tolist()
+    rows = []
+    for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels):
+        class_id, name = classes[label] if classes else (label, "")
+        rows.append(
+            dict(image=image, x0=x0, y0=y0, x1=x1, y1=y1, score=score, class_id=int(class_id))
+        )
+        rows[-1]["class_name"] = name
+    return rows
+
+
+def _coco_results(rows: Sequence[Dict]) -> List[Dict]:
+    image_ids: Dict[str, int] = {}
+    results = []
+    for r in rows:
+        image_id = image_ids.setdefault(r["image"], len(image_ids) + 1)
+        results.append(
+            {
+                "image_id": image_id,
+                "file_name": r["image"],
+                "category_id": r["class_id"],
+                "category_name": r["class_name"],
+                "bbox": [r["x0"], r["y0"], r["x1"] - r["x0"], r["y1"] - r["y0"]],
+                "score": r["score"],
+            }
+        )
+    return results
+
+
+def write_detections(path: str, rows: Sequence[Dict]) -> None:
+    """Write ``rows`` (of :func:`detection_rows`) to ``path``: CSV for a ``.csv`` name, COCO
+    results JSON for ``.json``. Raises ValueError for another extension."""
+    if path.lower().endswith(".csv"):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: r[k] for k in CSV_COLUMNS})
+    elif path.lower().endswith(".json"):
+        with open(path, "w") as f:
+            json.dump(_coco_results(rows), f)
+    else:
+        raise ValueError(f"{path}: detections are written as .csv or .json")
+
+
+def read_detections_csv(path: str) -> List[Dict]:
+    """The rows of a CSV of :func:`write_detections`, typed back (floats, int class id)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("x0", "y0", "x1", "y1", "score"):
+            r[k] = float(r[k])
+        r["class_id"] = int(r["class_id"])
+    return rows
