@@ -29,10 +29,10 @@ format: venv
 	$(PY) -m black --quiet $(LINT_PATHS)
 
 demo: venv
-	$(PY) scripts/train_treecrowns_demo.py
+	$(PY) tools/train_treecrowns_demo.py
 
 bench: venv
-	$(PY) scripts/bench_matcher.py
+	$(PY) tools/bench_matcher.py
 
 # Re-resolve the lock file after editing requirements.txt.
 lock:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check the CUDA paths (matcher, AMP training, inference, TorchScript/ONNX export, 2-GPU NCCL)
-# in a few minutes on a GPU machine; see scripts/gpu_check.py. Prints a summary table; exit
+# in a few minutes on a GPU machine; see tools/gpu_check.py. Prints a summary table; exit
 # status 1 if a check failed. Without CUDA: says so and exits 0, having run nothing.
 #   scripts/gpu_check.sh                       # everything
 #   scripts/gpu_check.sh --skip nccl_2gpu      # names as in the table
@@ -17,4 +17,4 @@ else
 fi
 export PYTHONPATH="${REPO}/projects/ATSS:${REPO}${PYTHONPATH:+:${PYTHONPATH}}"
 cd "${REPO}"
-exec "${PY}" scripts/gpu_check.py "$@"
+exec "${PY}" tools/gpu_check.py "$@"

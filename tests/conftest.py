@@ -9,7 +9,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):
-    # Processes the tests start (train_net.py, scripts/*.py, `python -c`) import this checkout's
+    # Processes the tests start (train_net.py, tools/*.py, `python -c`) import this checkout's
     # `atss` and `tests` too, as the tests themselves do through setup.cfg's `pythonpath`, not
     # another copy that happens to be installed.
     paths = [os.path.join(_REPO, "projects", "ATSS"), _REPO]

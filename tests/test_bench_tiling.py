@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench_tiling.py: every mode runs in its own process and reports."""
+"""Smoke test of tools/bench_tiling.py: every mode runs in its own process and reports."""
 
 import json
 import subprocess
@@ -6,12 +6,12 @@ import sys
 
 
 def test_bench_tiling_reports_every_mode_at_a_small_size(tmp_path):
-    """scripts/bench_tiling.py at 384 px, modes tiled, untiled and demo (the demo end to end on
+    """tools/bench_tiling.py at 384 px, modes tiled, untiled and demo (the demo end to end on
     an .npy it writes first): one row each with a peak RSS not below the RSS before, seconds
     and a detection count, in the printed table and the JSON. Fails if a mode's child errors
     (a row with "failed") or the demo mode loses its mosaic."""
     out = tmp_path / "rows.json"
-    cmd = [sys.executable, "scripts/bench_tiling.py", "--sizes", "384", "--tile-size", "256"]
+    cmd = [sys.executable, "tools/bench_tiling.py", "--sizes", "384", "--tile-size", "256"]
     cmd += ["--modes", "tiled", "untiled", "demo", "--json", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py and atss.engine.benchmark: every task runs, timings and units are right."""
+"""tools/benchmark.py and atss.engine.benchmark: every task runs, timings and units are right."""
 
 import json
 import subprocess
@@ -138,7 +138,7 @@ def test_script_prints_the_machine_and_writes_json(tmp_path):
     out = tmp_path / "r.json"
     cmd = [
         sys.executable,
-        "scripts/benchmark.py",
+        "tools/benchmark.py",
         "--config-file",
         CONFIG,
         "--task",

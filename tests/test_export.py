@@ -128,9 +128,9 @@ def test_batch_of_two_is_frozen_and_matches(tmp_path):
 
 
 def _run_export_script(output, fmt):
-    """scripts/export_model.py on the R-50 config with random weights, traced at 160 x 192;
+    """tools/export_model.py on the R-50 config with random weights, traced at 160 x 192;
     returns its stdout."""
-    cmd = [sys.executable, "scripts/export_model.py", "--config-file"]
+    cmd = [sys.executable, "tools/export_model.py", "--config-file"]
     cmd += ["configs/COCO/atss_R_50_FPN_1x.py", "--format", fmt, "--output", str(output)]
     # Untrained on purpose (the config's train.init_checkpoint is only an ImageNet backbone).
     cmd += ["--sample-size", "160", "192", "--random-weights", "model.test_score_thresh=0.0"]
@@ -141,7 +141,7 @@ def _run_export_script(output, fmt):
 
 def test_export_prints_no_third_party_tracer_warnings_but_keeps_ours(tmp_path):
     """Tracing prints none of the dozens of TracerWarnings raised inside Detectron2's Boxes /
-    Instances and torchvision (a user of scripts/export_model.py saw a screenful), while a
+    Instances and torchvision (a user of tools/export_model.py saw a screenful), while a
     TracerWarning from this package's own modules would still be shown."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -159,7 +159,7 @@ def test_export_prints_no_third_party_tracer_warnings_but_keeps_ours(tmp_path):
 
 @pytest.mark.slow
 def test_export_script_writes_a_loadable_model(tmp_path):
-    """scripts/export_model.py on the R-50 config writes a model and says how to run it."""
+    """tools/export_model.py on the R-50 config writes a model and says how to run it."""
     assert "torch.jit.load" in _run_export_script(tmp_path, "torchscript")
     flat = torch.jit.load(str(tmp_path / "model.ts"))(torch.rand(3, 224, 160) * 255)
     assert flat[0].shape[1] == 4 and flat[3].tolist() == [224, 160]
@@ -167,7 +167,7 @@ def test_export_script_writes_a_loadable_model(tmp_path):
 
 @pytest.mark.slow
 def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
-    """scripts/export_model.py --format onnx on the R-50 config, as the TorchScript test above:
+    """tools/export_model.py --format onnx on the R-50 config, as the TorchScript test above:
     the file loads in onnxruntime, runs at another size than traced, returns per image
     boxes (N, 4), classes, scores and the image size, and the script says how to run it."""
     import onnxruntime

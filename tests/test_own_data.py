@@ -66,15 +66,15 @@ def trained(data, tmp_path_factory):
 
 
 def test_validate_dataset_reads_the_config_overrides(data):
-    """scripts/validate_dataset.py with the config and the same overrides checks (and decodes)
+    """tools/validate_dataset.py with the config and the same overrides checks (and decodes)
     both splits; a bad image root is reported with the key. Fails if the overrides are taken
     for dataset names or the datasets are not registered from the config."""
-    ok = cli("scripts/validate_dataset.py", "--config-file", CONFIG, *data_opts(data), "--decode")
+    ok = cli("tools/validate_dataset.py", "--config-file", CONFIG, *data_opts(data), "--decode")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "custom_train: 8 images read, 0 unusable" in ok.stdout
     assert "custom_test: 3 images read, 0 unusable" in ok.stdout
     bad = data_opts(data)[:3] + ["dataset.test.image_root=/nonexistent"]
-    failed = cli("scripts/validate_dataset.py", "--config-file", CONFIG, *bad)
+    failed = cli("tools/validate_dataset.py", "--config-file", CONFIG, *bad)
     assert failed.returncode == 1
     assert "dataset.test.image_root=/nonexistent" in failed.stdout
 
@@ -125,11 +125,11 @@ def test_demo_draws_a_grey_png_with_the_class_names(data, trained, tmp_path):
 
 
 def test_export_builds_the_data_class_count(data, trained, tmp_path):
-    """scripts/export_model.py with the same overrides builds a 2-class model (the weights of
+    """tools/export_model.py with the same overrides builds a 2-class model (the weights of
     model_final.pth would not load into the config's default otherwise) and writes it."""
     out, _ = trained
     run = cli(
-        "scripts/export_model.py", "--config-file", CONFIG, "--format", "torchscript",
+        "tools/export_model.py", "--config-file", CONFIG, "--format", "torchscript",
         "--output", str(tmp_path), "--weights", os.path.join(out, "model_final.pth"),
         "--sample-size", "96", "128", *data_opts(data),
     )  # fmt: skip

@@ -150,7 +150,7 @@ def _readme_recipe():
 
 
 def test_readme_onnx_recipe_on_the_export_of_the_run_folder_matches_eager(run):
-    """scripts/export_model.py --run RUN --format onnx writes model.onnx and model.json (ids,
+    """tools/export_model.py --run RUN --format onnx writes model.onnx and model.json (ids,
     names, RGB, 0-255, the run's test resize 96/853); the README's recipe, run as written in a
     process without atss or detectron2 (only onnxruntime, numpy, PIL and model.json) on a raw
     PNG, prints the eager predictor's detections within 1e-4 with the JSON's ids and names.
@@ -158,7 +158,7 @@ def test_readme_onnx_recipe_on_the_export_of_the_run_folder_matches_eager(run):
     if the README's recipe is edited wrongly."""
     folder, work = run
     export = work / "output" / "own_data" / "export"  # the recipe's folder, relative to work
-    result = _cli("scripts/export_model.py", "--run", folder, "--format", "onnx",
+    result = _cli("tools/export_model.py", "--run", folder, "--format", "onnx",
                   "--output", str(export), "--sample-size", "96", "144")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     with open(export / "model.json") as f:

@@ -1,5 +1,5 @@
 # Detectron2's own FCOS in exactly the ATSS tree-crown setting (same MobileNetV2-FPN, 2 x 128 GN
-# head, data, solver and schedule): the reference of scripts/compare_detectors.py.
+# head, data, solver and schedule): the reference of tools/compare_detectors.py.
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 
 from .atss_MNV2_FPN_treecrowns import dataloader, lr_multiplier, model, optimizer, train

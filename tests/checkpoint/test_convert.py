@@ -161,8 +161,10 @@ def test_checkpoint_file_round_trip_and_detectron2_load(tmp_path):
 
 
 def test_cli_converts_and_checks_against_a_config(tmp_path, caplog):
-    """scripts/convert_checkpoint.py: converts, checks against the config's model, writes."""
-    from scripts.convert_checkpoint import main
+    """tools/convert_checkpoint.py: converts, checks against the config's model, writes."""
+    from tests.atss_testing import load_script
+
+    main = load_script("tools/convert_checkpoint.py").main
 
     caplog.set_level(logging.INFO)
     source = synthetic_state_dict(authors_layout(depth=50))

@@ -116,7 +116,7 @@ def test_the_zoo_table_covers_every_coco_config():
     assert len(ABLATIONS) >= 15
 
 
-# Detectron2's own detectors in the ATSS tree-crown setting, for scripts/compare_detectors.py.
+# Detectron2's own detectors in the ATSS tree-crown setting, for tools/compare_detectors.py.
 REFERENCE_DETECTORS = {
     "fcos_MNV2_FPN_treecrowns": "FCOS",
     "retinanet_MNV2_FPN_treecrowns": "RetinaNet",

@@ -83,13 +83,13 @@ def test_dist_timeout_defaults_to_detectron2s():
 
 ENTRY_POINTS = {  # script -> argv with a flag after an override; the config does not exist,
     # so an entry point that skipped the check would fail later with a different error.
-    "scripts/train_treecrowns_demo.py": [
+    "tools/train_treecrowns_demo.py": [
         "--config-file",
         "missing.py",
         "train.max_iter=4",
         "--skip-train",
     ],
-    "scripts/export_model.py": [
+    "tools/export_model.py": [
         "--config-file",
         "missing.py",
         "--output",
@@ -101,7 +101,7 @@ ENTRY_POINTS = {  # script -> argv with a flag after an override; the config doe
     # demo.py and compare_detectors.py take overrides after --opts (nargs '*' / '+'); argparse
     # only lets a flag-like token in when it looks like a negative number.
     "demo.py": ["--config-file", "missing.py", "--input", "x.jpg", "--opts", "a.b=1", "-1"],
-    "scripts/compare_detectors.py": ["train", "--opts", "a.b=1", "-1", "--output", "o"],
+    "tools/compare_detectors.py": ["train", "--opts", "a.b=1", "-1", "--output", "o"],
 }
 
 

@@ -128,16 +128,16 @@ TYPO = "train.max_iters=1"
 ENTRY_POINTS = {  # script -> argv with the typo; each must stop before doing any work
     "train_net.py": ["--config-file", CONFIG, TYPO],
     "demo.py": ["--config-file", CONFIG, "--input", "x.jpg", "--random-weights", TYPO],
-    "scripts/export_model.py": ["--config-file", CONFIG, "--output", "o", TYPO],
-    "scripts/benchmark.py": ["--config-file", CONFIG, "--task", "data", TYPO],
-    "scripts/validate_dataset.py": ["--config-file", CONFIG, TYPO],
+    "tools/export_model.py": ["--config-file", CONFIG, "--output", "o", TYPO],
+    "tools/benchmark.py": ["--config-file", CONFIG, "--task", "data", TYPO],
+    "tools/validate_dataset.py": ["--config-file", CONFIG, TYPO],
 }
 
 
 @pytest.mark.parametrize("script", sorted(ENTRY_POINTS))
 def test_every_entry_point_refuses_an_unknown_key(script, monkeypatch, capsys, caplog, tmp_path):
     """Fails for an entry point that loads its config around load_config's check (as
-    scripts/benchmark.py did with LazyConfig.apply_overrides) or prints a traceback."""
+    tools/benchmark.py did with LazyConfig.apply_overrides) or prints a traceback."""
     argv = ENTRY_POINTS[script]
     module = load_script(script)
     monkeypatch.setattr(sys, "argv", [script, *argv])

@@ -1,5 +1,5 @@
 """The one schedule-shortening rule (atss.engine.schedule) and the metrics.json reader
-(atss.engine.metrics) that the demo job and scripts/compare_detectors.py share."""
+(atss.engine.metrics) that the demo job and tools/compare_detectors.py share."""
 
 import json
 

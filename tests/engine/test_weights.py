@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 
 
 def _export(setup, out, *args):
-    module = load_script("scripts/export_model.py")
+    module = load_script("tools/export_model.py")
     argv = ["--config-file", setup["config"], "--output", str(out), "--sample-size", "64", "96"]
     return module.main([*argv, *args])
 
@@ -60,7 +60,7 @@ def test_export_takes_train_init_checkpoint_like_every_other_entry_point(setup, 
     traced = dict(torch.jit.load(path).named_parameters())
     bias = [v for k, v in traced.items() if k.endswith("cls_score.bias")]
     assert len(bias) == 1 and torch.all(bias[0] == 2.0)
-    module = load_script("scripts/export_model.py")
+    module = load_script("tools/export_model.py")
     for opts, weights in [([f"train.init_checkpoint={setup['full']}"], ""), ([], setup["full"])]:
         model = module.load_model(setup["config"], opts, "cpu", weights)
         assert torch.all(model.head.cls_score.bias == 2.0)

@@ -8,8 +8,16 @@ import numpy as np
 import torch
 
 from atss.utils import explain_assignment
-from scripts.visualize_positives import main, visualize
-from tests.atss_testing import dense_atss, dense_atss_thresholds, dense_iou_assign, grid_anchors
+from tests.atss_testing import (
+    dense_atss,
+    dense_atss_thresholds,
+    dense_iou_assign,
+    grid_anchors,
+    load_script,
+)
+
+_positives = load_script("tools/visualize_positives.py")
+main, visualize = _positives.main, _positives.visualize
 
 BOXES = torch.tensor(
     [

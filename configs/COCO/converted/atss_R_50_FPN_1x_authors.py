@@ -1,6 +1,6 @@
 # ATSS R-50-FPN 1x with the authors' published weights (sfzhang15/ATSS, ATSS_R_50_FPN_1x.pth,
 # 39.3 AP on COCO minival), converted with
-#   python scripts/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
+#   python tools/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
 #       output/converted/ATSS_R_50_FPN_1x.pth \
 #       --config-file configs/COCO/converted/atss_R_50_FPN_1x_authors.py
 # What this mirrors (see projects/ATSS/README.md, "Using published weights"): maskrcnn-benchmark's

@@ -1,6 +1,6 @@
 # ATSS R-50-FPN 1x with mmdetection's published weights (atss_r50_fpn_1x_coco_20200209-985f7bd0.pth,
 # 39.4 AP on COCO val2017), converted with
-#   python scripts/convert_checkpoint.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth \
+#   python tools/convert_checkpoint.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth \
 #       output/converted/atss_r50_fpn_1x_coco_mmdet.pth \
 #       --config-file configs/COCO/converted/atss_R_50_FPN_1x_mmdet.py
 # What this mirrors (see projects/ATSS/README.md, "Using published weights"): torchvision-style

@@ -13,7 +13,7 @@ image file missing                                error: how many, the first few
                                                   id); ``check_files=False`` skips the check
 image unreadable / corrupt / other size than      error when it is read (:class:`
 the JSON says                                     CheckedDatasetMapper`): file and image id;
-                                                  :func:`find_unreadable_images` (``scripts/
+                                                  :func:`find_unreadable_images` (``tools/
                                                   validate_dataset.py --decode``) lists all of
                                                   them before a run
 image height/width missing or not positive        error
@@ -488,7 +488,7 @@ class CheckedDatasetMapper(DatasetMapper):
 def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:
     """Read every image of ``dataset_dicts`` as the mapper would; one message (file, image id,
     error) per image that cannot be used. Slow (decodes everything): for checking a dataset
-    before a long run, e.g. ``scripts/validate_dataset.py --decode``."""
+    before a long run, e.g. ``tools/validate_dataset.py --decode``."""
     problems = []
     for record in dataset_dicts:
         try:

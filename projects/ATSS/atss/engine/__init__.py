@@ -1,4 +1,4 @@
-"""atss.engine: what the entry points (``train_net.py``, ``demo.py``, ``scripts/``) share.
+"""atss.engine: what the entry points (``train_net.py``, ``demo.py``, ``tools/``) share.
 
 * :mod:`.train_loop` — training and evaluation from a LazyConfig (``train_net.py``'s body):
   :func:`~.train_loop.main`, :func:`~.train_loop.do_train`, :func:`~.train_loop.do_test`.

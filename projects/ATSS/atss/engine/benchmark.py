@@ -3,7 +3,7 @@ Measure a config's speed the way Detectron2's ``tools/benchmark.py`` does, with 
 needs to judge the numbers: the machine, a median with its spread, peak memory, and for
 training the FLOP count next to a matmul/convolution peak measured on the same machine.
 
-Tasks (``scripts/benchmark.py --task``):
+Tasks (``tools/benchmark.py --task``):
 
 * ``data``: seconds per batch of the training loader (decode, augment, batch);
 * ``train``: one optimizer step of Detectron2's :class:`SimpleTrainer` (forward, losses,

@@ -1,4 +1,4 @@
-"""Command-line helpers shared by the entry points (``train_net.py``, ``demo.py``, ``scripts/``).
+"""Command-line helpers shared by the entry points (``train_net.py``, ``demo.py``, ``tools/``).
 
 * :func:`reject_flags_in_overrides` — argparse's ``nargs=REMAINDER`` (Detectron2's
   ``default_argument_parser`` puts the ``key=value`` overrides there) swallows every token after

@@ -1,6 +1,6 @@
 """Loading a LazyConfig the way every entry point does: one home for that rule.
 
-``train_net.py``, ``demo.py``, ``scripts/export_model.py`` and ``scripts/validate_dataset.py``
+``train_net.py``, ``demo.py``, ``tools/export_model.py`` and ``tools/validate_dataset.py``
 all load a config file, apply ``key=value`` overrides, and then check the COCO-format files a
 ``configs/Custom`` config was given (``dataset.{train,test}.{json_file,image_root}=...``) and
 take the class count from them. Nothing else is registered and no file is touched: a config's

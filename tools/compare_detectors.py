@@ -12,11 +12,11 @@ Two parts, both printed as tables (and saved under --output):
   ``--eval-period`` iterations; a table of AP / AP50 / AP75 (mean ± std over seeds) and training
   time, and a plot of AP against training time.
 
-    .venv/bin/python scripts/compare_detectors.py timing
-    .venv/bin/python scripts/compare_detectors.py timing --trained output/compare/spatial
-    .venv/bin/python scripts/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
-    .venv/bin/python scripts/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
-    .venv/bin/python scripts/compare_detectors.py train --opts optimizer.lr=0.0025 --output DIR
+    .venv/bin/python tools/compare_detectors.py timing
+    .venv/bin/python tools/compare_detectors.py timing --trained output/compare/spatial
+    .venv/bin/python tools/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
+    .venv/bin/python tools/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
+    .venv/bin/python tools/compare_detectors.py train --opts optimizer.lr=0.0025 --output DIR
 
 ``--opts`` overrides go to every run (every detector alike), after the script's own.
 """
@@ -50,28 +50,30 @@ SPLITS = {
 # ------------------------------------------------------------------------------------ timing
 def timing(args):
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.utils.events import EventStorage
 
     from atss.data import register_all_treecrowns
+    from atss.engine.config import NO_WEIGHTS, TRAINED, build_model, load_config
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     register_all_treecrowns()
     models, optims = {}, {}
     for name, path in DETECTORS.items():
-        cfg = LazyConfig.load(os.path.join(ROOT, path))
-        models[name] = instantiate(cfg.model)
         if args.trained:
             # Trained weights make inference realistic: an untrained head scores nothing above
             # the thresholds, so post-processing (top-k, decoding, NMS) would cost nothing.
             ckpt = os.path.join(args.trained, _slug(name), "seed0", "model_final.pth")
-            DetectionCheckpointer(models[name]).load(ckpt)
+            cfg = load_config(os.path.join(ROOT, path), [f"train.init_checkpoint={ckpt}"])
+            models[name] = build_model(cfg, TRAINED, "cpu", what="time")
+        else:
+            cfg = load_config(os.path.join(ROOT, path))
+            models[name] = build_model(cfg, NO_WEIGHTS, "cpu")
         cfg.optimizer.params.model = models[name]
         optims[name] = instantiate(cfg.optimizer)
-    cfg = LazyConfig.load(os.path.join(ROOT, DETECTORS["ATSS"]))
+    cfg = load_config(os.path.join(ROOT, DETECTORS["ATSS"]))
     train_mapper = instantiate(cfg.dataloader.train.mapper)
     test_mapper = DatasetMapper(
         cfg.dataloader.test.mapper.is_train, augmentations=[], image_format="RGB"
@@ -169,9 +171,9 @@ def _run_train_net(args, config, out, seed, train_set, val_set):
         f"dataloader.test.dataset.names={val_set}",
     ]
     if args.max_iter:
-        from detectron2.config import LazyConfig
+        from atss.engine.config import load_config
 
-        cfg = LazyConfig.load(os.path.join(ROOT, config))
+        cfg = load_config(os.path.join(ROOT, config))
         opts += shortened_schedule_overrides(cfg, args.max_iter)
     opts += args.opts  # the same extra overrides for every detector, seed and split
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts]
@@ -183,7 +185,7 @@ def _run_train_net(args, config, out, seed, train_set, val_set):
 
 def _print_table(args, results):
     """Markdown table (mean ± std over seeds), printed and saved as table.md."""
-    from detectron2.config import LazyConfig
+    from atss.engine.config import load_config
 
     lines = [
         "| split | detector | AP | AP50 | AP75 | train min | train s/img | seeds |",
@@ -191,7 +193,7 @@ def _print_table(args, results):
     ]
     names = list(dict.fromkeys(r["detector"] for r in results))
     batch = {  # images per iteration, read once per detector
-        n: LazyConfig.load(os.path.join(ROOT, DETECTORS[n])).dataloader.train.total_batch_size
+        n: load_config(os.path.join(ROOT, DETECTORS[n])).dataloader.train.total_batch_size
         for n in names
     }
     for split in dict.fromkeys(r["split"] for r in results):

@@ -2,7 +2,7 @@ r"""
 Convert a published ATSS checkpoint (the authors' maskrcnn-benchmark release or mmdetection's)
 into a Detectron2 checkpoint of this project's model.
 
-    python scripts/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
+    python tools/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
         output/converted/ATSS_R_50_FPN_1x.pth \
         --config-file configs/COCO/converted/atss_R_50_FPN_1x_authors.py
 
@@ -49,10 +49,9 @@ def get_parser():
 
 def build_model_state(config_file):
     """The state dict of the model ``config_file`` builds (on the CPU, randomly initialised)."""
-    from detectron2.config import LazyConfig, instantiate
+    from atss.engine.config import NO_WEIGHTS, build_model, load_config
 
-    cfg = LazyConfig.load(config_file)
-    return instantiate(cfg.model).state_dict()
+    return build_model(load_config(config_file), NO_WEIGHTS, "cpu").state_dict()
 
 
 def main(argv=None):

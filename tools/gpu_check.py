@@ -32,12 +32,11 @@ import tempfile
 import time
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# This script runs from a checkout (gpu_check.sh), possibly with an interpreter that lacks the
-# editable install (ATSS_PYTHON), and reuses the test suite's tiny model (tests.atss_testing).
-sys.path[:0] = [os.path.join(ROOT, "projects", "ATSS"), ROOT]
+import torch
 
-import torch  # noqa: E402
+# Run from a checkout (scripts/gpu_check.sh puts projects/ATSS on PYTHONPATH, for an
+# interpreter without the editable install); the tiny fitted model is atss.utils.testing's.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 R50_CONFIG = os.path.join(ROOT, "configs/COCO/atss_R_50_FPN_1x.py")
 TINY_CONFIG = "configs/Shapes/atss_tiny_shapes.py"
@@ -61,7 +60,7 @@ def _sync(device):
 def check_matcher_random_cases(device, num_cases):
     """CUDA == CPU on the random cases of the matcher tests (all four anchor layouts)."""
     from atss import atss_match
-    from tests.atss_testing import random_matcher_case
+    from atss.utils.testing import random_matcher_case
 
     positives, mismatched = 0, []
     for seed in range(num_cases):
@@ -84,7 +83,7 @@ def check_matcher_random_cases(device, num_cases):
 def check_matcher_crowded(device, num_gt, repeats=5):
     """CUDA == CPU at ``num_gt`` GTs on an 800x1333 input; CUDA time and peak memory."""
     from atss import atss_match
-    from tests.atss_testing import grid_anchors, random_boxes
+    from atss.utils.testing import grid_anchors, random_boxes
 
     anchors, sizes, _ = grid_anchors(800, 1344)  # an 800x1333 image padded to /32
     gen = torch.Generator().manual_seed(0)
@@ -121,7 +120,7 @@ def check_matcher_crowded(device, num_gt, repeats=5):
 
 # --- 2. AMP training -------------------------------------------------------------------------
 def _synthetic_batch(sizes, num_classes, seed=0):
-    from tests.atss_testing import make_inputs, random_boxes
+    from atss.utils.testing import make_inputs, random_boxes
 
     gen = torch.Generator().manual_seed(seed)
     boxes = [random_boxes(8, h, w, gen, min_size=16, max_size=min(h, w) / 2) for h, w in sizes]
@@ -130,14 +129,15 @@ def _synthetic_batch(sizes, num_classes, seed=0):
 
 def check_amp_training(device, steps):
     """``steps`` steps of the R-50 config with AMP (Detectron2's AMPTrainer) on CUDA."""
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
     from detectron2.engine import AMPTrainer, SimpleTrainer
     from detectron2.utils.events import EventStorage
 
-    cfg = LazyConfig.load(R50_CONFIG)
-    cfg = LazyConfig.apply_overrides(cfg, [f"train.amp.enabled={device.type == 'cuda'}"])
+    from atss.engine.config import NO_WEIGHTS, build_model, load_config
+
+    cfg = load_config(R50_CONFIG, [f"train.amp.enabled={device.type == 'cuda'}"])
     torch.manual_seed(0)
-    model = instantiate(cfg.model).to(device)  # random init: no ImageNet download
+    model = build_model(cfg, NO_WEIGHTS, str(device))  # random init: no ImageNet download
     model.train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -166,7 +166,7 @@ def check_amp_training(device, steps):
 def _fitted_tiny_model(device):
     """tests/test_export.py's small model, fitted for a few steps so that it has confident,
     well separated detections (random weights give near-ties that reorder across devices)."""
-    from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
+    from atss.utils.testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
 
     model = tiny_model(**{"head.use_dcn": False}).to(device)
     return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))

@@ -7,7 +7,7 @@ Each (method, #GT) pair runs in a fresh subprocess; peak memory is the growth of
 maximum resident set size during the first call, time is the median of the repeats after it.
 "same" compares the two assignments (positive count and a checksum of matched indices).
 
-    .venv/bin/python scripts/bench_matcher.py [--gts 10 100 1000 5000] [--repeats 5]
+    .venv/bin/python tools/bench_matcher.py [--gts 10 100 1000 5000] [--repeats 5]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import json, resource, statistics, time
 import torch
 from atss import atss_match
 from detectron2.structures import Boxes, pairwise_iou
-from tests.atss_testing import grid_anchors, random_boxes
+from atss.utils.testing import grid_anchors, random_boxes
 
 def dense_match(anchors_per_level, gt, topk=9):
     anchors = torch.cat(anchors_per_level)

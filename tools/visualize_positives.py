@@ -4,11 +4,11 @@ Draw which anchors ATSS selects as positives for each ground-truth box, beside t
 threshold mean + std, positives per level).
 
     # boxes on the command line (XYXY pixels, ';' between boxes)
-    python scripts/visualize_positives.py --image street.jpg --boxes "10,20,200,300; 50,60,90,80"
+    python tools/visualize_positives.py --image street.jpg --boxes "10,20,200,300; 50,60,90,80"
     # boxes from a JSON file: [[x1, y1, x2, y2], ...] or {"boxes": [...]}
-    python scripts/visualize_positives.py --image street.jpg --boxes-json boxes.json
+    python tools/visualize_positives.py --image street.jpg --boxes-json boxes.json
     # an image of a registered dataset (treecrowns_*, shapes_* are registered on demand)
-    python scripts/visualize_positives.py --dataset treecrowns_val --index 0 --max-gts 5
+    python tools/visualize_positives.py --dataset treecrowns_val --index 0 --max-gts 5
 
 Anchors are those of the ATSS config (one 8·stride square per location on P3-P7, centres at
 (i + 0.5)·stride) on the image padded to a multiple of 32, or those of ``--config-file``'s
@@ -92,9 +92,11 @@ def load_from_dataset(name, index):
 def make_anchors(height, width, config_file=None, size_divisibility=32):
     """Anchors per level for an input of (height, width), padded like the model pads it."""
     if config_file:
-        from detectron2.config import LazyConfig, instantiate
+        from detectron2.config import instantiate
 
-        generator = instantiate(LazyConfig.load(config_file).model.anchor_generator)
+        from atss.engine.config import load_config
+
+        generator = instantiate(load_config(config_file).model.anchor_generator)
     else:
         generator = atss_anchor_generator()
     pad_h = -(-height // size_divisibility) * size_divisibility

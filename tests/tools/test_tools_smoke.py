@@ -1,4 +1,4 @@
-"""Smoke tests of the entry points in scripts/: each runs end to end on a tiny problem and
+"""Smoke tests of the tools in tools/: each runs end to end on a tiny problem and
 writes what it promises (the `make demo` job, the detector comparison, the matcher benchmark)."""
 
 import json
@@ -11,6 +11,7 @@ import pytest
 from detectron2.config import LazyConfig
 
 from atss.engine.metrics import read_metrics
+from tests.atss_testing import load_script
 
 
 def _config_yaml(folder):
@@ -20,12 +21,12 @@ def _config_yaml(folder):
 
 @pytest.mark.slow
 def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
-    """scripts/train_treecrowns_demo.py (what `make demo` runs) with its real config, shortened
+    """tools/train_treecrowns_demo.py (what `make demo` runs) with its real config, shortened
     to 4 iterations and evaluated on the 2 small cross-site images: it trains with the shared
     schedule rule (steps floor(800*4/1100), floor(1000*4/1100) = 2, 3), evaluates, writes the
     PNG and demo_results.json, and prints the AP line. Catches a broken import or argument
     path and a missing output (the rule itself: tests/engine/test_schedule_and_metrics.py)."""
-    from scripts.train_treecrowns_demo import main
+    main = load_script("tools/train_treecrowns_demo.py").main
 
     out = tmp_path / "demo"
     results = main(
@@ -53,12 +54,12 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
-    """scripts/compare_detectors.py train for one detector, one seed, the small cross-site
+    """tools/compare_detectors.py train for one detector, one seed, the small cross-site
     split, 4 iterations: the train_net.py run gets the shared schedule rule, and the table,
     the per-run JSON (read from metrics.json) and the plot are written."""
     cmd = [
         sys.executable,
-        "scripts/compare_detectors.py",
+        "tools/compare_detectors.py",
         "train",
         "--seeds",
         "0",
@@ -92,9 +93,9 @@ def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_bench_matcher_prints_a_row_per_gt_count_with_equal_assignments():
-    """scripts/bench_matcher.py on 10 GTs, one repeat: one table row, and the sparse and dense
+    """tools/bench_matcher.py on 10 GTs, one repeat: one table row, and the sparse and dense
     matchers agree ("yes")."""
-    cmd = [sys.executable, "scripts/bench_matcher.py", "--gts", "10", "--repeats", "1"]
+    cmd = [sys.executable, "tools/bench_matcher.py", "--gts", "10", "--repeats", "1"]
     run = subprocess.run(cmd + ["--threads", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line for line in run.stdout.splitlines() if line.strip().startswith("10 |")]

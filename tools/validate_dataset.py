@@ -6,11 +6,11 @@ and with ``--decode`` every image is read as the mapper would read it, listing a
 or wrongly sized images at once instead of failing at the first one mid-training.
 
     # registered datasets (Detectron2's builtin coco_*, this project's treecrowns_* / shapes_*)
-    python scripts/validate_dataset.py treecrowns_train treecrowns_val --decode
+    python tools/validate_dataset.py treecrowns_train treecrowns_val --decode
     # a COCO-format JSON of your own
-    python scripts/validate_dataset.py --coco-json ann.json --image-root images/ --decode
+    python tools/validate_dataset.py --coco-json ann.json --image-root images/ --decode
     # the data given to a config on the command line (configs/Custom/*)
-    python scripts/validate_dataset.py --config-file configs/Custom/atss_MNV2_FPN_coco_json.py \
+    python tools/validate_dataset.py --config-file configs/Custom/atss_MNV2_FPN_coco_json.py \
         dataset.train.json_file=train.json dataset.train.image_root=images/ \
         dataset.test.json_file=val.json dataset.test.image_root=images/ --decode
 

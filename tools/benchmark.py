@@ -1,7 +1,7 @@
 """
 Benchmark a LazyConfig: data loading, training step, evaluation or inference speed.
 
-    .venv/bin/python scripts/benchmark.py \
+    .venv/bin/python tools/benchmark.py \
         --config-file configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py \
         --task train [--runtime eager|torchscript|onnxruntime] [--size H W] [--batch N] \
         [--threads T] [--iters K] [--warmup W] [--json out.json] [key=value ...]

@@ -1,6 +1,6 @@
 """Write a small COCO-format folder to try the "Train on your own data" commands on.
 
-    python scripts/make_coco_example.py /tmp/coco_example [--num-train 24 --num-val 8]
+    python tools/make_coco_example.py /tmp/coco_example [--num-train 24 --num-val 8]
 
 Writes ``images/*.png`` (RGB, every third one grey), ``train.json`` and ``val.json`` with two
 classes of ids 3 and 7 (see :mod:`atss.data.coco_example`).

@@ -18,7 +18,6 @@ import os
 import time
 
 import numpy as np
-from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import default_argument_parser
@@ -89,7 +88,7 @@ def main(argv=None):
     opts = [f"train.output_dir={out}"]
     if args.max_iter:
         n = args.max_iter
-        opts += shortened_schedule_overrides(LazyConfig.load(args.config_file), n)
+        opts += shortened_schedule_overrides(load_config(args.config_file), n)
         opts += [f"train.eval_period={n}", f"train.checkpointer.period={max(n // 3, 1)}"]
     opts += list(args.opts)
     t0 = time.time()

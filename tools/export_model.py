@@ -1,7 +1,7 @@
 """
 Export an ATSS LazyConfig model to TorchScript (tracing) or ONNX.
 
-    .venv/bin/python scripts/export_model.py --config-file configs/COCO/atss_R_50_FPN_1x.py \
+    .venv/bin/python tools/export_model.py --config-file configs/COCO/atss_R_50_FPN_1x.py \
         --format torchscript --output output/export \
         [--sample-image img.jpg | --sample-size 800 1216] [--batch-size 1] [--device cpu] \
         train.init_checkpoint=output/RUN/model_final.pth [other config overrides]

@@ -15,7 +15,7 @@ CHECKS = ["matcher_random", "amp_training", "inference", "export", "nccl_2gpu"]
 
 def _gpu_check_module():
     spec = importlib.util.spec_from_file_location(
-        "_gpu_check", os.path.join(ROOT, "scripts", "gpu_check.py")
+        "_gpu_check", os.path.join(ROOT, "tools", "gpu_check.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -3,8 +3,8 @@
 Peak memory and time of tiled vs untiled inference on large square mosaics made from the
 tree-crown images (deepforest's largest YELL crop repeated to 1k, 4k, 8k, 16k px).
 
-    python scripts/bench_tiling.py                       # 1024 4096 8192 16384, tiled and demo
-    python scripts/bench_tiling.py --sizes 1024 4096 --modes tiled untiled demo \
+    python tools/bench_tiling.py                       # 1024 4096 8192 16384, tiled and demo
+    python tools/bench_tiling.py --sizes 1024 4096 --modes tiled untiled demo \
         --weights output/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite/model_final.pth
 
 Modes: ``tiled`` / ``untiled`` run the model (``TiledDetector`` or not) on the mosaic held in
@@ -22,6 +22,7 @@ reported as not fitting. Columns: ``rss_before_MB`` (model + mosaic loaded, befo
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -45,9 +46,13 @@ def run_demo_case(args) -> dict:
 
     import torch
 
-    sys.path.insert(0, ROOT)
     from atss.engine.detection_files import read_detections_csv
-    from demo import main as demo_main
+
+    # demo.py is a script at the checkout's root, not a module on the path: load it by file.
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo_main = demo.main
 
     torch.set_num_threads(args.threads)
     before = maxrss_mb()
@@ -88,18 +93,16 @@ def run_case(args) -> dict:
         return run_demo_case(args)
     import numpy as np
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
 
     from atss.data.treecrowns import tree_crown_mosaic
+    from atss.engine.config import RANDOM, TRAINED, build_model, load_config
     from atss.inference import TiledDetector
 
     torch.set_num_threads(args.threads)
-    cfg = LazyConfig.load(args.config_file)
+    opts = [f"train.init_checkpoint={args.weights}"] if args.weights else []
+    cfg = load_config(args.config_file, opts)
     cfg.model.backbone.pretrained = False  # the weights come from --weights (or stay random)
-    model = instantiate(cfg.model).eval()
-    if args.weights:
-        DetectionCheckpointer(model).load(args.weights)
+    model = build_model(cfg, TRAINED if args.weights else RANDOM, "cpu", what="benchmark")
     if args.mode == "tiled":
         model = TiledDetector(model, size=args.tile_size, overlap=args.tile_overlap).eval()
 
