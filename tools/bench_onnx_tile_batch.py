@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from atss.engine.config import RANDOM, build_model, load_config
-from atss.engine.onnx_runtime import OPSET, onnx_session
-from atss.export import export_onnx
+from atss.engine.onnx_runtime import OPSET
+from atss.export import export_onnx, onnx_input_names, onnx_session
 
 CONFIG = "configs/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite.py"
 
@@ -58,7 +58,7 @@ def main(argv=None):
     for r in range(args.rounds):
         for batch in args.batches if r % 2 == 0 else reversed(args.batches):
             session = sessions[batch]
-            names = [i.name for i in session.get_inputs()]
+            names = onnx_input_names(batch)
             start = time.perf_counter()
             for i in range(0, len(tiles), batch):
                 session.run(None, dict(zip(names, tiles[i : i + batch])))
@@ -78,7 +78,7 @@ def main(argv=None):
 
 def _outputs(session, tiles, batch):
     """Per tile, (boxes, classes, scores) of ``session`` run ``batch`` tiles per call."""
-    names = [i.name for i in session.get_inputs()]
+    names = onnx_input_names(len(session.get_inputs()))
     per_tile = []
     for i in range(0, len(tiles), batch):
         flat = session.run(None, dict(zip(names, tiles[i : i + batch])))

@@ -33,6 +33,7 @@ from atss.export import (
     export_info,
     export_onnx,
     export_torchscript,
+    onnx_input_names,
     resize_of_test_loader,
     write_export_info,
 )
@@ -84,7 +85,7 @@ def info_of(cfg, config_file, model, path, output_names, batch_size):
         model_classes(cfg, config_file),
         model.num_classes,
         output_names,
-        [f"image{i}" for i in range(batch_size)],
+        onnx_input_names(batch_size),
     )
 
 

@@ -234,7 +234,13 @@ def check_inference(device):
 
 
 def check_export(device, workdir):
-    from atss.export import export_onnx, export_torchscript, split_outputs
+    from atss.export import (
+        export_onnx,
+        export_torchscript,
+        onnx_input_names,
+        onnx_session,
+        split_outputs,
+    )
 
     model = _fitted_tiny_model(device)
     trace_image = _images(device, sizes=((136, 168),), seed=0)
@@ -248,18 +254,13 @@ def check_export(device, workdir):
         errors.append(_same_in_order(out, _eager(model, image), 1e-4, "TorchScript"))
     detail = f"TorchScript on {device.type} = eager (max error {max(errors):.1g})"
 
-    import onnxruntime
-
     export_onnx(model, trace_image, onnx_path, opset=16)
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    session = onnxruntime.InferenceSession(onnx_path, providers=providers)
+    session = onnx_session(onnx_path, str(device))
     ort_on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
     reference = model if ort_on_cuda else copy.deepcopy(model).to("cpu")
     errors = []
     for image in _images(device):
-        out = split_outputs(session.run(None, {"image0": image.cpu().numpy()}))[0]
+        out = split_outputs(session.run(None, {onnx_input_names(1)[0]: image.cpu().numpy()}))[0]
         ref_image = image if ort_on_cuda else image.cpu()
         errors.append(_same_in_order(out, _eager(reference, ref_image), 1e-4, "ONNX"))
     where = "CUDA" if ort_on_cuda else "CPU (no onnxruntime CUDA provider)"

@@ -11,10 +11,11 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
-from atss.engine.benchmark import run_benchmark
 from atss.engine.config import load_config
 from atss.engine.weights import WeightsError, load_trained_weights, weights_overrides
 from tests.atss_testing import load_script, tiny_model, write_tiny_config
+
+run_benchmark = load_script("tools/benchmark.py").run_benchmark
 
 HEAD_DIMS = [64, 64]  # GN(32) needs 2 channels a group on the 1x1 P7 of a 64 px input
 

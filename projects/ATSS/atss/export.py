@@ -12,6 +12,7 @@ Running it needs ``torch`` and ``torchvision`` (for the NMS op), not detectron2 
 import contextlib
 import inspect
 import json
+import logging
 import os
 import warnings
 from typing import BinaryIO, List, Optional, Sequence, Tuple, Union
@@ -27,9 +28,13 @@ __all__ = [
     "export_info",
     "export_torchscript",
     "export_onnx",
+    "onnx_input_names",
+    "onnx_session",
     "resize_of_test_loader",
     "write_export_info",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Per image, in the order TracingAdapter flattens an Instances (fields sorted, then image size).
 OUTPUT_NAMES = ("pred_boxes", "pred_classes", "scores", "image_size")
@@ -91,7 +96,7 @@ def export_onnx(
         raise ValueError(f"export_onnx: opset {opset} < 16 is not supported")
     adapter = build_traceable(model, images)
     n = len(images)
-    input_names = [f"image{i}" for i in range(n)]
+    input_names = onnx_input_names(n)
     output_names = [f"{name}{i}" for i in range(n) for name in OUTPUT_NAMES]
     dynamic: dict = {name: {1: f"height{i}", 2: f"width{i}"} for i, name in enumerate(input_names)}
     for name in output_names:
@@ -111,6 +116,28 @@ def export_onnx(
             **_TRACING_EXPORTER,
         )
     return output_names
+
+
+def onnx_input_names(num_images: int) -> List[str]:
+    """The graph's input names, one per image of the traced batch: ``image0``, ``image1``, ..."""
+    return [f"image{i}" for i in range(num_images)]
+
+
+def onnx_session(path: str, device: str = "cpu", threads: Optional[int] = None):
+    """An onnxruntime session of ``path``: CUDA provider for a CUDA ``device`` when installed
+    (else the CPU, with a warning); ``threads`` sets the intra-op thread count."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            logger.warning("onnxruntime has no CUDA provider here: running on the CPU")
+    return onnxruntime.InferenceSession(path, sess_options=options, providers=providers)
 
 
 # The exporter is chosen, not left to the torch version: torch >= 2.9 defaults to the dynamo

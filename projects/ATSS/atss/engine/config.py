@@ -18,16 +18,26 @@ from torch import nn
 from atss.data.builtin import ensure_registered
 from atss.data.coco_json import register_datasets_from_config
 
+from .checkpoint import AtomicDetectionCheckpointer
 from .device import available_device
 from .overrides import load_checked_config
 from .weights import load_trained_weights
 
-__all__ = ["NO_WEIGHTS", "RANDOM", "TRAINED", "build_model", "config_dataset_names", "load_config"]
+__all__ = [
+    "NO_WEIGHTS",
+    "RANDOM",
+    "START",
+    "TRAINED",
+    "build_model",
+    "config_dataset_names",
+    "load_config",
+]
 
 # What build_model loads into the model (its ``weights`` argument).
 TRAINED = "trained"  # cfg.train.init_checkpoint, a whole trained model, or WeightsError
 RANDOM = "random"  # nothing: the user asked for --random-weights
 NO_WEIGHTS = "none"  # nothing yet: training loads its start through its checkpointer
+START = "start"  # cfg.train.init_checkpoint as a training start: any part of a model, or nothing
 
 
 def load_config(config_file: str, opts: Sequence[str] = (), *, data_splits: Sequence[str] = ()):
@@ -73,23 +83,28 @@ def build_model(
             :class:`~.weights.WeightsError` naming the key otherwise); :data:`RANDOM` — keep the
             random initialisation (``--random-weights``); :data:`NO_WEIGHTS` — load nothing
             here: a training run loads its start (e.g. an ImageNet backbone, a part of the
-            model) or its last checkpoint through its checkpointer.
+            model) or its last checkpoint through its checkpointer; :data:`START` — load
+            ``cfg.train.init_checkpoint`` as training would start from it, without resuming
+            (any part of a model, or nothing when empty), for tools that time training.
         device: where the model goes; None means ``cfg.train.device``, resolved at run time
             (CUDA when available, else the CPU: :func:`~.device.available_device`).
         what: the verb the weights messages use ("export", "evaluate", ...).
 
     Returns:
         the model on ``device``: in eval mode with :data:`TRAINED` or :data:`RANDOM`, in train
-        mode (as instantiated) with :data:`NO_WEIGHTS`.
+        mode (as instantiated) with :data:`NO_WEIGHTS` and :data:`START`.
     """
-    if weights not in (TRAINED, RANDOM, NO_WEIGHTS):
+    if weights not in (TRAINED, RANDOM, NO_WEIGHTS, START):
         raise ValueError(
-            f"weights={weights!r}: expected one of {TRAINED!r}, {RANDOM!r}, {NO_WEIGHTS!r}"
+            f"weights={weights!r}: expected one of "
+            f"{TRAINED!r}, {RANDOM!r}, {NO_WEIGHTS!r}, {START!r}"
         )
     if device is None:
         device = available_device(cfg.train.get("device", None))
     model = instantiate(cfg.model)
-    if weights == NO_WEIGHTS:
+    if weights == START:
+        AtomicDetectionCheckpointer(model).load(cfg.train.get("init_checkpoint", ""))
+    if weights in (NO_WEIGHTS, START):
         return model.to(device)
     load_trained_weights(model, cfg, weights == RANDOM, what)
     return model.to(device).eval()

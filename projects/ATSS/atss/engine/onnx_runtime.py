@@ -22,6 +22,7 @@ from detectron2.structures import Boxes, Instances
 from omegaconf import OmegaConf
 from torch import nn
 
+from atss.export import onnx_input_names, onnx_session
 from atss.fileio import atomic_write
 
 from .predictor import ATSSPredictor
@@ -32,7 +33,6 @@ __all__ = [
     "OnnxPredictor",
     "export_cached",
     "onnx_cache_path",
-    "onnx_session",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,22 +102,6 @@ def export_cached(model, model_cfg, weights: str) -> str:
     return path
 
 
-def onnx_session(path: str, device: str = "cpu", threads: Optional[int] = None):
-    """An onnxruntime session of ``path``: CUDA provider for a CUDA ``device`` when installed."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda"):
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        else:
-            logger.warning("onnxruntime has no CUDA provider here: running on the CPU")
-    return onnxruntime.InferenceSession(path, sess_options=options, providers=providers)
-
-
 class OnnxDetector(nn.Module):
     """
     An ONNX Runtime session of an exported ATSS model, called like the eager model: a list of
@@ -133,7 +117,7 @@ class OnnxDetector(nn.Module):
     def __init__(self, session, eager_model: nn.Module):
         super().__init__()
         self.session = session
-        self.input_name = session.get_inputs()[0].name
+        (self.input_name,) = onnx_input_names(1)  # the export takes one image per call
         for name in ("num_classes", "input_format", "test_nms_thresh", "max_detections_per_image"):
             if hasattr(eager_model, name):
                 setattr(self, name, getattr(eager_model, name))

@@ -157,7 +157,9 @@ def onnxruntime_model(cfg, model):
     :func:`~.onnx_runtime.export_cached`) as an :class:`~.onnx_runtime.OnnxDetector` on
     ``cfg.train.device``: evaluated like the eager model, on tiles too (``test.tile.*``). Each
     process runs its own session on its share of the test set (no DDP: nothing to train)."""
-    from .onnx_runtime import OnnxDetector, export_cached, onnx_session
+    from atss.export import onnx_session
+
+    from .onnx_runtime import OnnxDetector, export_cached
 
     weights = str(cfg.train.get("init_checkpoint", "") or "")
     path = export_cached(model.cpu().eval(), cfg.model, weights)

@@ -1,4 +1,4 @@
-"""tools/benchmark.py and atss.engine.benchmark: every task runs, timings and units are right."""
+"""tools/benchmark.py and atss.utils.benchmark: every task runs, timings and units are right."""
 
 import json
 import subprocess
@@ -9,16 +9,18 @@ import pytest
 import torch
 from detectron2.config import LazyConfig
 
-from atss.engine import benchmark
-from atss.engine.benchmark import (
+from atss.utils import benchmark
+from atss.utils.benchmark import (
     configure,
     dense_forward_flops,
     peak_rss_mib,
-    run_benchmark,
     summarize,
     time_iterations,
 )
-from tests.atss_testing import make_inputs, tiny_model
+from tests.atss_testing import load_script, make_inputs, tiny_model
+
+_tool = load_script("tools/benchmark.py")
+run_benchmark = _tool.run_benchmark
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 SIZE = (96, 128)

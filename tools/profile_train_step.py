@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """
 Where the time of a training step goes: data, backbone, FPN, head convs, GroupNorm, matcher,
 losses, optimizer, forward and backward separately.
@@ -7,8 +8,17 @@ The step is run under ``torch.profiler`` with the model's parts labelled by ``re
 labelled ranges' own time; a backward op is charged to the part whose forward op created its
 autograd node (matched by the autograd sequence number), so "head convs, backward" is the
 backward of the head's convolutions wherever the engine ran it.
+
+    .venv/bin/python tools/profile_train_step.py \
+        --config-file configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py \
+        [--size H W] [--batch N] [--steps 2] [--warmup 1] [--threads 1] [key=value ...]
+
+prints the table of ``docs/profile_train_step.md`` (part, forward ms, backward ms, total ms,
+share of the step), on the CPU with the model's random initialisation unless
+``train.init_checkpoint=`` names a start (as training would load it).
 """
 
+import argparse
 import contextlib
 import time
 from collections import defaultdict
@@ -19,7 +29,9 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 from torch.profiler import ProfilerActivity, profile, record_function
 
-__all__ = ["PARTS", "profile_train_step", "format_profile_table"]
+from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
+from atss.engine.config import START, build_model, load_config
+from atss.utils.benchmark import configure
 
 # (label, object path from the model, attribute) of the labelled parts; inner ones win.
 _LABELS = [
@@ -150,7 +162,7 @@ def profile_train_step(cfg, steps: int = 2, warmup: int = 1, model=None) -> Dict
         times per step.
     """
     if model is None:
-        model = instantiate(cfg.model).to(cfg.train.device)
+        model = build_model(cfg, START, cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     batches = iter(instantiate(cfg.dataloader.train))
@@ -213,3 +225,31 @@ def interleaved_train_steps(models: Dict[str, torch.nn.Module], cfg, batches, ro
                 out[name]["seconds"].append(time.perf_counter() - start)
                 out[name]["losses"].append({k: v.item() for k, v in loss_dict.items()})
     return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize inputs to H x W")
+    p.add_argument("--batch", type=int, help="images per training step")
+    p.add_argument("--steps", type=int, default=2, help="profiled steps")
+    p.add_argument("--warmup", type=int, default=1, help="unprofiled steps first")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    reject_flags_in_overrides(args.opts, argv)
+    torch.set_num_threads(args.threads)
+    with exit_on_usage_errors("profile_train_step.py"):
+        cfg = load_config(args.config_file, ["train.device=cpu", *args.opts])
+    cfg = configure(cfg, size=args.size, batch=args.batch)
+    result = profile_train_step(cfg, steps=args.steps, warmup=args.warmup)
+    print(format_profile_table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
