@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from atss.checkpoint import (
+from atss.converters import (
     FORMATS,
     check_against_model,
     convert_checkpoint,

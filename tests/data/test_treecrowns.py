@@ -17,7 +17,7 @@ from PIL import Image
 
 from atss.data import cache as cache_mod
 from atss.data import treecrowns as tc
-from atss.data.tiling import boxes_in_window, tile_starts
+from atss.data.crops import boxes_in_window, tile_starts
 
 
 @pytest.fixture(autouse=True)

@@ -72,8 +72,8 @@ from .cache import (
     resolve_root,
     write_json_atomically,
 )
+from .crops import boxes_in_window, region_tiles
 from .registration import register_dataset
-from .tiling import boxes_in_window, region_tiles
 from .validation import repair_xyxy_boxes
 from .voc import parse_voc_xml
 

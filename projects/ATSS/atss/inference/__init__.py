@@ -1,7 +1,7 @@
 """Inference helpers beyond a single forward pass: tiled (sliced) inference for large images
-(:mod:`.tiling`, whose public names are re-exported here)."""
+(:mod:`.tiled_detector`, whose public names are re-exported here)."""
 
-from . import tiling
-from .tiling import *  # noqa: F403
+from . import tiled_detector
+from .tiled_detector import *  # noqa: F403
 
-__all__ = list(tiling.__all__)
+__all__ = list(tiled_detector.__all__)

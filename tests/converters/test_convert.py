@@ -8,7 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
-from atss.checkpoint import (
+from atss.converters import (
     AUTHORS,
     MMDET,
     check_against_model,
@@ -19,7 +19,7 @@ from atss.checkpoint import (
     detect_format,
     read_checkpoint,
 )
-from tests.checkpoint.published_layouts import authors_layout, mmdet_layout, synthetic_state_dict
+from tests.converters.published_layouts import authors_layout, mmdet_layout, synthetic_state_dict
 
 AUTHORS_R50 = "configs/COCO/converted/atss_R_50_FPN_1x_authors.py"
 AUTHORS_X101_DCN = "configs/COCO/converted/atss_dcnv2_X_101_64x4d_FPN_2x_authors.py"

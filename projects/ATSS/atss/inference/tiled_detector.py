@@ -21,7 +21,7 @@ per image:
    overlap; choose ``overlap`` larger than the largest object;
 5. merges the duplicates found by overlapping tiles per class, with the model's NMS
    (``batched_nms`` at ``model.test_nms_thresh``) or with the TTA's box voting
-   (:func:`atss.modeling.tta.batched_box_voting`);
+   (:func:`atss.modeling.box_voting.batched_box_voting`);
 6. keeps the ``max_detections_per_image`` highest scores (default: the model's own cap), and
    scales the boxes to the original image size (``height``/``width`` of the input dict) as
    Detectron2's ``detector_postprocess`` does.
@@ -60,7 +60,8 @@ from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..modeling.tta import batched_box_voting
+from ..data.crops import tile_starts
+from ..modeling.box_voting import batched_box_voting
 
 __all__ = [
     "TiledDetector",
@@ -74,14 +75,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MERGE_TYPES = ("nms", "vote", "soft-vote")
-
-
-def _starts(length: int, size: int, stride: int) -> List[int]:
-    """Tile origins along one axis: multiples of ``stride``, the last one flush with the end."""
-    if length <= size:
-        return [0]
-    n = -(-(length - size) // stride) + 1  # ceil: enough tiles to reach the end
-    return [min(i * stride, length - size) for i in range(n)]
 
 
 def tile_grid(height: int, width: int, size: int, overlap: int) -> Tensor:
@@ -106,7 +99,9 @@ def tile_grid(height: int, width: int, size: int, overlap: int) -> Tensor:
     if height <= 0 or width <= 0:
         raise ValueError(f"tile_grid: empty image {height}x{width}")
     stride = size - overlap
-    xs, ys = _starts(width, size, stride), _starts(height, size, stride)
+    # The tile-origin rule of the dataset tiles, with the last tile moved to the edge.
+    xs = tile_starts(width, size, stride, cover_edges=True)
+    ys = tile_starts(height, size, stride, cover_edges=True)
     tiles = [(x, y, min(x + size, width), min(y + size, height)) for y in ys for x in xs]
     return torch.tensor(tiles, dtype=torch.int64).reshape(-1, 4)
 

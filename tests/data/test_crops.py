@@ -1,7 +1,7 @@
-"""``atss.data.tiling``: the tile origins and tiles of a region (its rules not already pinned in
+"""``atss.data.crops``: the tile origins and tiles of a region (its rules not already pinned in
 ``tests/data/test_treecrowns.py``), against hand-computed tiles."""
 
-from atss.data.tiling import region_tiles, tile_starts
+from atss.data.crops import region_tiles, tile_starts
 
 
 def test_cover_edges_adds_no_tile_when_the_last_whole_tile_ends_at_the_edge():

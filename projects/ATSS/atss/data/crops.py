@@ -1,5 +1,8 @@
-"""Cutting images into windows: tile origins along an axis, the tiles of a region, and the
-boxes that fall in a window."""
+"""Cutting large annotated images into the crops of a training set (the tree-crown tiles): tile
+origins along an axis, the tiles of a region, and the boxes that fall in a window.
+
+:func:`tile_starts` is the one tile-origin rule: tiled inference
+(:func:`atss.inference.tiled_detector.tile_grid`) uses it too, with ``cover_edges``."""
 
 from typing import List, Sequence, Tuple
 

@@ -1,7 +1,7 @@
 """
-Tests of ``atss.inference.tiling``: the tile grid, the inner-border rule and the merge on a fake
-detector that "detects" painted rectangles exactly (so every expected box is known by hand), and
-single-tile equality with a real (tiny, random) ATSS model.
+Tests of ``atss.inference.tiled_detector``: the tile grid, the inner-border rule and the merge
+on a fake detector that "detects" painted rectangles exactly (so every expected box is known by
+hand), and single-tile equality with a real (tiny, random) ATSS model.
 """
 
 import pytest

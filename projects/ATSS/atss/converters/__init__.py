@@ -1,4 +1,4 @@
-"""atss.checkpoint: converters from the published ATSS checkpoints (authors', mmdetection)."""
+"""atss.converters: converters from the published ATSS checkpoints (authors', mmdetection)."""
 
 from .convert import (
     AUTHORS,
