@@ -25,10 +25,9 @@ import re
 import time
 
 import torch
-from detectron2.config import instantiate
 from torch import nn
 
-from atss.engine.config import load_config
+from atss.engine.config import RANDOM, build_model, load_config
 
 SAMPLE = (256, 320)  # every level >= 2 px: torch.export specialises sizes 0 and 1
 CHECK_SIZES = [(256, 320), (640, 480), (288, 416), (192, 96)]
@@ -98,7 +97,7 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model = instantiate(load_config(args.config_file, args.opts).model).eval()
+    model = build_model(load_config(args.config_file, args.opts), RANDOM, "cpu", what="probe")
     print(f"torch {torch.__version__}, config {args.config_file}")
     images = {size: torch.rand(1, 3, *size) * 255 for size in [SAMPLE, *CHECK_SIZES]}
     Dim = torch.export.Dim

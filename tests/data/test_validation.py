@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from atss.data.loading import get_checked_detection_dataset_dicts
 from atss.data.validation import (
     CLIPPED,
     CROWD,
@@ -29,7 +30,6 @@ from atss.data.validation import (
     DatasetError,
     check_coco_json,
     find_unreadable_images,
-    get_checked_detection_dataset_dicts,
     validate_dataset_dicts,
 )
 

@@ -2,9 +2,10 @@
 
 * :mod:`.treecrowns` — real aerial tree-crown data shipped offline by ``deepforest``
   (``treecrowns_train/val``, ``treecrowns_xsite_train/val``); call :func:`register_all_treecrowns`.
-* :mod:`.validation` — validated loading (:func:`get_checked_detection_dataset_dicts`,
+* :mod:`.validation` — the data rules (:func:`validate_dataset_dicts`,
   :class:`CheckedDatasetMapper`): bad data fails early with file, image id and field, or is
-  repaired and counted.
+  repaired and counted; :mod:`.loading` — :func:`get_checked_detection_dataset_dicts`, the
+  loaders' validated drop-in for Detectron2's ``get_detection_dataset_dicts``.
 * :mod:`.shapes` — a small generated dataset for fast tests (``shapes_train/val``); call
   :func:`register_all_shapes` or :func:`register_shapes`.
 * :mod:`.builtin` — :func:`register_builtin_dataset`: the names above, registered (no file
@@ -20,6 +21,7 @@
 
 from .builtin import builtin_dataset_names, register_builtin_dataset
 from .cache import default_cache_root
+from .loading import get_checked_detection_dataset_dicts
 from .registration import register_coco_json, register_dataset
 from .shapes import SHAPES_CLASSES, build_shapes_cache, register_all_shapes, register_shapes
 from .treecrowns import (
@@ -38,7 +40,6 @@ from .validation import (
     DatasetReport,
     check_coco_json,
     find_unreadable_images,
-    get_checked_detection_dataset_dicts,
     repair_xyxy_boxes,
     validate_dataset_dicts,
 )

@@ -41,8 +41,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
+from .loading import get_checked_detection_dataset_dicts
 from .registration import register_coco_json
-from .validation import DatasetError, get_checked_detection_dataset_dicts
+from .validation import DatasetError
 
 __all__ = [
     "CUSTOM_TRAIN",

@@ -45,21 +45,11 @@ import numbers
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch.utils.data as torchdata
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data.build import (
-    filter_images_with_only_crowd_annotations,
-    print_instances_class_histogram,
-)
-from detectron2.data.detection_utils import (
-    SizeMismatchError,
-    check_image_size,
-    check_metadata_consistency,
-    read_image,
-)
+from detectron2.data import DatasetMapper
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 from detectron2.structures import BoxMode
 
 __all__ = [
@@ -70,7 +60,7 @@ __all__ = [
     "repair_xyxy_boxes",
     "check_coco_json",
     "find_unreadable_images",
-    "get_checked_detection_dataset_dicts",
+    "log_report",
     "validate_dataset_dicts",
 ]
 
@@ -393,82 +383,9 @@ def _coco_annotation_problem(json_file: str, ann, category_ids: set) -> Optional
     return None
 
 
-# ------------------------------------------------------------------------- the loader
-def _load_registered(name: str) -> List[dict]:
-    """``DatasetCatalog.get(name)`` with errors that name the dataset and its source file; one
-    of the project's datasets (shapes, tree crowns) is registered here on first use, so a config
-    naming it works in any process (:mod:`atss.data.builtin`)."""
-    # Imported here: the builtin datasets' modules import this one.
-    from .builtin import builtin_dataset_names, ensure_registered
-
-    if not ensure_registered(name):
-        known = sorted(set(DatasetCatalog.list()) | set(builtin_dataset_names()))
-        raise DatasetError(f"dataset '{name}' is not registered; known: {', '.join(known)}")
-    source = getattr(MetadataCatalog.get(name), "json_file", None)
-    try:
-        return DatasetCatalog.get(name)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
-        detail = check_coco_json(source) if source else None
-        if detail is None:
-            detail = f"{type(e).__name__}: {e}" + (f" (source: {source})" if source else "")
-        raise DatasetError(f"dataset '{name}': {detail}") from e
-
-
-def get_checked_detection_dataset_dicts(
-    names: Union[str, Sequence[str]],
-    filter_empty: bool = True,
-    check_files: bool = True,
-) -> List[dict]:
-    """Drop-in for Detectron2's ``get_detection_dataset_dicts`` (for box detection) that
-    validates each dataset with :func:`validate_dataset_dicts` and logs one summary per dataset.
-
-    Args:
-        names: registered dataset name(s).
-        filter_empty: remove images without non-crowd annotations (training); Detectron2's own
-            filter, which logs how many it removed.
-        check_files: check that every image file exists.
-
-    Returns:
-        The concatenated, validated records.
-    """
-    names = [names] if isinstance(names, str) else list(names)
-    if not names:
-        raise DatasetError("no dataset names given")
-    all_dicts = []
-    for name in names:
-        dicts = _load_registered(name)
-        if isinstance(dicts, torchdata.Dataset):  # lazily loaded: nothing to check up front
-            logger.warning(
-                f"dataset '{name}' is a torch Dataset (loaded lazily): not validated up front; "
-                "CheckedDatasetMapper still names unreadable images"
-            )
-            if len(names) > 1:
-                raise DatasetError(f"dataset '{name}' is a torch Dataset; it cannot be combined")
-            return dicts
-        if not len(dicts):
-            raise DatasetError(f"dataset '{name}' is empty")
-        meta = MetadataCatalog.get(name)
-        classes = getattr(meta, "thing_classes", None)
-        source = getattr(meta, "json_file", None)
-        dicts, report = validate_dataset_dicts(
-            dicts,
-            f"dataset '{name}' ({source})" if source else f"dataset '{name}'",
-            num_classes=len(classes) if classes is not None else None,
-            check_files=check_files,
-        )
-        (logger.warning if report.changed_boxes() else logger.info)(report.summary())
-        all_dicts.extend(dicts)
-
-    has_instances = "annotations" in all_dicts[0]
-    if filter_empty and has_instances:
-        all_dicts = filter_images_with_only_crowd_annotations(all_dicts)
-        if not all_dicts:
-            raise DatasetError(f"no image with a usable annotation in {', '.join(names)}")
-    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
-    if has_instances and classes is not None:
-        check_metadata_consistency("thing_classes", names)
-        print_instances_class_histogram(all_dicts, classes)
-    return all_dicts
+def log_report(report: "DatasetReport") -> None:
+    """Log a dataset's summary: a warning when boxes were changed, else info."""
+    (logger.warning if report.changed_boxes() else logger.info)(report.summary())
 
 
 # ------------------------------------------------------------------------------ mapper

@@ -2,8 +2,7 @@
 
 Usage (images read in the model's channel order)::
 
-    cfg = LazyConfig.load("configs/COCO/atss_R_50_FPN_1x.py")
-    cfg.train.init_checkpoint = "model_final.pth"
+    cfg = load_config("configs/COCO/atss_R_50_FPN_1x.py", ["train.init_checkpoint=model_final.pth"])
     predictor = ATSSPredictor(cfg)
     image = read_image("street.jpg", format=predictor.input_format)  # (H, W, 3) uint8
     instances = predictor(image)  # boxes in the coordinates of `image`

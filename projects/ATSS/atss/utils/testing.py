@@ -9,7 +9,6 @@ Nothing here runs at import time; the tiny model reads the R-50 config of this c
 import os
 
 import torch
-from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, Instances
@@ -90,8 +89,11 @@ def tiny_model_cfg(num_classes=3, channels=32, **model_overrides):
 
 
 def tiny_model(num_classes=3, channels=32, **model_overrides):
+    """:func:`tiny_model_cfg`'s model, randomly initialised (seed 0), on the CPU, train mode."""
+    from atss.engine.config import NO_WEIGHTS, build_model
+
     torch.manual_seed(0)
-    return instantiate(tiny_model_cfg(num_classes, channels, **model_overrides).model)
+    return build_model(tiny_model_cfg(num_classes, channels, **model_overrides), NO_WEIGHTS, "cpu")
 
 
 def make_inputs(sizes, boxes_per_image, num_classes=3, seed=0):

@@ -1,0 +1,278 @@
+"""
+The repository's layout rules, read from the source with ``ast`` (README "Layout"):
+
+* the library and the tools apart: nothing outside ``tests/`` imports the test suite, the
+  package imports nothing from ``tools/``, and no file edits ``sys.path``;
+* one home for loading a config and building a model: ``LazyConfig.load`` is called only in
+  ``atss/engine/overrides.py`` (``load_config``'s reader) and ``atss/config.py`` (Detectron2's
+  bundled configs); a model is instantiated from a config (``instantiate(<cfg>.model)``) and a
+  checkpointer made only in ``atss.engine`` (``build_model``, the train loop, the weights rule);
+* the package's modules import each other without cycles (function-level imports counted).
+
+Each rule is a function of one file's syntax tree; the first test feeds each rule a snippet
+that breaks it, so a rule that stopped finding anything would fail there.
+"""
+
+import ast
+import os
+from typing import Callable, Dict, List, Set
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join("projects", "ATSS", "atss")
+SKIP_DIRS = {".git", ".venv", ".cache", "output", "__pycache__", ".hypothesis", ".pytest_cache"}
+
+CONFIG_READERS = {"projects/ATSS/atss/engine/overrides.py", "projects/ATSS/atss/config.py"}
+MODEL_BUILDERS = {"projects/ATSS/atss/engine/config.py"}
+CHECKPOINTER_USERS = "projects/ATSS/atss/engine/"
+
+
+def _python_files(*tops: str) -> List[str]:
+    """Repository-relative paths of the .py files under ``tops`` (files or folders)."""
+    found = []
+    for top in tops:
+        path = os.path.join(ROOT, top)
+        if os.path.isfile(path):
+            found.append(top)
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("wt"))
+            found += [
+                os.path.relpath(os.path.join(folder, f), ROOT)
+                for f in sorted(files)
+                if f.endswith(".py")
+            ]
+    return found
+
+
+def _tree(relpath: str) -> ast.AST:
+    with open(os.path.join(ROOT, relpath)) as f:
+        return ast.parse(f.read(), relpath)
+
+
+def _imported_modules(tree: ast.AST) -> List[str]:
+    """Absolute module names imported anywhere in ``tree`` (relative imports excluded)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _dotted(node: ast.AST) -> str:
+    """``a.b.c`` for a Name/Attribute chain, else ""."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return ""
+
+
+# ------------------------------------------------------------------------------ the rules
+def imports_the_test_suite(tree: ast.AST) -> List[str]:
+    return [m for m in _imported_modules(tree) if m == "tests" or m.startswith("tests.")]
+
+
+def imports_tools(tree: ast.AST) -> List[str]:
+    return [m for m in _imported_modules(tree) if m == "tools" or m.startswith("tools.")]
+
+
+def edits_sys_path(tree: ast.AST) -> List[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if _dotted(node.func.value) == "sys.path":
+                found.append(f"line {node.lineno}: sys.path.{node.func.attr}(...)")
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            base = t.value if isinstance(t, ast.Subscript) else t
+            if _dotted(base) == "sys.path":
+                found.append(f"line {node.lineno}: assignment to sys.path")
+    return found
+
+
+def calls_lazyconfig_load(tree: ast.AST) -> List[str]:
+    return [
+        f"line {n.lineno}: LazyConfig.load(...)"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and _dotted(n.func).endswith("LazyConfig.load")
+    ]
+
+
+def builds_a_model(tree: ast.AST) -> List[str]:
+    """``instantiate(<x>.model)`` calls: a model built from a config."""
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and _dotted(n.func).split(".")[-1] == "instantiate" and n.args:
+            arg = n.args[0]
+            if isinstance(arg, ast.Attribute) and arg.attr == "model":
+                found.append(f"line {n.lineno}: instantiate({_dotted(arg) or '...'})")
+    return found
+
+
+def makes_a_checkpointer(tree: ast.AST) -> List[str]:
+    """Calls of a ``...DetectionCheckpointer(...)`` class (subclassing is not a call)."""
+    return [
+        f"line {n.lineno}: {_dotted(n.func)}(...)"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and _dotted(n.func).endswith("DetectionCheckpointer")
+    ]
+
+
+RULES: Dict[str, Callable[[ast.AST], List[str]]] = {
+    "imports_the_test_suite": imports_the_test_suite,
+    "imports_tools": imports_tools,
+    "edits_sys_path": edits_sys_path,
+    "calls_lazyconfig_load": calls_lazyconfig_load,
+    "builds_a_model": builds_a_model,
+    "makes_a_checkpointer": makes_a_checkpointer,
+}
+
+BROKEN = {
+    "imports_the_test_suite": "from tests.atss_testing import tiny_model",
+    "imports_tools": "import tools.benchmark",
+    "edits_sys_path": "import sys\nsys.path[:0] = ['x']\nsys.path.insert(0, 'y')",
+    "calls_lazyconfig_load": "cfg = LazyConfig.load('a.py')",
+    "builds_a_model": "model = instantiate(cfg.model).eval()",
+    "makes_a_checkpointer": "DetectionCheckpointer(model).load(path)",
+}
+FINE = (
+    "import sys\nprint(sys.path)\n"
+    "class C(DetectionCheckpointer):\n    pass\n"
+    "g = instantiate(cfg.model.anchor_generator)\n"
+    "from atss.utils.testing import tiny_model\n"
+)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_rule_finds_what_breaks_it_and_nothing_else(rule):
+    """A snippet that breaks the rule is found (twice for the two sys.path edits); a snippet
+    of legitimate look-alikes (reading sys.path, subclassing the checkpointer, instantiating a
+    config node below ``model``, importing atss.utils.testing) is not."""
+    found = RULES[rule](ast.parse(BROKEN[rule]))
+    assert len(found) == (2 if rule == "edits_sys_path" else 1), found
+    assert RULES[rule](ast.parse(FINE)) == []
+
+
+# ------------------------------------------------------------------------------ the tree
+OUTSIDE_TESTS = ("train_net.py", "demo.py", "tools", "configs", PACKAGE)
+
+
+def _violations(rule, files, allowed=lambda path: False) -> List[str]:
+    return [
+        f"{path}: {what}"
+        for path in files
+        if not allowed(path)
+        for what in RULES[rule](_tree(path))
+    ]
+
+
+def test_nothing_outside_tests_imports_the_test_suite():
+    """Tools, entry points, configs and the package use atss.utils.testing, never tests/."""
+    assert _violations("imports_the_test_suite", _python_files(*OUTSIDE_TESTS)) == []
+
+
+def test_the_package_imports_nothing_from_tools():
+    assert _violations("imports_tools", _python_files(PACKAGE)) == []
+
+
+def test_no_file_edits_sys_path():
+    """Imports resolve through the editable install (or PYTHONPATH set by a launcher)."""
+    assert _violations("edits_sys_path", _python_files(*OUTSIDE_TESTS, "tests")) == []
+
+
+def test_configs_are_loaded_only_by_load_config():
+    assert (
+        _violations(
+            "calls_lazyconfig_load", _python_files(*OUTSIDE_TESTS), lambda p: p in CONFIG_READERS
+        )
+        == []
+    )
+
+
+def test_models_are_built_and_checkpoints_loaded_only_in_their_homes():
+    """``instantiate(cfg.model)`` only in build_model's module; checkpointers only inside
+    atss.engine (build_model, the train loop and the weights rule use them)."""
+    files = _python_files(*OUTSIDE_TESTS)
+    assert _violations("builds_a_model", files, lambda p: p in MODEL_BUILDERS) == []
+    assert (
+        _violations("makes_a_checkpointer", files, lambda p: p.startswith(CHECKPOINTER_USERS)) == []
+    )
+
+
+# ------------------------------------------------------------------------------ import cycles
+def _package_import_graph() -> Dict[str, Set[str]]:
+    """module -> the package modules it imports (anywhere in the file; ``from .x import y``
+    counts ``x.y`` when that is a module)."""
+    base = os.path.join(ROOT, "projects", "ATSS")
+    modules = {}
+    for path in _python_files(PACKAGE):
+        name = os.path.relpath(os.path.join(ROOT, path), base)[:-3].replace(os.sep, ".")
+        modules[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
+    graph = {}
+    for name, path in modules.items():
+        is_package = path.endswith("__init__.py")
+        targets = set()
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = name.split(".") if is_package else name.split(".")[:-1]
+                    parts = parts[: len(parts) - (node.level - 1)]
+                    module = ".".join(parts + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                targets.add(module)
+                targets.update(f"{module}.{a.name}" for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One import cycle of ``graph`` (its modules in order, the first repeated), or []."""
+    state: Dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: List[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_modules_import_each_other_without_cycles():
+    """Function-level imports count: a cycle closed by an import inside a function still means
+    two modules that each need the other."""
+    graph = _package_import_graph()
+    assert "atss.engine.config" in graph and "atss.data.builtin" in graph["atss.data.loading"]
+    assert _cycle(graph) == []
