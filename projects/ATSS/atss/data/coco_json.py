@@ -34,7 +34,6 @@ puts the class count into ``model.num_classes`` (demo and export build a model w
 the data; a count given on the command line is checked against the data's).
 """
 
-import json
 import logging
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -43,7 +42,7 @@ from omegaconf import OmegaConf
 
 from .loading import get_checked_detection_dataset_dicts
 from .registration import register_coco_json
-from .validation import DatasetError
+from .validation import DatasetError, read_coco_categories
 
 __all__ = [
     "CUSTOM_TRAIN",
@@ -59,41 +58,6 @@ logger = logging.getLogger(__name__)
 CUSTOM_TRAIN = "custom_train"
 CUSTOM_TEST = "custom_test"
 _DATASET_NAMES = {"train": CUSTOM_TRAIN, "test": CUSTOM_TEST}
-
-
-def read_coco_categories(json_file: str, key: str) -> List[Tuple[int, str]]:
-    """The ``categories`` of a COCO JSON as ``(id, name)`` pairs sorted by id (the order of
-    Detectron2's contiguous class ids).
-
-    Args:
-        json_file: path of the JSON.
-        key: the config key that named it, for error messages.
-
-    Raises:
-        DatasetError: naming ``key`` and the file when the JSON cannot be read or its
-            categories are missing, empty, malformed or have a repeated id.
-    """
-    where = f"{key}={json_file}"
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{where}: cannot be read: {e}") from e
-    categories = data.get("categories") if isinstance(data, dict) else None
-    if not isinstance(categories, list) or not categories:
-        raise DatasetError(f"{where}: needs a non-empty top-level 'categories' list")
-    pairs = []
-    for c in categories:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
-            raise DatasetError(f"{where}: category {c!r:.80} needs an integer 'id' and a 'name'")
-        pairs.append((c["id"], str(c["name"])))
-    ids = [i for i, _ in pairs]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise DatasetError(f"{where}: category ids {repeated} appear more than once")
-    return sorted(pairs)
 
 
 def _split_paths(splits: Mapping, split: str) -> Optional[Tuple[str, str]]:

@@ -12,7 +12,6 @@ every entry point can call them; with other metadata the name is registered anew
 """
 
 import functools
-import json
 import logging
 import os
 from typing import Callable, List, Optional, Sequence
@@ -20,7 +19,7 @@ from typing import Callable, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .validation import DatasetError, check_coco_json
+from .validation import read_coco_categories
 
 __all__ = ["register_dataset", "register_coco_json"]
 
@@ -79,10 +78,10 @@ def register_coco_json(
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if thing_classes is None:
-        categories = _read_categories(json_file)
-        thing_classes = [c["name"] for c in categories]
+        categories = read_coco_categories(json_file)  # (id, name), sorted by id
+        thing_classes = [name for _, name in categories]
         metadata.setdefault(
-            "thing_dataset_id_to_contiguous_id", {c["id"]: i for i, c in enumerate(categories)}
+            "thing_dataset_id_to_contiguous_id", {c: i for i, (c, _) in enumerate(categories)}
         )
     register_dataset(
         name,
@@ -92,14 +91,3 @@ def register_coco_json(
         image_root=image_root,
         **metadata,
     )
-
-
-def _read_categories(json_file: str) -> List[dict]:
-    """The ``categories`` of a COCO JSON sorted by id; DatasetError naming the file if broken."""
-    try:
-        with open(json_file) as f:
-            categories = json.load(f)["categories"]
-        return sorted(categories, key=lambda c: c["id"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        problem = check_coco_json(json_file) or f"{json_file}: {type(e).__name__}: {e}"
-        raise DatasetError(f"cannot read the categories of {json_file}: {problem}") from None

@@ -61,6 +61,7 @@ __all__ = [
     "check_coco_json",
     "find_unreadable_images",
     "log_report",
+    "read_coco_categories",
     "validate_dataset_dicts",
 ]
 
@@ -319,6 +320,44 @@ def validate_dataset_dicts(
 
 
 # ------------------------------------------------------------------------------ COCO JSON
+def read_coco_categories(json_file: str, key: Optional[str] = None) -> List[Tuple[int, str]]:
+    """The ``categories`` of a COCO JSON as ``(id, name)`` pairs sorted by id (the order of
+    Detectron2's contiguous class ids): the one reader of a COCO file's categories
+    (registration, the ``configs/Custom`` datasets, the run folder's class list).
+
+    Args:
+        json_file: path of the JSON.
+        key: the config key that named it, for error messages (None: the file alone).
+
+    Raises:
+        DatasetError: naming ``key`` and the file when the JSON cannot be read or its
+            categories are missing, empty, malformed or have a repeated id.
+    """
+    where = f"{key}={json_file}" if key else json_file
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"{where}: annotation file not found")
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{where}: cannot be read: {e}") from e
+    categories = data.get("categories") if isinstance(data, dict) else None
+    if not isinstance(categories, list) or not categories:
+        raise DatasetError(f"{where}: needs a non-empty top-level 'categories' list")
+    pairs = []
+    for c in categories:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
+            raise DatasetError(f"{where}: category {c!r:.80} needs an integer 'id' and a 'name'")
+        pairs.append((c["id"], str(c["name"])))
+    ids = [i for i, _ in pairs]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DatasetError(f"{where}: category ids {repeated} appear more than once")
+    return sorted(pairs)
+
+
 def check_coco_json(json_file: str) -> Optional[str]:
     """The first problem in a COCO instances JSON that would break loading, or None.
 
