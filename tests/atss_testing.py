@@ -82,7 +82,7 @@ def run_python(code, *argv, env=None, timeout=900):
 
 def coco_json_overrides(paths, train_json=None, test_json=None):
     """The four ``dataset.{train,test}.{json_file,image_root}=...`` overrides of a configs/Custom
-    config for a folder from :func:`atss.data.coco_example.write_coco_example` (``paths``: its
+    config for a folder from :func:`atss.utils.coco_example.write_coco_example` (``paths``: its
     return value); ``train_json`` / ``test_json`` replace its JSON files."""
     return [
         f"dataset.train.json_file={train_json or paths['train_json']}",

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from atss.data.coco_example import write_coco_example
+from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import REPO_ROOT as ROOT
 from tests.atss_testing import coco_json_overrides, run_python
 

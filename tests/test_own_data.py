@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import train_net
-from atss.data.coco_example import write_coco_example
+from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import free_port
 
 pytestmark = pytest.mark.slow

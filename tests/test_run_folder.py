@@ -16,10 +16,10 @@ import pytest
 from detectron2.data.detection_utils import read_image
 
 import train_net
-from atss.data.coco_example import write_coco_example
 from atss.engine.config import load_config
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor
+from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import coco_json_overrides
 
 pytestmark = pytest.mark.slow

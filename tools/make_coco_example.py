@@ -3,12 +3,12 @@
     python tools/make_coco_example.py /tmp/coco_example [--num-train 24 --num-val 8]
 
 Writes ``images/*.png`` (RGB, every third one grey), ``train.json`` and ``val.json`` with two
-classes of ids 3 and 7 (see :mod:`atss.data.coco_example`).
+classes of ids 3 and 7 (see :mod:`atss.utils.coco_example`).
 """
 
 import argparse
 
-from atss.data.coco_example import write_coco_example
+from atss.utils.coco_example import write_coco_example
 
 
 def main(argv=None):

@@ -10,13 +10,13 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from atss.data import DatasetError, get_checked_detection_dataset_dicts
-from atss.data.coco_example import write_coco_example
 from atss.data.coco_json import (
     CUSTOM_TEST,
     CUSTOM_TRAIN,
     read_coco_categories,
     register_datasets_from_config,
 )
+from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import coco_json_overrides
 
 MNV2 = "configs/Custom/atss_MNV2_FPN_coco_json.py"

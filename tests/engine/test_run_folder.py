@@ -10,7 +10,6 @@ import pytest
 from detectron2.config import LazyConfig
 
 from atss.data import DatasetError
-from atss.data.coco_example import write_coco_example
 from atss.engine.config import load_config
 from atss.engine.overrides import ConfigError
 from atss.engine.run_folder import (
@@ -20,6 +19,7 @@ from atss.engine.run_folder import (
     write_run_classes,
 )
 from atss.export import export_info, resize_of_test_loader
+from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import coco_json_overrides
 
 CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
