@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import PIL.Image
+import torch
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -57,7 +57,7 @@ from atss.engine.run_folder import (
     run_arguments,
 )
 from atss.engine.weights import add_weights_arguments, weights_overrides
-from atss.inference.lazy_image import NpyWindows, ReversedChannels
+from atss.inference.lazy_image import ReversedChannels, read_for_tiling
 
 logger = logging.getLogger("demo")
 
@@ -98,6 +98,13 @@ def get_parser():
         choices=["eager", "onnxruntime"],
         default="eager",
         help="onnxruntime: export once (cached next to the weights) and run the ONNX model",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads of the model, torch's or ONNX Runtime's (0 = the runtime's default)",
     )
     parser.add_argument(
         "--max-draw-pixels",
@@ -172,22 +179,14 @@ def _detect(predictor: ATSSPredictor, bgr, threshold: float):
 
 
 def read_input(path: str, lazy: bool):
-    """An (H, W, 3) uint8 RGB image: a ``.npy`` file read a window at a time when ``lazy``
-    (tiled inference), else the whole image in memory. Tiled, PIL's decompression-bomb limit
-    (179 M pixels) is lifted: large pictures are what tiling is asked for."""
+    """An (H, W, 3) uint8 RGB image: read for tiling (a ``.npy`` file a window at a time, PIL's
+    decompression-bomb limit lifted: :func:`atss.inference.lazy_image.read_for_tiling`) when
+    ``lazy``, else the whole image in memory."""
+    if lazy:
+        return read_for_tiling(path, "RGB")
     if path.lower().endswith(".npy"):
-        image = NpyWindows(path)
-        if image.dtype != np.uint8 or image.shape[2] != 3:
-            raise ValueError(f"need an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
-        return image if lazy else np.asarray(image)
-    if not lazy:
-        return read_image(path, format="RGB")
-    limit = PIL.Image.MAX_IMAGE_PIXELS
-    PIL.Image.MAX_IMAGE_PIXELS = None
-    try:
-        return read_image(path, format="RGB")
-    finally:
-        PIL.Image.MAX_IMAGE_PIXELS = limit
+        return np.asarray(read_for_tiling(path, "RGB"))
+    return read_image(path, format="RGB")
 
 
 def _detect_rgb(predictor: ATSSPredictor, rgb, threshold: float):
@@ -340,8 +339,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.config_file, opts = run_arguments(args.run, opts, not args.random_weights)
         opts = weights_overrides(opts, random_weights=args.random_weights)
         cfg = load_config(args.config_file, opts)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         if args.runtime == "onnxruntime":  # exported once, cached next to the weights
-            predictor = OnnxPredictor(cfg, random_weights=args.random_weights)
+            predictor = OnnxPredictor(
+                cfg, threads=args.threads or None, random_weights=args.random_weights
+            )
         else:
             predictor = ATSSPredictor(cfg, random_weights=args.random_weights)
     except Exception as e:  # a bad config, override or weights file: nothing can run

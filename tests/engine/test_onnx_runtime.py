@@ -113,6 +113,38 @@ def test_export_is_cached_next_to_the_weights_and_keyed(setup, monkeypatch):
     assert onnx_cache_path(_cfg(setup).model, str(renamed)).split(".")[-2] != path.split(".")[-2]
 
 
+def test_cache_key_is_the_same_in_every_process(tmp_path):
+    """The cache path of the MobileNetV2 configs (whose backbone ``_target_`` is a function)
+    is the same in two fresh processes, and changes with the config. Fails if the key holds a
+    ``repr`` with a memory address (every new process would miss the cache and export again)."""
+    import subprocess
+    import sys
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    code = (
+        "import sys\n"
+        "from atss.engine.config import load_config\n"
+        "from atss.engine.onnx_runtime import onnx_cache_path\n"
+        "cfg = load_config(sys.argv[1], sys.argv[3:])\n"
+        "print(onnx_cache_path(cfg.model, sys.argv[2]))\n"
+    )
+    config = "configs/TreeCrowns/atss_MNV2_FPN_treecrowns_xsite.py"
+
+    def path(*opts):
+        run = subprocess.run(
+            [sys.executable, "-c", code, config, str(weights), *opts],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return run.stdout.strip().splitlines()[-1]
+
+    first = path()
+    assert first.endswith(".onnx") and path() == first
+    assert path("model.test_nms_thresh=0.5") != first
+
+
 @pytest.mark.slow
 def test_demo_with_onnxruntime_draws_what_eager_draws(setup, tmp_path):
     """

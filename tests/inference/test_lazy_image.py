@@ -115,3 +115,101 @@ def test_predictor_materialises_one_tile_at_a_time(fitted, tmp_path):
     assert max(h * w for h, w in image.windows) <= 150 * 150
     expected = _tiled(model, False)([{"image": mosaic, "height": height, "width": width}])
     assert torch.equal(got.pred_boxes.tensor, expected[0]["instances"].pred_boxes.tensor)
+
+
+# ------------------------------------------------------------------ the tiled evaluation's mapper
+def _record(path, height, width):
+    return {
+        "file_name": str(path),
+        "image_id": 5,
+        "height": height,
+        "width": width,
+        "annotations": [{"bbox": [1, 2, 3, 4], "bbox_mode": 0, "category_id": 0}],
+    }
+
+
+def test_tiled_image_mapper_holds_one_copy_and_reads_npy_lazily(tmp_path):
+    """A picture comes back as a (C, H, W) tensor *view* of the decoded (H, W, C) array (no
+    second copy; RGB as stored, BGR reversed), a ``.npy`` image as a window reader that has
+    read nothing yet and survives pickling (as a loader worker sends it); annotations are
+    dropped and the dataset dict is left as it was. Fails if the mapper makes the
+    channels-first copy Detectron2's mapper makes, reads the ``.npy`` whole, or keeps a file
+    descriptor across processes."""
+    import pickle
+
+    from PIL import Image
+
+    from atss.inference.lazy_image import TiledImageMapper
+
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    np.save(tmp_path / "a.npy", array)
+    record = _record(tmp_path / "a.png", 37, 53)
+    out = TiledImageMapper("RGB")(record)
+    assert "annotations" not in out and "annotations" in record and "image" not in record
+    image = out["image"]
+    assert image.shape == (3, 37, 53) and image.dtype == torch.uint8
+    assert image.permute(1, 2, 0).is_contiguous()  # HWC memory: a view, not a CHW copy
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), array)
+    bgr = TiledImageMapper("BGR")(record)["image"]
+    assert np.array_equal(bgr.permute(1, 2, 0).numpy(), array[:, :, ::-1])
+
+    for fmt, expected in (("RGB", array), ("BGR", array[:, :, ::-1])):
+        lazy = TiledImageMapper(fmt)(_record(tmp_path / "a.npy", 37, 53))["image"]
+        reader = lazy if fmt == "RGB" else lazy.image
+        assert isinstance(reader, NpyWindows) and reader.bytes_read == 0
+        assert lazy.shape == (37, 53, 3)
+        sent = pickle.loads(pickle.dumps(lazy))
+        assert np.array_equal(sent[4:20, 7:30], expected[4:20, 7:30])
+
+
+def test_tiled_image_mapper_names_the_file_and_image_of_a_bad_image(tmp_path):
+    """A size other than the dataset's, a missing file and a ``.npy`` that is not an
+    (H, W, 3) uint8 image each raise DatasetError naming the file and the image id."""
+    from PIL import Image
+
+    from atss.data import DatasetError
+    from atss.inference.lazy_image import TiledImageMapper
+
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "a.png")
+    np.save(tmp_path / "grey.npy", np.zeros((10, 12), np.uint8)[:, :, None])
+    cases = [
+        (_record(tmp_path / "a.png", 11, 12), "a.png"),
+        (_record(tmp_path / "missing.png", 10, 12), "missing.png"),
+        (_record(tmp_path / "grey.npy", 10, 12), "grey.npy"),
+    ]
+    for record, name in cases:
+        with pytest.raises(DatasetError, match=rf"{name} \(image_id 5\): cannot be used"):
+            TiledImageMapper("RGB")(record)
+
+
+def test_tiled_evaluation_loader_gives_the_in_memory_detections(fitted, tmp_path):
+    """Through Detectron2's test loader with a worker process, the tiled model gets the same
+    detections from the mosaic as a PNG (a tensor view handed over in shared memory) and as a
+    ``.npy`` (a window reader reopened in the main process) as from the mosaic in memory. Fails
+    if the view or the reader is cut differently, or the reader cannot cross processes."""
+    from detectron2.data import build_detection_test_loader
+    from PIL import Image
+
+    from atss.inference.lazy_image import TiledImageMapper
+
+    model, mosaic = fitted
+    height, width = mosaic.shape[1:]
+    hwc = mosaic.permute(1, 2, 0).numpy()
+    Image.fromarray(hwc).save(tmp_path / "m.png")
+    np.save(tmp_path / "m.npy", hwc)
+    expected = _tiled(model, True)([{"image": mosaic, "height": height, "width": width}])
+    expected = expected[0]["instances"]
+    dataset = [_record(tmp_path / f"m.{ext}", height, width) for ext in ("png", "npy")]
+    loader = build_detection_test_loader(
+        dataset=dataset, mapper=TiledImageMapper("RGB"), num_workers=1
+    )
+    kinds = []
+    for (inp,) in loader:
+        kinds.append(type(inp["image"]).__name__)
+        got = _tiled(model, True)([inp])[0]["instances"]
+        assert torch.equal(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+        assert torch.equal(got.scores, expected.scores)
+        assert torch.equal(got.pred_classes, expected.pred_classes)
+    assert kinds == ["Tensor", "NpyWindows"] and len(expected) >= 6

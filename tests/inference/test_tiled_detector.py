@@ -4,6 +4,8 @@ on a fake detector that "detects" painted rectangles exactly (so every expected 
 hand), and single-tile equality with a real (tiny, random) ATSS model.
 """
 
+import copy
+
 import pytest
 import torch
 from detectron2.config import LazyConfig
@@ -345,6 +347,37 @@ def test_tiled_evaluation_moves_the_test_resize_from_the_loader_to_the_tiles():
     (aug,) = tiled.augmentations.augs
     assert isinstance(aug, T.ResizeShortestEdge) and aug.short_edge_length == (512, 512)
     assert len(on.dataloader.test.mapper.augmentations) == 1  # the config itself is unchanged
+
+
+def test_tiled_evaluation_replaces_a_whole_image_mapper_only():
+    """Detectron2's DatasetMapper and our CheckedDatasetMapper (read, resize, make a CHW copy)
+    become a TiledImageMapper with the same image format when tiling is on; with tiling off,
+    or a mapper of another class, the mapper is the config's. Fails if the tiled evaluation
+    keeps the two-copy mapper or replaces a mapper it does not know."""
+    from detectron2.config import LazyCall as L
+    from detectron2.data import DatasetMapper
+
+    from atss.data import CheckedDatasetMapper
+    from atss.inference import build_tiled_evaluation
+    from atss.inference.lazy_image import TiledImageMapper
+
+    cfg = LazyConfig.load(TEST_CONFIG)
+    model = PaintedRectangleDetector()
+    on = ["test.tile.size=256", "test.tile.overlap=48"]
+    for target in (DatasetMapper, CheckedDatasetMapper, "atss.data.CheckedDatasetMapper"):
+        mapper = L(target)(is_train=False, augmentations=[], image_format="RGB")
+        cfg.dataloader = {"test": L(_fields)(mapper=mapper)}
+        _, loader = build_tiled_evaluation(cfg, model)
+        assert type(loader["mapper"]) is (
+            target if not isinstance(target, str) else CheckedDatasetMapper
+        )
+        tiled = LazyConfig.apply_overrides(copy.deepcopy(cfg), on)
+        _, loader = build_tiled_evaluation(tiled, model)
+        assert isinstance(loader["mapper"], TiledImageMapper)
+        assert loader["mapper"].image_format == "RGB"
+    cfg.dataloader = {"test": L(_fields)(mapper=L(_fields)(augmentations=[]))}
+    _, loader = build_tiled_evaluation(LazyConfig.apply_overrides(cfg, on), model)
+    assert loader["mapper"] == {"augmentations": []}
 
 
 # ------------------------------------------------------------------------------ entry points

@@ -58,12 +58,26 @@ def _runtime_version() -> str:
     return onnxruntime.__version__
 
 
+def _stable_text(value) -> str:
+    """A text of a resolved config that is the same in every process: functions and classes
+    (``_target_``) by their qualified names, not by ``repr``, which holds a function's memory
+    address and so made every new process miss the cache."""
+    if isinstance(value, dict):
+        items = ", ".join(f"{k!r}: {_stable_text(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_stable_text(v) for v in value) + "]"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return repr(value)
+
+
 def onnx_cache_path(model_cfg, weights: str) -> str:
     """
     Where the export of ``model_cfg`` (``cfg.model``) with ``weights`` is cached:
     ``<folder of weights>/<weights stem>.<16 hex digits>.onnx``.
     """
-    text = repr(OmegaConf.to_container(model_cfg, resolve=True))
+    text = _stable_text(OmegaConf.to_container(model_cfg, resolve=True))
     key = hashlib.sha256()
     for part in (
         text,

@@ -7,14 +7,34 @@ resident and count in the process's memory as the tiles sweep the image). It has
 ``.dtype`` like an array, so :class:`~atss.inference.TiledDetector` takes it as its ``"image"``
 (any HWC array-like does: an ndarray, a memmap, this reader) and materialises one tile at a
 time. :class:`ReversedChannels` flips RGB <-> BGR lazily, per window.
+
+:func:`read_for_tiling` is the one rule for reading an image that is to be tiled (``demo.py
+--tile-size`` and tiled evaluation): a ``.npy`` file lazily, any other picture whole.
+:class:`TiledImageMapper` is the test mapper of a tiled evaluation
+(:func:`atss.inference.build_tiled_evaluation`): it hands the tiled model the image as read,
+without the channels-first copy Detectron2's mapper makes, and a ``.npy`` image as a window
+reader, so a loader worker holds no copy of it.
 """
 
+import copy
 import os
+import warnings
 from typing import Tuple
 
 import numpy as np
+import PIL.Image
+import torch
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 
-__all__ = ["NpyWindows", "ReversedChannels", "is_lazy_image"]
+from ..data.validation import DatasetError
+
+__all__ = [
+    "NpyWindows",
+    "ReversedChannels",
+    "TiledImageMapper",
+    "is_lazy_image",
+    "read_for_tiling",
+]
 
 
 def _window(key, shape) -> Tuple[slice, slice, object]:
@@ -77,6 +97,11 @@ class NpyWindows:
         self.bytes_read += out.nbytes
         return out[(slice(None), slice(None)) + rest] if rest else out
 
+    def __reduce__(self):
+        # Sent between processes (a loader worker to the main one) by its path: the receiver
+        # opens the file itself, as a file descriptor means nothing in another process.
+        return NpyWindows, (self.path,)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -113,3 +138,88 @@ class ReversedChannels:
 def is_lazy_image(image) -> bool:
     """True for an HWC array-like that is not an in-memory ndarray (read a window at a time)."""
     return not isinstance(image, np.ndarray) and hasattr(image, "shape")
+
+
+def read_for_tiling(path: str, image_format: str = "RGB"):
+    """An (H, W, 3) image to be cut into tiles, in ``image_format`` ("RGB" or "BGR").
+
+    A ``.npy`` file (an (H, W, 3) uint8 RGB array, ``np.save``) is returned as
+    :class:`NpyWindows` (wrapped in :class:`ReversedChannels` for "BGR"): nothing is read
+    until a tile is cut. Any other picture is read whole by Detectron2's ``read_image``, with
+    PIL's decompression-bomb limit (179 M pixels) lifted, since large pictures are what tiling
+    is for; "BGR" is then one contiguous copy, so the result is always a C-ordered uint8 array.
+
+    Raises:
+        ValueError: a ``.npy`` file that does not hold an (H, W, 3) uint8 array.
+        OSError: a missing or unreadable file (PIL's errors included).
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"read_for_tiling: image_format must be RGB or BGR, got {image_format!r}")
+    if path.lower().endswith(".npy"):
+        image = NpyWindows(path)
+        if image.dtype != np.uint8 or image.shape[2] != 3:
+            raise ValueError(
+                f"{path}: need an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+            )
+        return image if image_format == "RGB" else ReversedChannels(image)
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        rgb = read_image(path, format="RGB")
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = limit
+    return rgb if image_format == "RGB" else np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+class TiledImageMapper:
+    """
+    The test mapper of a tiled evaluation: a dataset dict to the tiled model's input.
+
+    Detectron2's ``DatasetMapper`` holds two full copies of each image at once (the decoded
+    (H, W, C) array and the (C, H, W) tensor made from it) in every loader worker; the tiles
+    need neither the second copy nor the test resize (which :class:`TiledDetector` applies to
+    each tile). This mapper returns ``"image"`` as
+
+    * a ``.npy`` file: a window reader (:func:`read_for_tiling`), so no pixel is read before a
+      tile is cut and memory does not grow with the image at all;
+    * any other picture: the decoded array, as a (C, H, W) tensor *view* of its (H, W, C)
+      memory (no copy; a loader worker hands it over in shared memory).
+
+    Annotations are dropped as in Detectron2's test mapper; ``height``/``width`` are checked
+    against the image (or filled in) as it does.
+
+    Args:
+        image_format: "RGB" or "BGR", the model's input format (the replaced mapper's).
+
+    Raises (when called):
+        DatasetError: naming the file and image id, for an image that cannot be read or whose
+            size differs from the dataset's ``height``/``width``.
+    """
+
+    def __init__(self, image_format: str = "BGR"):
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"TiledImageMapper: image_format must be RGB or BGR, got {image_format!r}"
+            )
+        self.image_format = image_format
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        record = copy.deepcopy(
+            {k: v for k, v in dataset_dict.items() if k not in ("annotations", "sem_seg_file_name")}
+        )
+        where = str(record.get("file_name", "<no file_name>"))
+        if "image_id" in record:
+            where += f" (image_id {record['image_id']})"
+        try:
+            image = read_for_tiling(record["file_name"], self.image_format)
+            check_image_size(record, image)
+        except (OSError, ValueError, SizeMismatchError) as e:
+            raise DatasetError(f"{where}: cannot be used: {type(e).__name__}: {e}") from e
+        if isinstance(image, np.ndarray):
+            with warnings.catch_warnings():
+                # PIL's arrays are read-only; the tiles only read this tensor (they are cut as
+                # views and converted to float, never written in place).
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                image = torch.from_numpy(image).permute(2, 0, 1)
+        record["image"] = image
+        return record

@@ -53,15 +53,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
+from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.registry import locate
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.crops import tile_starts
+from ..data.validation import CheckedDatasetMapper
 from ..modeling.box_voting import batched_box_voting
+from .lazy_image import TiledImageMapper
 
 __all__ = [
     "TiledDetector",
@@ -366,7 +371,9 @@ def build_tiled_evaluation(cfg, model: nn.Module):
     """
     The model and the test loader of an evaluation, tiled when ``cfg.test.tile.size`` > 0: the
     loader then reads the images as they are (its mapper's augmentations removed) and the
-    tiled model applies those augmentations to each tile (tiles in image pixels).
+    tiled model applies those augmentations to each tile (tiles in image pixels). Detectron2's
+    mapper (or ours) is replaced by :class:`~.lazy_image.TiledImageMapper`, which holds one
+    copy of a picture instead of two and reads a ``.npy`` image a tile at a time.
 
     Returns:
         (model, data loader)
@@ -375,8 +382,21 @@ def build_tiled_evaluation(cfg, model: nn.Module):
     if tile_settings(cfg) is None:
         return model, instantiate(loader_cfg)
     loader_cfg = copy.deepcopy(loader_cfg)
+    mapper = loader_cfg.get("mapper", {})
     augmentations = []
-    if "augmentations" in loader_cfg.get("mapper", {}):
-        augmentations = instantiate(loader_cfg.mapper.augmentations)
-        loader_cfg.mapper.augmentations = []
+    if "augmentations" in mapper:
+        augmentations = instantiate(mapper.augmentations)
+        mapper.augmentations = []
+    if _reads_whole_images(mapper):
+        loader_cfg.mapper = L(TiledImageMapper)(image_format=mapper.get("image_format", "BGR"))
     return build_tiled_model(cfg, model, augmentations), instantiate(loader_cfg)
+
+
+def _reads_whole_images(mapper) -> bool:
+    """True for a test mapper that only reads, resizes and converts the image (Detectron2's
+    ``DatasetMapper`` or :class:`atss.data.CheckedDatasetMapper`), which a tiled evaluation
+    replaces by :class:`~.lazy_image.TiledImageMapper`; a mapper of any other class is kept."""
+    target = mapper.get("_target_", None) if hasattr(mapper, "get") else None
+    if isinstance(target, str):
+        target = locate(target)
+    return target in (DatasetMapper, CheckedDatasetMapper)
