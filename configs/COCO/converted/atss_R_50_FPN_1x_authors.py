@@ -6,7 +6,7 @@
 # What this mirrors (see projects/ATSS/README.md, "Using published weights"): maskrcnn-benchmark's
 # input normalisation (BGR, 0-255, their Caffe2 mean, std 1), MSRA R-50 (stride in the 1x1
 # conv), FrozenBN, anchor centres at (i + 0.5) * stride, ReLU before P7: the base config already
-# has all of it except the mean, which differs from Detectron2's MSRA mean by ~0.5 per channel.
+# has all of it except the mean, which differs from Detectron2's MSRA mean by 0.3-0.9 per channel.
 #
 # Evaluated as the authors evaluated it (their COCO results file, to float rounding): their test
 # resize truncates the longer side (640x480 -> 1066 px wide, Detectron2: 1067), and their
