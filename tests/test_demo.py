@@ -160,10 +160,10 @@ def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path
 
 def test_tiled_demo_reads_pictures_over_pils_pixel_limit(setup, tmp_path, monkeypatch):
     """PIL refuses pictures over ``Image.MAX_IMAGE_PIXELS`` (179 M pixels: a 16384² picture)
-    as decompression bombs; the tiled demo lifts that limit while it reads (tiling is asked
-    for large pictures), the untiled one keeps it, and the limit is restored afterwards.
-    Shown with the limit lowered below the test image's size. Fails if tiling still refuses
-    the picture or the limit is left lifted."""
+    as decompression bombs; the tiled demo reads pictures with OpenCV (no such limit: tiling
+    is asked for large pictures), the untiled one keeps PIL and its limit, which nothing
+    changes. Shown with the limit lowered below the test image's size. Fails if tiling still
+    refuses the picture or the limit is changed."""
     import PIL.Image
 
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # the images have 10,800 / 8,000

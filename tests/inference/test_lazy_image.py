@@ -213,3 +213,37 @@ def test_tiled_evaluation_loader_gives_the_in_memory_detections(fitted, tmp_path
         assert torch.equal(got.scores, expected.scores)
         assert torch.equal(got.pred_classes, expected.pred_classes)
     assert kinds == ["Tensor", "NpyWindows"] and len(expected) >= 6
+
+
+def test_read_for_tiling_gives_read_images_pixels(tmp_path):
+    """Pictures read for tiling (OpenCV, decoded into one array) have exactly the pixels of
+    Detectron2's ``read_image`` (PIL) in both channel orders: PNG, JPEG, a grey PNG (three
+    equal channels) and a JPEG with an EXIF rotation (applied by both); the result is a
+    writable C-ordered uint8 array. A missing file and a file that is no image raise OSError.
+    Fails if the channels are swapped the wrong way, the orientation is ignored, or a
+    decoder gives other pixels."""
+    from detectron2.data.detection_utils import read_image
+    from PIL import Image
+
+    from atss.inference.lazy_image import read_for_tiling
+
+    rng = np.random.default_rng(2)
+    colour = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "a.png")
+    Image.fromarray(colour).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(colour[:, :, 0]).save(tmp_path / "grey.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(colour).save(tmp_path / "rotated.jpg", quality=90, exif=exif)
+    for name in ("a.png", "a.jpg", "grey.png", "rotated.jpg"):
+        for fmt in ("RGB", "BGR"):
+            got = read_for_tiling(str(tmp_path / name), fmt)
+            expected = read_image(str(tmp_path / name), format=fmt)
+            assert got.flags.c_contiguous and got.flags.writeable and got.dtype == np.uint8
+            assert got.shape == expected.shape, (name, fmt)
+            assert np.array_equal(got, expected), (name, fmt)
+    assert read_for_tiling(str(tmp_path / "rotated.jpg")).shape == (44, 30, 3)
+    (tmp_path / "text.png").write_text("not an image")
+    for name in ("missing.png", "text.png"):
+        with pytest.raises(OSError, match=name):
+            read_for_tiling(str(tmp_path / name))

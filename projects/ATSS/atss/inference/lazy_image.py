@@ -18,13 +18,12 @@ reader, so a loader worker holds no copy of it.
 
 import copy
 import os
-import warnings
 from typing import Tuple
 
+import cv2
 import numpy as np
-import PIL.Image
 import torch
-from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size
 
 from ..data.validation import DatasetError
 
@@ -145,13 +144,17 @@ def read_for_tiling(path: str, image_format: str = "RGB"):
 
     A ``.npy`` file (an (H, W, 3) uint8 RGB array, ``np.save``) is returned as
     :class:`NpyWindows` (wrapped in :class:`ReversedChannels` for "BGR"): nothing is read
-    until a tile is cut. Any other picture is read whole by Detectron2's ``read_image``, with
-    PIL's decompression-bomb limit (179 M pixels) lifted, since large pictures are what tiling
-    is for; "BGR" is then one contiguous copy, so the result is always a C-ordered uint8 array.
+    until a tile is cut. Any other picture is read whole, as a C-ordered uint8 array, by
+    OpenCV's ``imread``, which decodes straight into that one array (the channel order is
+    swapped in place): Detectron2's ``read_image`` (PIL) holds PIL's 4-byte-per-pixel buffer,
+    a converted copy of it and the array at once, 4.7x the image at its peak against OpenCV's
+    2.1x (a 4096 px PNG, file buffer included). The pixels are the same for PNG and JPEG
+    (checked against ``read_image``); EXIF orientation is applied as ``read_image`` does; grey
+    and palette images become 3 channels, 16-bit ones are scaled to 8 bits; no pixel limit.
 
     Raises:
         ValueError: a ``.npy`` file that does not hold an (H, W, 3) uint8 array.
-        OSError: a missing or unreadable file (PIL's errors included).
+        OSError: a missing file, or one OpenCV cannot decode.
     """
     if image_format not in ("RGB", "BGR"):
         raise ValueError(f"read_for_tiling: image_format must be RGB or BGR, got {image_format!r}")
@@ -162,13 +165,14 @@ def read_for_tiling(path: str, image_format: str = "RGB"):
                 f"{path}: need an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
             )
         return image if image_format == "RGB" else ReversedChannels(image)
-    limit = PIL.Image.MAX_IMAGE_PIXELS
-    PIL.Image.MAX_IMAGE_PIXELS = None
-    try:
-        rgb = read_image(path, format="RGB")
-    finally:
-        PIL.Image.MAX_IMAGE_PIXELS = limit
-    return rgb if image_format == "RGB" else np.ascontiguousarray(rgb[:, :, ::-1])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied
+    if image is None:
+        raise OSError(f"{path}: not an image OpenCV can decode")
+    if image_format == "RGB":
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    return image
 
 
 class TiledImageMapper:
@@ -216,10 +220,6 @@ class TiledImageMapper:
         except (OSError, ValueError, SizeMismatchError) as e:
             raise DatasetError(f"{where}: cannot be used: {type(e).__name__}: {e}") from e
         if isinstance(image, np.ndarray):
-            with warnings.catch_warnings():
-                # PIL's arrays are read-only; the tiles only read this tensor (they are cut as
-                # views and converted to float, never written in place).
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                image = torch.from_numpy(image).permute(2, 0, 1)
+            image = torch.from_numpy(image).permute(2, 0, 1)
         record["image"] = image
         return record
