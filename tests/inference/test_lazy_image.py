@@ -133,8 +133,8 @@ def test_tiled_image_mapper_holds_one_copy_and_reads_npy_lazily(tmp_path):
     second copy; RGB as stored, BGR reversed), a ``.npy`` image as a window reader that has
     read nothing yet and survives pickling (as a loader worker sends it); annotations are
     dropped and the dataset dict is left as it was. Fails if the mapper makes the
-    channels-first copy Detectron2's mapper makes, reads the ``.npy`` whole, or keeps a file
-    descriptor across processes."""
+    channels-first copy Detectron2's mapper makes or reads the ``.npy`` whole (a reader that
+    cannot cross processes fails the loader test below: "Bad file descriptor")."""
     import pickle
 
     from PIL import Image
