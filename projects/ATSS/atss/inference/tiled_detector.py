@@ -27,8 +27,9 @@ per image:
    Detectron2's ``detector_postprocess`` does.
 
 Memory: a tensor input holds the full image once (uint8; in a tiled evaluation a view of the
-decoded array, :class:`~.lazy_image.TiledImageMapper`); tiles are views of it (resized copies of one batch when ``augmentations`` are given). The input may also
-be an (H, W, C) array-like read a window at a time (an ndarray, a memmap,
+decoded array, :class:`~.lazy_image.TiledImageMapper`); tiles are views of it (resized copies
+of one batch when ``augmentations`` are given). The input may also be an (H, W, C)
+array-like read a window at a time (an ndarray, a memmap,
 :class:`atss.inference.lazy_image.NpyWindows`): then only the current tiles are materialised,
 uint8 as read (the model converts each to float). The model only ever sees ``batch_size``
 tiles, so the activations - the bulk of the memory - depend on the tile size, not on the image
