@@ -13,11 +13,11 @@
 # * solver: batch 4, 1100 iterations (~68 epochs of the 65 tiles; sized so that `make demo` fits
 #   in about 15 minutes on 2 cores: 0.58-0.9 s/iteration on 2-core VMs). LR 0.0025 = the
 #   authors' 0.01 @ 16 scaled linearly to batch 4. (Twice that, 0.005, trained faster on the
-#   spatial split but one of three cross-site ATSS runs diverged at it: classification loss 0.34 -> 11.7 between
-#   iterations 100 and 200; see the README's comparison.) Linear warmup over 150 iterations
-#   (the authors' 500 constant-x1/3 warmup would be half of this run), LR x0.1 at iterations
-#   800 and 1000. Measured (`make demo`, 2 cores): AP 15.5, AP50 48.3 in 14.0 minutes
-#   (0.76 s/iteration);
+#   spatial split but one of three cross-site ATSS runs diverged at it: classification loss
+#   0.34 -> 11.7 between iterations 100 and 200; see the README's comparison.) Linear warmup
+#   over 150 iterations (the authors' 500 constant-x1/3 warmup would be half of this run), LR
+#   x0.1 at iterations 800 and 1000. Measured (`make demo`, 2 cores): AP 15.5, AP50 48.3 in
+#   14.0 minutes (0.76 s/iteration);
 # * up to 300 detections per image, and COCO AP at maxDets 300 (the default 100 would cap the
 #   recall of the 208-tree crop).
 import detectron2.data.transforms as T
