@@ -179,9 +179,10 @@ def _detect(predictor: ATSSPredictor, bgr, threshold: float):
 
 
 def read_input(path: str, lazy: bool):
-    """An (H, W, 3) uint8 RGB image: read for tiling (a ``.npy`` file a window at a time, PIL's
-    decompression-bomb limit lifted: :func:`atss.inference.lazy_image.read_for_tiling`) when
-    ``lazy``, else the whole image in memory."""
+    """An (H, W, 3) uint8 RGB image: read for tiling when ``lazy`` (a ``.npy`` file a window at
+    a time, a picture decoded by OpenCV into one array, no pixel limit:
+    :func:`atss.inference.lazy_image.read_for_tiling`), else the whole image in memory as
+    Detectron2 reads it."""
     if lazy:
         return read_for_tiling(path, "RGB")
     if path.lower().endswith(".npy"):
