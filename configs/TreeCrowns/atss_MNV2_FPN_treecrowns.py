@@ -17,7 +17,7 @@
 #   0.34 -> 11.7 between iterations 100 and 200; see the README's comparison.) Linear warmup
 #   over 150 iterations (the authors' 500 constant-x1/3 warmup would be half of this run), LR
 #   x0.1 at iterations 800 and 1000. Measured (`make demo`, 2 cores): AP 15.5, AP50 48.3 in
-#   14.0 minutes (0.76 s/iteration);
+#   14.4 minutes (0.79 s/iteration);
 # * up to 300 detections per image, and COCO AP at maxDets 300 (the default 100 would cap the
 #   recall of the 208-tree crop).
 import detectron2.data.transforms as T
