@@ -16,8 +16,9 @@ Modes:
   --output-detections dets.csv --runtime R`` for each of ``--runtimes`` (the mosaic written
   beforehand, by another process, as an ``.npy`` that the demo reads a tile at a time; images
   over ``--max-draw-pixels`` are not drawn), with the config's test resize on each tile;
-  ``seconds`` counts the whole ``main()``: model set-up (and the ONNX export), reading,
-  inference and writing;
+  ``seconds`` counts the whole ``main()``: model set-up, reading, inference and writing (the
+  ONNX export is made beforehand for random weights; with ``--weights`` the first ONNX Runtime
+  case makes it, unless the cache beside the weights holds it already);
 * ``eval-npy`` / ``eval-png``: tiled evaluation as ``train_net.py --eval-only`` runs it
   (``atss.engine.train_loop.main``: the Custom MobileNetV2 config on a one-image COCO JSON of
   the mosaic, ``test.tile.*``, COCOEvaluator and the field metrics), the mosaic stored as
@@ -30,8 +31,8 @@ the model, the mosaic and the inference) under an address-space cap (``--mem-cap
 untiled case too large for this machine fails alone instead of swapping it; such a case is
 reported as not fitting. Columns: ``rss_before_MB`` (model + mosaic loaded, before inference;
 for ``demo`` and ``eval-*``: before their set-up), ``peak_MB``, ``seconds`` (inference only
-for ``tiled`` / ``untiled``), ``dets`` (detections returned; for ``eval-*`` the number of
-tiles' worth of images evaluated, 1).
+for ``tiled`` / ``untiled``), ``dets`` (detections returned; for ``eval-*``
+the number of images evaluated, 1).
 """
 
 import argparse
@@ -70,8 +71,6 @@ def _row(args, before: float, seconds: float, dets: int) -> dict:
 
 def run_demo_case(args) -> dict:
     """The tiled demo path on ``args.npy`` (the child)."""
-    import tempfile
-
     import torch
 
     from atss.engine.detection_files import read_detections_csv

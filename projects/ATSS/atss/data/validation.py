@@ -62,6 +62,7 @@ __all__ = [
     "find_unreadable_images",
     "log_report",
     "read_coco_categories",
+    "unusable_image",
     "validate_dataset_dicts",
 ]
 
@@ -437,8 +438,13 @@ class CheckedDatasetMapper(DatasetMapper):
         try:
             return super().__call__(dataset_dict)
         except (OSError, SizeMismatchError) as e:  # PIL's UnidentifiedImageError is an OSError
-            where = _where(None, dataset_dict)
-            raise DatasetError(f"{where}: cannot be used: {type(e).__name__}: {e}") from e
+            raise unusable_image(dataset_dict, e) from e
+
+
+def unusable_image(record: dict, error: Exception) -> DatasetError:
+    """The error a mapper raises for an image of ``record`` that cannot be read or used:
+    "file (image_id N): cannot be used: <error type>: <error>"."""
+    return DatasetError(f"{_where(None, record)}: cannot be used: {type(error).__name__}: {error}")
 
 
 def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:

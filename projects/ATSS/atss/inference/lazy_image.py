@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from detectron2.data.detection_utils import SizeMismatchError, check_image_size
 
-from ..data.validation import DatasetError
+from ..data.validation import unusable_image
 
 __all__ = [
     "NpyWindows",
@@ -211,14 +211,11 @@ class TiledImageMapper:
         record = copy.deepcopy(
             {k: v for k, v in dataset_dict.items() if k not in ("annotations", "sem_seg_file_name")}
         )
-        where = str(record.get("file_name", "<no file_name>"))
-        if "image_id" in record:
-            where += f" (image_id {record['image_id']})"
         try:
             image = read_for_tiling(record["file_name"], self.image_format)
             check_image_size(record, image)
         except (OSError, ValueError, SizeMismatchError) as e:
-            raise DatasetError(f"{where}: cannot be used: {type(e).__name__}: {e}") from e
+            raise unusable_image(record, e) from e
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image).permute(2, 0, 1)
         record["image"] = image
