@@ -5,7 +5,7 @@ all load a config file, apply ``key=value`` overrides, and then check the COCO-f
 ``configs/Custom`` config was given (``dataset.{train,test}.{json_file,image_root}=...``) and
 take the class count from them. Nothing else is registered and no file is touched: a config's
 loaders register and build the datasets they name when instantiated
-(:mod:`atss.data.builtin`, :func:`atss.data.coco_json.get_checked_coco_json_dicts`), which is
+(:mod:`atss.data.builtin`, :func:`atss.data.config_datasets.get_checked_coco_json_dicts`), which is
 what lets Detectron2's own tools run our configs.
 """
 
@@ -16,7 +16,7 @@ from detectron2.config import instantiate
 from torch import nn
 
 from atss.data.builtin import ensure_registered
-from atss.data.coco_json import register_datasets_from_config
+from atss.data.config_datasets import register_datasets_from_config
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .device import available_device
