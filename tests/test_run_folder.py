@@ -19,8 +19,7 @@ import train_net
 from atss.engine.config import load_config
 from atss.engine.onnx_runtime import OnnxPredictor
 from atss.engine.predictor import ATSSPredictor
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import coco_json_overrides
+from tests.atss_testing import coco_json_overrides, write_coco_example
 
 pytestmark = pytest.mark.slow
 

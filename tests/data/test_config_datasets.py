@@ -15,8 +15,7 @@ from atss.data.config_datasets import (
     CUSTOM_TRAIN,
     register_datasets_from_config,
 )
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import coco_json_overrides
+from tests.atss_testing import coco_json_overrides, write_coco_example
 
 MNV2 = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 R50 = "configs/Custom/atss_R_50_FPN_1x_coco_json.py"

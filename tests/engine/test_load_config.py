@@ -5,9 +5,8 @@ datasets; a dataset's files are written into the cache when it is first read."""
 import glob
 import os
 
-from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import REPO_ROOT as ROOT
-from tests.atss_testing import coco_json_overrides, run_python
+from tests.atss_testing import coco_json_overrides, run_python, write_coco_example
 
 CONFIGS = sorted(glob.glob("configs/**/*.py", recursive=True, root_dir=ROOT))
 

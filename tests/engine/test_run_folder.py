@@ -19,8 +19,7 @@ from atss.engine.run_folder import (
     write_run_classes,
 )
 from atss.export import export_info, resize_of_test_loader
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import coco_json_overrides
+from tests.atss_testing import coco_json_overrides, write_coco_example
 
 CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 # write_coco_example's categories: rectangles are id 3, ellipses id 7.
