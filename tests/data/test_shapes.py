@@ -77,12 +77,6 @@ def test_first_images_do_not_depend_on_num_images(tmp_path):
         assert (small / "images" / name).read_bytes() == (large / "images" / name).read_bytes()
 
 
-def test_register_all_shapes_registers_train_and_val(tmp_path):
-    assert shapes.register_all_shapes(tmp_path) == ["shapes_train", "shapes_val"]
-    assert len(DatasetCatalog.get("shapes_train")) == 64
-    assert len(DatasetCatalog.get("shapes_val")) == 16
-
-
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="image_size"):
         shapes.build_shapes_cache(2, seed=0, image_size=(200, 100))

@@ -14,7 +14,7 @@ from .cache import default_cache_root
 from .loading import get_checked_detection_dataset_dicts
 from .mappers import CheckedDatasetMapper
 from .registration import register_coco_json, register_dataset
-from .shapes import SHAPES_CLASSES, register_all_shapes, register_shapes
+from .shapes import SHAPES_CLASSES, register_shapes
 from .treecrowns import (
     TREECROWNS_CLASSES,
     TREECROWNS_MAX_DETS_PER_IMAGE,

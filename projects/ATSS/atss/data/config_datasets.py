@@ -1,37 +1,15 @@
-"""COCO-format datasets named by a config's ``dataset`` node: ``dataset.train/test.json_file/
-image_root``.
+"""COCO-format datasets named by a config's ``dataset`` node (the ``configs/Custom`` configs):
+``dataset.{train,test}.{json_file,image_root}=...`` on the command line.
 
-A config with a ``dataset`` node (``configs/Custom/*``) takes the data as overrides::
-
-    dataset.train.json_file=PATH dataset.train.image_root=DIR
-    dataset.test.json_file=PATH dataset.test.image_root=DIR
-
-and its loaders and class count read that node through the config itself, so the config works
-under any tool that instantiates it (Detectron2's ``tools/lazyconfig_train_net.py``, a notebook),
-with no registration step before::
-
-    dataloader.train.dataset = L(get_checked_coco_json_dicts)(
-        names="custom_train", splits="${dataset}", split="train")
-    dataset.num_classes = L(coco_json_num_classes)(train="${..train}", test="${..test}")
-
-Both
-
-1. check the paths (an error names the config key and the path);
-2. read the categories of the train JSON (any ids, e.g. 3 and 7: Detectron2's
-   ``load_coco_json`` maps the sorted ids to contiguous classes 0..N-1, and COCOEvaluator maps
-   them back) and check that the test JSON, when given, has the same ones: the train loader
-   refuses a test JSON with other categories before the first iteration, not with a wrong AP
-   after the last;
-
-and the loader then registers its split (``custom_train`` / ``custom_test``, the names the
-configs' evaluator uses) with the category names as ``thing_classes``, the JSON as
-``json_file`` and the id map (what COCOEvaluator reads), and loads it through the checked loader
-(:func:`atss.data.get_checked_detection_dataset_dicts`), as every other dataset.
-
-Our entry points also call :func:`register_datasets_from_config` after the overrides: it does
-the same for every given split at once (an early error when a split they need is missing), and
-puts the class count into ``model.num_classes`` (demo and export build a model without reading
-the data; a count given on the command line is checked against the data's).
+The loaders and the class count the configs name (:func:`get_checked_coco_json_dicts`,
+:func:`coco_json_num_classes`) read that node when instantiated, so the configs run under any
+tool that instantiates them (Detectron2's ``tools/lazyconfig_train_net.py`` too) with no
+registration step before. Both check the paths (an error names the config key and the path) and
+that the test JSON has the train JSON's categories (any ids: Detectron2 maps the sorted ids to
+classes 0..N-1 and COCOEvaluator maps them back), so other categories are refused before
+training, not seen as a wrong AP after it. Our entry points also call
+:func:`register_datasets_from_config`, which registers every given split at once and puts the
+class count into ``model.num_classes``. What a user gives: docs/own_data.md.
 """
 
 import logging

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -29,7 +29,6 @@ __all__ = [
     "SHAPES_DATASETS",
     "build_shapes_cache",
     "generate_shapes_image",
-    "register_all_shapes",
     "register_shapes",
     "write_shapes_coco",
 ]
@@ -309,13 +308,3 @@ def register_shapes(
         image_root=image_root,
     )
     return name
-
-
-def register_all_shapes(root: Optional[str] = None) -> List[str]:
-    """Register and build ``shapes_train`` (64 images, seed 0) and ``shapes_val`` (16 images,
-    seed 1), 128-256 px. Idempotent. (The configs need not call it: the checked loader registers
-    these names on first use, :mod:`atss.data.builtin`.)"""
-    return [
-        register_shapes(name, num_images=num_images, seed=seed, root=root)
-        for name, (num_images, seed) in SHAPES_DATASETS.items()
-    ]
