@@ -179,12 +179,18 @@ def _level_names(num_levels, first_level):
     return [f"P{first_level + i}" for i in range(num_levels)]
 
 
-def _plot_atss_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, names, label):
+def _show_gt(ax_img, image, ex: Explanation, sel: GTSelection):
+    """Show the crop around one GT with its box; the anchor centres and the crop window."""
     centers = Boxes(ex.anchors).get_centers()
     window = _crop_window(sel.box, image.shape)
     _show_crop(ax_img, image, window)
     _draw_box(ax_img, sel.box, edgecolor="white", linewidth=2.0)
     _draw_box(ax_img, sel.box, edgecolor="black", linewidth=0.8, linestyle="--")
+    return centers, window
+
+
+def _plot_atss_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, names, label):
+    centers, window = _show_gt(ax_img, image, ex, sel)
     is_pos = torch.isin(sel.candidates, sel.positives)
     cand_centers = centers[sel.candidates]
     shown = _inside(cand_centers, window)
@@ -237,11 +243,7 @@ def _plot_atss_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, name
 
 
 def _plot_iou_gt(ax_img, ax_bar, image, ex: Explanation, sel: GTSelection, names, thresholds):
-    centers = Boxes(ex.anchors).get_centers()
-    window = _crop_window(sel.box, image.shape)
-    _show_crop(ax_img, image, window)
-    _draw_box(ax_img, sel.box, edgecolor="white", linewidth=2.0)
-    _draw_box(ax_img, sel.box, edgecolor="black", linewidth=0.8, linestyle="--")
+    centers, window = _show_gt(ax_img, image, ex, sel)
     ious = pairwise_iou(Boxes(ex.anchors), Boxes(sel.box[None]))[:, 0]  # (A,), one GT: O(A)
     mine = torch.nonzero(ex.matched_iou == sel.gt_index).flatten()
     # Ignored anchors that overlap this GT (the IoU assigner does not say for which GT).
@@ -386,24 +388,9 @@ def draw_positives(
     )
     for row, g in enumerate(gt_indices, start=1):
         sel = explanation.per_gt[g]
-        _plot_atss_gt(
-            fig.add_subplot(grid[row, 0]),
-            fig.add_subplot(grid[row, 1]),
-            image,
-            explanation,
-            sel,
-            names,
-            f"#{row}",
-        )
-        _plot_iou_gt(
-            fig.add_subplot(grid[row, 2]),
-            fig.add_subplot(grid[row, 3]),
-            image,
-            explanation,
-            sel,
-            names,
-            iou_thresholds,
-        )
+        axes = [fig.add_subplot(grid[row, column]) for column in range(4)]
+        _plot_atss_gt(*axes[:2], image, explanation, sel, names, f"#{row}")
+        _plot_iou_gt(*axes[2:], image, explanation, sel, names, iou_thresholds)
     fig.suptitle(
         title or "ATSS (left) vs IoU assigner (right): which anchors become positives",
         fontsize=12,
