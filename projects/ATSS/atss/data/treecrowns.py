@@ -24,9 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 from detectron2.data.datasets import load_coco_json
-from PIL import Image
 
 from .cache import build_dir_atomically, hash_file, is_complete, resolve_root, write_json_atomically
 from .crops import crops_to_coco, region_tiles
@@ -42,7 +40,6 @@ __all__ = [
     "plan_treecrown_splits",
     "build_treecrowns_cache",
     "register_all_treecrowns",
-    "tree_crown_mosaic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -278,13 +275,3 @@ def register_all_treecrowns(
             image_root=str(cache_dir / "images"),
         )
     return list(TREECROWNS_SPLITS)
-
-
-def tree_crown_mosaic(size: int) -> np.ndarray:
-    """A ``size`` x ``size`` RGB uint8 (H, W, 3) image: the largest tree-crown image repeated,
-    for benchmarks of large images (an orthomosaic stand-in made from real pixels)."""
-    source = max(_read_sources(), key=lambda im: im.width * im.height)
-    with Image.open(source.image_path) as im:
-        pixels = np.asarray(im.convert("RGB"))
-    reps = (-(-size // pixels.shape[0]), -(-size // pixels.shape[1]), 1)
-    return np.ascontiguousarray(np.tile(pixels, reps)[:size, :size])

@@ -1,3 +1,2 @@
 """atss.utils: :mod:`.testing`, the builders that tests and tools share (as Detectron2's
-``detectron2/utils/testing.py``), and :mod:`.benchmark`, the measuring pieces of
-``tools/benchmark.py``."""
+``detectron2/utils/testing.py``)."""
