@@ -282,7 +282,7 @@ def register_shapes(
     no-op; with different arguments the name is re-registered.
 
     Args:
-        build: write the files now (~10 ms per image), so that ``metadata.json_file`` exists
+        build: write the files now, so that ``metadata.json_file`` exists
             before the dataset is read; False: write nothing until ``DatasetCatalog.get``.
 
     Returns:
