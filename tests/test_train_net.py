@@ -337,22 +337,35 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
     assert partial >= 1
 
 
+def _train_in_two_processes(out, *opts):
+    """train_net.main in 2 processes through Detectron2's launch (NCCL where CUDA is available,
+    else gloo), 2 iterations: finite losses, final weights and an evaluation."""
+    schedule = ["train.max_iter=2", "train.checkpointer.period=2", "train.eval_period=2"]
+    args = run(out, *schedule, *opts, num_gpus=2)
+    launch(train_net.main, 2, dist_url="auto", args=(args,))
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "metrics.json")) as f:
+        losses = [
+            m["total_loss"] for m in map(json.loads, filter(str.strip, f)) if "total_loss" in m
+        ]
+    assert losses and all(map(math.isfinite, losses)), losses
+    assert math.isfinite(final_eval_metrics(out)["bbox/AP"])
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):
     """--num-gpus 2 without CUDA: launch() spawns 2 processes with the gloo backend and
     train_net gives DDP device_ids=None (the default [local_rank] raises on CPU modules)."""
-    out = str(tmp_path)
-    args = run(
-        out,
-        "train.max_iter=2",
-        "train.checkpointer.period=2",
-        "train.eval_period=2",
-        num_gpus=2,
-    )
-    launch(train_net.main, 2, dist_url="auto", args=(args,))
-    assert os.path.exists(os.path.join(out, "model_final.pth"))
-    metrics = final_eval_metrics(out)
-    assert math.isfinite(metrics["bbox/AP"])
+    _train_in_two_processes(str(tmp_path))
+
+
+@pytest.mark.cuda
+def test_two_gpus_with_nccl_and_amp_train_and_evaluate(cuda_device, tmp_path):
+    """--num-gpus 2 on 2 GPUs with AMP: launch() picks NCCL. Fails on what only a multi-GPU run
+    meets (a tensor left on the CPU in a collective, DDP's device_ids, AMP under DDP)."""
+    if cuda_device.type != "cuda" or torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA GPUs ({torch.cuda.device_count()} here)")
+    _train_in_two_processes(str(tmp_path), "train.device=cuda", "train.amp.enabled=True")
 
 
 def test_device_resolution_and_amp_on_cpu():
