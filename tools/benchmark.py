@@ -18,7 +18,7 @@ needs to judge the numbers:
   ``torchscript`` or ``onnxruntime`` (the exported graph of :mod:`atss.export`).
 
 ``--task eval`` and ``--task infer`` time a trained model: give its weights with
-``train.init_checkpoint=PATH`` (or ``--weights PATH``), or ``--random-weights`` to time an
+``train.init_checkpoint=PATH``, or ``--random-weights`` to time an
 untrained one (its post-processing sees other candidate counts, so other times).
 
 Prints the settings, the machine, seconds per iteration (median, min, max), images/s, peak
@@ -40,10 +40,14 @@ from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import EventStorage
 
-from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
+from atss.engine.cli import (
+    add_weights_arguments,
+    config_and_overrides,
+    exit_on_usage_errors,
+)
+from atss.engine.cli import parse_args as parse_overrides_last
 from atss.engine.config import NO_WEIGHTS, RANDOM, START, TRAINED, build_model, load_config
 from atss.engine.device import available_device
-from atss.engine.weights import add_weights_arguments, weights_overrides
 from atss.utils.benchmark import (
     configure,
     conv_peak_gflops,
@@ -72,7 +76,7 @@ def _build_model(cfg, device, random_weights: bool):
 def _build_trained_model(cfg, device, random_weights: bool):
     """The model to time in evaluation / inference, in eval mode: a whole trained model from
     ``train.init_checkpoint`` or, with ``random_weights``, an untrained one
-    (:func:`atss.engine.weights.load_trained_weights`)."""
+    (:func:`atss.engine.config.load_trained_weights`)."""
     return build_model(cfg, RANDOM if random_weights else TRAINED, device, what="benchmark")
 
 
@@ -197,7 +201,7 @@ def run_benchmark(
 ) -> Dict[str, object]:
     """
     Run one task on a configured LazyConfig (see :func:`configure`). ``eval`` and ``infer``
-    time the trained model of ``train.init_checkpoint`` (:class:`atss.engine.weights.
+    time the trained model of ``train.init_checkpoint`` (:class:`atss.engine.config.
     WeightsError` without one), or with ``random_weights`` an untrained one.
 
     Returns:
@@ -268,16 +272,15 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--no-peaks", action="store_true", help="skip the conv/matmul peak runs")
     p.add_argument("--json", help="also write the results to this JSON file")
-    add_weights_arguments(p, alias=True)
+    add_weights_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    return p.parse_args(argv)
+    return parse_overrides_last(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    reject_flags_in_overrides(args.opts, argv)
     with exit_on_usage_errors("benchmark.py"):
-        opts = weights_overrides(args.opts, args.weights, args.random_weights)
+        _, opts = config_and_overrides(args)
         cfg = configure(load_config(args.config_file, opts), size=args.size, batch=args.batch)
         result = run_benchmark(
             cfg,
