@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from demo import expand_inputs, main
-from tests.atss_testing import tiny_model, write_tiny_config
+from tests.atss_testing import read_detections_csv, tiny_model, write_tiny_config
 
 # The tiny test model at a small test resolution (64 px). Its head is 64 channels wide: GN(32) on
 # 32 channels (1 per group) fails on the 1x1 P7 of a small image.
@@ -119,8 +119,6 @@ def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path
     ids are replaced by the model's indices."""
     import json
     import shutil
-
-    from atss.inference.detection_files import read_detections_csv
 
     run = tmp_path / "run"
     run.mkdir()

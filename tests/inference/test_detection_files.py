@@ -9,9 +9,9 @@ from detectron2.structures import Boxes, Instances
 from atss.inference.detection_files import (
     CSV_COLUMNS,
     detection_rows,
-    read_detections_csv,
     write_detections,
 )
+from tests.atss_testing import read_detections_csv
 
 
 def _instances():

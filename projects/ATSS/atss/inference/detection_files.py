@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "CSV_COLUMNS",
     "detection_rows",
-    "read_detections_csv",
     "write_detections",
 ]
 
@@ -80,14 +79,3 @@ def write_detections(path: str, rows: Sequence[Dict]) -> None:
             json.dump(_coco_results(rows), f)
     else:
         raise ValueError(f"{path}: detections are written as .csv or .json")
-
-
-def read_detections_csv(path: str) -> List[Dict]:
-    """The rows of a CSV of :func:`write_detections`, typed back (floats, int class id)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("x0", "y0", "x1", "y1", "score"):
-            r[k] = float(r[k])
-        r["class_id"] = int(r["class_id"])
-    return rows

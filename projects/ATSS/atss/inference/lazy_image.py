@@ -24,7 +24,6 @@ __all__ = [
     "NpyWindows",
     "ReversedChannels",
     "TiledImageMapper",
-    "is_lazy_image",
     "read_for_tiling",
 ]
 
@@ -125,11 +124,6 @@ class ReversedChannels:
     def __array__(self, dtype=None, copy=None):
         array = np.ascontiguousarray(self[:, :])
         return array if dtype is None else array.astype(dtype)
-
-
-def is_lazy_image(image) -> bool:
-    """True for an HWC array-like that is not an in-memory ndarray (read a window at a time)."""
-    return not isinstance(image, np.ndarray) and hasattr(image, "shape")
 
 
 def read_for_tiling(path: str, image_format: str = "RGB"):
