@@ -24,7 +24,7 @@ from fvcore.common.checkpoint import (
     _group_to_str,
     _IncompatibleKeys,
 )
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..fileio import atomic_write
 
@@ -297,8 +297,10 @@ def _flat(value, prefix: str) -> Dict[str, object]:
         return flat
     if isinstance(value, (list, tuple)):
         value = [v if isinstance(v, (bool, int, float, str)) else repr(v) for v in value]
-    elif callable(value):
-        value = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
+    elif hasattr(value, "__qualname__"):  # a LazyCall target: a function or a class
+        value = f"{value.__module__}.{value.__qualname__}"
+    elif not isinstance(value, (bool, int, float, str, type(None))):
+        value = repr(value)
     return {prefix: value}
 
 
@@ -320,8 +322,10 @@ class ScheduleRecord:
     def __init__(self, cfg, multiplier, trainer) -> None:
         self.max_iter = int(cfg.train.max_iter)
         self.values = {"train.max_iter": self.max_iter}
-        config = OmegaConf.to_container(cfg.lr_multiplier, resolve=True)
-        self.values.update(_flat(config, "lr_multiplier"))
+        node = cfg.lr_multiplier
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        self.values.update(_flat(node, "lr_multiplier"))
         self.multiplier = multiplier
         self.trainer = trainer
         self.loaded: Optional[dict] = None  # what the resumed checkpoint recorded
