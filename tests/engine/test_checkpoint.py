@@ -1,5 +1,5 @@
 """atss.engine.checkpoint: AtomicDetectionCheckpointer on local and remote paths (and the
-atomic-write helper it shares with the dataset cache), the config identity a checkpoint
+atomic write it shares with the dataset cache), the config identity a checkpoint
 records and the --resume check on hand-written run folders, and the one line a resume under
 another LR schedule logs (the train loop end to end: tests/test_train_net.py)."""
 
