@@ -1,6 +1,7 @@
 """Shared builders for the tests: anchors, random GT boxes, a tiny ATSS model and inputs, and
 the entry-point scripts as modules."""
 
+import csv
 import functools
 import importlib.util
 import os
@@ -306,3 +307,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def read_detections_csv(path):
+    """The rows of a detections CSV (atss.inference.detection_files), typed back (floats, int
+    class id)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("x0", "y0", "x1", "y1", "score"):
+            r[k] = float(r[k])
+        r["class_id"] = int(r["class_id"])
+    return rows

@@ -10,13 +10,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from detectron2.config import LazyConfig
 
 from atss.export import (
     OUTPUT_NAMES,
+    export_info,
     export_onnx,
     export_torchscript,
     onnx_session,
     quiet_third_party_tracer_warnings,
+    resize_of_test_loader,
     split_outputs,
 )
 from tests.atss_testing import FIT_SIZE, fitted_tiny_model, tiny_model
@@ -199,3 +202,20 @@ def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
     boxes, classes, scores, image_size = session.run(None, {"image0": image})
     assert boxes.shape[1] == 4 and len(boxes) == len(classes) == len(scores) > 0
     assert image_size.tolist() == [224, 160]
+
+
+def test_export_info_names_the_resize_channels_and_classes():
+    """model.json's content for the Custom config: its test resize (512, 853), RGB, 0-255 and
+    the user's ids; a drawn short edge is refused (a user could not reproduce it). Fails if
+    the resize is read from the train loader or the ids are the class indices."""
+    cfg = LazyConfig.load("configs/Custom/atss_MNV2_FPN_coco_json.py")
+    assert resize_of_test_loader(cfg) == {"short_edge": 512, "max_size": 853}
+    info = export_info("out/model.onnx", "RGB", resize_of_test_loader(cfg), [(3, "a"), (7, "b")], 2,
+                       ["pred_boxes0"], ["image0"])  # fmt: skip
+    assert info["model"] == "model.onnx" and info["input_names"] == ["image0"]
+    assert info["pixel_range"] == [0, 255] and info["input_format"] == "RGB"
+    assert info["classes"] == [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
+    assert [c["id"] for c in export_info("m", "BGR", None, None, 2, [], [])["classes"]] == [0, 1]
+    cfg.dataloader.test.mapper.augmentations[0].short_edge_length = [96, 128]
+    with pytest.raises(ValueError, match="short edge"):
+        resize_of_test_loader(cfg)

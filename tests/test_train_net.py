@@ -3,6 +3,7 @@ train -> evaluate, --eval-only, interrupt + --resume, 2 CPU processes (gloo), th
 loss normalisers, atomic checkpoints and a non-finite loss."""
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -215,6 +216,35 @@ def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp
     ref = model_state(os.path.join(trained, "model_final.pth"))
     for k in ref:  # tolerance: see the interrupt-and-resume test
         torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_under_another_schedule_logs_what_the_lr_does(trained, tmp_path):
+    """The finished 4-iteration run resumed with train.max_iter=5 and its one LR step moved
+    from 15 to 19 (of 20 updates): at iteration 4 the old schedule was past its step (0.001),
+    the new one is not (0.01). One warning line names both changes and the LR; the trainer then
+    trains iteration 4 at that LR (metrics.json). Fails if the checkpoint does not record its
+    schedule, if the train loop does not compare it, or if the line misstates the LR."""
+    for name in ["last_checkpoint", "model_final.pth"]:
+        shutil.copy(os.path.join(trained, name), tmp_path / name)
+    logger = logging.getLogger("detectron2")  # does not propagate (Detectron2's setup_logger)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        opts = ["train.max_iter=5", "lr_multiplier.scheduler.milestones=[19]"]
+        train_net.main(run(str(tmp_path), *opts, "train.eval_period=0", resume=True))
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records if "--resume under another schedule" in r.getMessage()]
+    assert lines == [
+        "--resume under another schedule than the checkpoint's (train.max_iter 4 -> 5; "
+        "lr_multiplier.scheduler.milestones [15] -> [19]): the LR at iteration 4 goes from "
+        "0.001 to 0.01"
+    ]
+    with open(tmp_path / "metrics.json") as f:
+        logged = [json.loads(line) for line in f if line.strip()]
+    assert [r["lr"] for r in logged if r.get("iteration") == 4] == [pytest.approx(0.01)]
 
 
 def test_resume_refuses_the_last_checkpoint_of_another_config(trained, tmp_path):

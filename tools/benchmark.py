@@ -54,10 +54,10 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
+from atss.engine.cli import add_weights_arguments, config_and_overrides, exit_on_usage_errors
+from atss.engine.cli import parse_args as parse_overrides_last
 from atss.engine.config import NO_WEIGHTS, RANDOM, START, TRAINED, build_model, load_config
 from atss.engine.device import available_device
-from atss.engine.weights import add_weights_arguments, weights_overrides
 
 TASKS = ("data", "train", "eval", "infer", "matcher")
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
@@ -315,8 +315,8 @@ def _bench_infer(cfg, runtimes, device, random_weights, threads, stack, iters, t
 def _bench_tiled(cfg, runtimes, random_weights, threads, size, overlap, image_size):
     """The tiled predictor of each runtime on an ``image_size`` square mosaic of the first
     test image, read in the model's channel order, as ``demo.py --tile-size`` runs it."""
-    from atss.engine.onnx_runtime import OnnxPredictor
     from atss.engine.predictor import ATSSPredictor
+    from atss.inference.onnx_runtime import OnnxPredictor
 
     if "torchscript" in runtimes:
         raise ValueError("--tile-size times the runtimes of demo.py: eager and onnxruntime")
@@ -358,7 +358,7 @@ def run_benchmark(
     """
     Time one task of a configured LazyConfig (:func:`configure`), each runtime in turn.
     ``eval`` and ``infer`` time the trained model of ``train.init_checkpoint`` (a
-    :class:`atss.engine.weights.WeightsError` without one), or with ``random_weights`` an
+    :class:`atss.engine.config.WeightsError` without one), or with ``random_weights`` an
     untrained one. ``tile``: ``{"size", "overlap", "image_size"}`` for tiled inference.
 
     Returns:
@@ -556,7 +556,7 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     add_weights_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    args = p.parse_args(argv)
+    args = parse_overrides_last(p, argv)
     if args.task != "matcher" and not args.config_file:
         p.error(f"--task {args.task} needs --config-file")
     if args.tile_size and args.task != "infer":
@@ -566,7 +566,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    reject_flags_in_overrides(args.opts, argv)
     if args.task == "matcher":
         result = run_matcher_benchmark(
             args.gts, args.iters, args.threads, available_device(args.device)
@@ -576,7 +575,7 @@ def main(argv=None):
         if args.tile_size:
             tile = dict(size=args.tile_size, overlap=args.tile_overlap, image_size=args.image_size)
         with exit_on_usage_errors("benchmark.py"):
-            opts = weights_overrides(args.opts, random_weights=args.random_weights)
+            _, opts = config_and_overrides(args)
             cfg = configure(load_config(args.config_file, opts), size=args.size, batch=args.batch)
             result = run_benchmark(
                 cfg,
