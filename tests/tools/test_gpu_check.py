@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs the script (bash, pytest) in a process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 
@@ -85,7 +87,6 @@ def test_the_table_shows_each_outcome_and_a_failure_makes_the_status_non_zero(tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_every_cuda_test_passes_against_the_cpu(tmp_path):
     """The `cuda` tests with ATSS_CUDA_TESTS_DEVICE=cpu: each runs its code (the CPU compared
     with itself, no AMP, no NCCL) and passes, the 2-GPU one is skipped. Catches a broken call
