@@ -66,13 +66,16 @@ def _eager_oracle(cfg, bgr):
 
 
 @pytest.mark.slow
-def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(setup):
+# The switch on first: its export is the one the module's later tests take from the cache.
+@pytest.mark.parametrize("amp", [["train.amp.enabled=True", "train.amp.precision=bf16"], []])
+def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(setup, amp):
     """
     Boxes and scores within the export tolerance, identical classes, in the coordinates of the
-    original (not the resized) image. Fails if the ONNX outputs are not scaled back from the
-    resized input, if the channel order or the resize differ from eager, or if the graph is wrong.
+    original (not the resized) image; the export is fp32 with the precision switch on too.
+    Fails if the ONNX outputs are not scaled back from the resized input, if the channel order
+    or the resize differ from eager, if the graph is wrong, or if it is traced under autocast.
     """
-    cfg = _cfg(setup)
+    cfg = _cfg(setup, *amp)
     expected = _eager_oracle(cfg, setup["bgr"])
     got = OnnxPredictor(cfg)(setup["bgr"])
     assert len(expected) > 0 and len(got) == len(expected)

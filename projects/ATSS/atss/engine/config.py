@@ -58,6 +58,7 @@ RANDOM_WEIGHTS_FLAG = "--random-weights"
 OPTIONAL_KEYS = {
     "train.seed": "detectron2.engine.default_setup and the training sampler",
     "train.cudnn_benchmark": "detectron2.engine.default_setup",
+    "train.amp.precision": "atss.engine.device.autocast_dtype",
 }
 # What build_model loads into the model (its ``weights`` argument).
 TRAINED = "trained"  # cfg.train.init_checkpoint, a whole trained model, or WeightsError
