@@ -453,9 +453,7 @@ def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_prec
 
 
 @pytest.mark.cuda
-def test_amp_trains_and_evaluates_through_train_net_on_the_device(
-    cuda_device, tmp_path, monkeypatch
-):
+def test_amp_trains_and_evaluates_on_the_device(cuda_device, tmp_path, monkeypatch):
     """train.amp.enabled=True on the device through our train loop: fp16 with the gradient
     scaler on CUDA (bf16 where the `cuda` tests run against the CPU), 2 steps with finite
     losses, a periodic and an --eval-only evaluation in the same precision, fp32 checkpoints

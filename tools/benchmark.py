@@ -398,9 +398,10 @@ def run_benchmark(
     """
     Time one task of a configured LazyConfig (:func:`configure`), each variant in turn: each
     runtime, the eager one in each of ``precisions`` (:func:`timed_variants`; default: the
-    precision of the config's ``train.amp``). ``eval`` and ``infer`` time the trained model of ``train.init_checkpoint`` (a
-    :class:`atss.engine.config.WeightsError` without one), or with ``random_weights`` an
-    untrained one. ``tile``: ``{"size", "overlap", "image_size"}`` for tiled inference.
+    precision of the config's ``train.amp``). ``eval`` and ``infer`` time the trained model of
+    ``train.init_checkpoint`` (a :class:`atss.engine.config.WeightsError` without one), or with
+    ``random_weights`` an untrained one. ``tile``: ``{"size", "overlap", "image_size"}`` for
+    tiled inference.
 
     Returns:
         ``settings``, ``machine``, the FLOP figures of train/infer, peak memory and ``runs``:

@@ -511,7 +511,7 @@ def test_bf16_inference_finds_the_fp32_detections_of_a_fitted_model():
 
 
 @pytest.mark.cuda
-def test_amp_detections_on_the_device_equal_the_fp32_ones_on_the_cpu(cuda_device):
+def test_amp_on_the_device_finds_the_fp32_detections(cuda_device):
     """The fitted tiny model under the device's autocast (``train.amp.enabled=True``: fp16 on
     CUDA, bf16 where the `cuda` tests run against the CPU) finds the CPU's fp32 detections
     within the mixed-precision tolerance. Fails on a layer that overflows or breaks in fp16,
