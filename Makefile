@@ -32,7 +32,7 @@ demo: venv
 	$(PY) tools/train_treecrowns_demo.py
 
 bench: venv
-	$(PY) tools/bench_matcher.py
+	$(PY) tools/benchmark.py --task matcher --iters 5 --threads 2
 
 # Re-resolve the lock file after editing requirements.txt.
 lock:

@@ -7,15 +7,15 @@ Run an ATSS model on images or a video and write the detections drawn on them.
 
 * ``--input``: image files, folders (their images) and glob patterns; ``--video-input``: a video
   file, written back as an ``.mp4`` with the detections drawn.
-* Config overrides (``key=value``) come after ``--opts`` or anywhere on the command line, as
-  in ``train_net.py``; the weights are ``train.init_checkpoint`` (a whole trained model of the
-  config; ``--random-weights`` runs an untrained one). An override of a key the config does not
-  have is refused.
+* Config overrides (``key=value``) come last, after the flags, as in ``train_net.py``; the
+  weights are ``train.init_checkpoint`` (a whole trained model of the config;
+  ``--random-weights`` runs an untrained one). An override of a key the config does not have
+  is refused.
 * ``--run RUN`` (a training run's folder) stands for ``--config-file RUN/config.yaml
   train.init_checkpoint=RUN/model_final.pth``: the folder alone, without the training data.
-* Runs on ``train.device`` when it is available, else on the CPU. Class names come from the
-  run's ``classes.json`` beside the config, else from the metadata of the config's datasets
-  when they match the model's number of classes.
+* Runs on ``train.device`` when it is available, else on the CPU. Class names:
+  :func:`atss.engine.predictor.model_classes` (the run's ``classes.json``, else the config's
+  datasets).
 * Large images: ``--tile-size`` runs the model on tiles; a ``.npy`` input (an (H, W, 3) uint8
   RGB array, ``np.save``) is then read a tile at a time from the file, so no copy of the whole
   image is held. An image of more than ``--max-draw-pixels`` pixels is not drawn: its detections
@@ -30,7 +30,6 @@ import argparse
 import glob
 import logging
 import os
-import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -44,33 +43,29 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
-from atss.engine.cli import reject_flags_in_overrides
-from atss.engine.config import load_config
-from atss.engine.detection_files import detection_rows, write_detections
-from atss.engine.onnx_runtime import OnnxPredictor
-from atss.engine.predictor import ATSSPredictor, dataset_class_names
-from atss.engine.run_folder import (
-    Classes,
+from atss.engine.cli import (
     add_config_arguments,
-    config_classes,
-    read_run_classes,
-    run_arguments,
+    add_weights_arguments,
+    config_and_overrides,
+    parse_args,
 )
-from atss.engine.weights import add_weights_arguments, weights_overrides
+from atss.engine.config import load_config
+from atss.engine.predictor import ATSSPredictor, model_classes
+from atss.inference.detection_files import detection_rows, write_detections
 from atss.inference.lazy_image import ReversedChannels, read_for_tiling
+from atss.inference.onnx_runtime import OnnxPredictor
 
 logger = logging.getLogger("demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 MAX_DRAW_PIXELS = 4096 * 4096
-_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
 def get_parser():
     parser = argparse.ArgumentParser(
         description="ATSS demo: draw detections on images/video",
-        epilog="key=value config overrides may also stand anywhere on the command line, "
-        "e.g. train.init_checkpoint=model.pth",
+        epilog="e.g. --config-file CFG --input photos/ --output out/demo "
+        "train.init_checkpoint=RUN/model_final.pth",
     )
     add_config_arguments(parser)
     parser.add_argument("--input", nargs="+", default=[], help="images, folders or globs")
@@ -122,23 +117,10 @@ def get_parser():
         help="also write all detections to these .csv / .json (COCO results) files",
     )
     add_weights_arguments(parser)
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="key=value config overrides, after the flags"
+    )
     return parser
-
-
-def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """
-    Separate ``key.path=value`` overrides given anywhere on the command line (``--input``
-    takes several values, so they cannot simply follow it) from the other arguments. A token
-    naming an existing file is an input, never an override.
-    """
-    rest, overrides = [], []
-    for token in argv:
-        if _OVERRIDE.match(token) and not os.path.exists(token):
-            overrides.append(token)
-        else:
-            rest.append(token)
-    return rest, overrides
 
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -214,7 +196,7 @@ def run_images(
     output,
     threshold,
     max_draw_pixels: int = MAX_DRAW_PIXELS,
-    classes: Optional[Classes] = None,
+    classes: Optional[List[Tuple[int, str]]] = None,
     all_rows: Optional[list] = None,
 ) -> List[str]:
     """Annotate each image into ``output/<name>.png``, or, above ``max_draw_pixels``, write its
@@ -292,22 +274,6 @@ def run_video(predictor, path, metadata, output, threshold) -> List[str]:
     return []
 
 
-def _model_classes(cfg, config_file: str, num_classes: int):
-    """(names, where they come from, ``(id, name)`` pairs) of the model's classes: the run's
-    classes.json beside the config, else the test dataset's names, with the category ids of
-    the config's datasets where they carry them for these names (else the class index)."""
-    run_classes = read_run_classes(os.path.dirname(os.path.abspath(config_file)))
-    if run_classes:
-        return [name for _, name in run_classes], "the run's classes.json", run_classes
-    names = dataset_class_names(cfg, num_classes)
-    if not names:
-        return names, "the test dataset", None
-    with_ids = config_classes(cfg, num_classes)
-    if not with_ids or [name for _, name in with_ids] != list(names):
-        with_ids = list(enumerate(names))
-    return names, "the test dataset", with_ids
-
-
 def _write_all_detections(paths: Sequence[str], rows: list) -> List[str]:
     """Write ``rows`` to each of ``paths`` (.csv / .json); one message per failure."""
     failures = []
@@ -323,10 +289,7 @@ def _write_all_detections(paths: Sequence[str], rows: list) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest, trailing = split_overrides(argv)
-    args = get_parser().parse_args(rest)
-    reject_flags_in_overrides(args.opts + trailing)
+    args = parse_args(get_parser(), argv)
     if not args.input and not args.video_input:
         logger.error("nothing to do: give --input and/or --video-input")
         return 2
@@ -335,10 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.error(f"--output-detections {path}: write .csv or .json files")
             return 2
     try:
-        opts = args.opts + trailing
-        if args.run:
-            args.config_file, opts = run_arguments(args.run, opts, not args.random_weights)
-        opts = weights_overrides(opts, random_weights=args.random_weights)
+        args.config_file, opts = config_and_overrides(args)
         cfg = load_config(args.config_file, opts)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
@@ -351,18 +311,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bad config, override or weights file: nothing can run
         logger.error(f"cannot set up the model from {args.config_file}: {type(e).__name__}: {e}")
         return 2
-    classes, source, id_names = _model_classes(cfg, args.config_file, predictor.model.num_classes)
+    classes = model_classes(cfg, args.config_file)
     if args.tile_size:  # large images: run the model on overlapping tiles
         try:
             predictor.tile(args.tile_size, args.tile_overlap)
         except ValueError as e:
             logger.error(f"--tile-size {args.tile_size} --tile-overlap {args.tile_overlap}: {e}")
             return 2
-    metadata = Metadata(name="demo", thing_classes=classes) if classes else Metadata(name="demo")
-    names = "unknown, indices shown"
-    if classes:
-        names = f"{len(classes)} from {source} ({', '.join(classes[:3])}, ...)"
-    logger.info(f"model on {predictor.device}; class names: {names}")
+    names = [name for _, name in classes or []]
+    metadata = Metadata(name="demo", thing_classes=names) if names else Metadata(name="demo")
+    shown = f"{len(names)} ({', '.join(names[:3])}, ...)" if names else "unknown, indices shown"
+    logger.info(f"model on {predictor.device}; class names: {shown}")
     os.makedirs(args.output, exist_ok=True)
 
     files, failures = expand_inputs(args.input)
@@ -376,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.output,
         args.confidence_threshold,
         args.max_draw_pixels,
-        id_names,
+        classes,
         rows,
     )
     failures += _write_all_detections(args.output_detections, rows)

@@ -14,12 +14,13 @@ does).
 """
 
 from atss.engine.cli import (
+    check_command_line,
     default_argument_parser,
     exit_on_usage_errors,
     launch_training,
     parse_launch_args,
 )
-from atss.engine.train_loop import check_command_line, main
+from atss.engine.train_loop import main
 
 
 def invoke_main() -> None:

@@ -1,6 +1,8 @@
 """Shared builders for the tests: anchors, random GT boxes, a tiny ATSS model and inputs, and
 the entry-point scripts as modules."""
 
+import csv
+import functools
 import importlib.util
 import os
 import socket
@@ -65,6 +67,14 @@ def write_tiny_config(path, short_edge_length, max_size, *extra_lines):
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def fitted_tiny_model(use_dcn=False):
+    """A tiny model fitted for a few steps on one batch (:func:`fit_briefly`), so that it has
+    confident detections, in eval mode on the CPU. Cached: copy it before changing it."""
+    model = tiny_model(**{"head.use_dcn": use_dcn})
+    return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))
 
 
 def run_python(code, *argv, env=None, timeout=900):
@@ -297,3 +307,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def read_detections_csv(path):
+    """The rows of a detections CSV (atss.inference.detection_files), typed back (floats, int
+    class id)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("x0", "y0", "x1", "y1", "score"):
+            r[k] = float(r[k])
+        r["class_id"] = int(r["class_id"])
+    return rows

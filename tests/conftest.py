@@ -6,6 +6,10 @@ import pytest
 import torch
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the tests marked `cuda` run (scripts/gpu_check.sh): CUDA, where they are skipped when it
+# is absent; ATSS_CUDA_TESTS_DEVICE=cpu runs them against the CPU (the CPU compared with itself,
+# without AMP or NCCL), so that their code runs on a machine without a GPU too.
+CUDA_TESTS_DEVICE = os.environ.get("ATSS_CUDA_TESTS_DEVICE", "cuda")
 
 
 def pytest_configure(config):
@@ -15,6 +19,20 @@ def pytest_configure(config):
     paths = [os.path.join(_REPO, "projects", "ATSS"), _REPO]
     inherited = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([inherited] if inherited else []))
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA_TESTS_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="CUDA is not available")
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The device of a `cuda` test (:data:`CUDA_TESTS_DEVICE`)."""
+    return torch.device(CUDA_TESTS_DEVICE)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from demo import expand_inputs, main, split_overrides
-from tests.atss_testing import tiny_model, write_tiny_config
+from demo import expand_inputs, main
+from tests.atss_testing import read_detections_csv, tiny_model, write_tiny_config
 
 # The tiny test model at a small test resolution (64 px). Its head is 64 channels wide: GN(32) on
 # 32 channels (1 per group) fails on the 1x1 P7 of a small image.
@@ -67,11 +67,11 @@ def test_demo_writes_annotated_pngs_and_names_unreadable_files(setup, tmp_path, 
             *inputs,
             "--output",
             str(out),
-            f"train.init_checkpoint={setup['weights']}",
             "--confidence-threshold",
             "0.3",
             "--video-input",
             str(setup["video"]),
+            f"train.init_checkpoint={setup['weights']}",
         ]
     )
     assert status == 1
@@ -101,7 +101,6 @@ def test_demo_reports_bad_weights_and_missing_inputs(setup, tmp_path, caplog):
             str(setup["images"][0]),
             "--output",
             str(tmp_path),
-            "--opts",
             f"train.init_checkpoint={missing}",
         ]
     )
@@ -109,13 +108,6 @@ def test_demo_reports_bad_weights_and_missing_inputs(setup, tmp_path, caplog):
     files, errors = expand_inputs([str(tmp_path / "*.jpeg"), str(setup["root"])])
     assert errors == [f"{tmp_path / '*.jpeg'}: no file matches this pattern"]
     assert [p.split("/")[-1] for p in files] == ["broken.png", "img0.jpg", "img1.jpg"]
-
-
-def test_overrides_anywhere_on_the_command_line(setup):
-    argv = ["--input", "a.png", "model.test_score_thresh=0.3", str(setup["images"][0])]
-    rest, overrides = split_overrides(argv)
-    assert overrides == ["model.test_score_thresh=0.3"]
-    assert rest == ["--input", "a.png", str(setup["images"][0])]
 
 
 def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path):
@@ -128,8 +120,6 @@ def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path
     import json
     import shutil
 
-    from atss.engine.detection_files import read_detections_csv
-
     run = tmp_path / "run"
     run.mkdir()
     config = shutil.copy(setup["config"], run / "config.py")
@@ -139,11 +129,12 @@ def test_demo_writes_detections_instead_of_drawing_a_large_image(setup, tmp_path
     np.save(tmp_path / "big.npy", rgb)
     cv2.imwrite(str(tmp_path / "same.png"), rgb[:, :, ::-1])
     out = tmp_path / "out"
-    argv = ["--config-file", str(config), f"train.init_checkpoint={setup['weights']}"]
+    argv = ["--config-file", str(config)]
     argv += ["--input", str(tmp_path / "big.npy"), str(tmp_path / "same.png")]
     argv += ["--output", str(out), "--tile-size", "96", "--tile-overlap", "32"]
     argv += ["--max-draw-pixels", str(149 * 200), "--confidence-threshold", "0.2"]
     argv += ["--output-detections", str(tmp_path / "all.csv"), str(tmp_path / "all.json")]
+    argv += [f"train.init_checkpoint={setup['weights']}"]
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["big.csv", "big.json", "same.csv", "same.json"]
     big, same = read_detections_csv(str(out / "big.csv")), read_detections_csv(
@@ -168,9 +159,9 @@ def test_tiled_demo_reads_pictures_over_pils_pixel_limit(setup, tmp_path, monkey
 
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # the images have 10,800 / 8,000
     base = ["--config-file", str(setup["config"]), "--input", str(setup["images"][0])]
-    base += [f"train.init_checkpoint={setup['weights']}"]
-    assert main(base + ["--output", str(tmp_path / "untiled")]) == 1  # refused: > 2x limit
+    weights = [f"train.init_checkpoint={setup['weights']}"]
+    assert main(base + ["--output", str(tmp_path / "untiled")] + weights) == 1  # > 2x limit
     tiled = ["--output", str(tmp_path / "tiled"), "--tile-size", "48", "--tile-overlap", "16"]
-    assert main(base + tiled) == 0
+    assert main(base + tiled + weights) == 0
     assert [p.name for p in (tmp_path / "tiled").iterdir()] == ["img0.png"]
     assert PIL.Image.MAX_IMAGE_PIXELS == 1000

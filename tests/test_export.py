@@ -1,6 +1,6 @@
 """Export through Detectron2's tracing: TorchScript and ONNX match the eager model."""
 
-import functools
+import copy
 import os
 import subprocess
 import sys
@@ -10,15 +10,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from detectron2.config import LazyConfig
 
 from atss.export import (
     OUTPUT_NAMES,
+    export_info,
     export_onnx,
     export_torchscript,
+    onnx_session,
     quiet_third_party_tracer_warnings,
+    resize_of_test_loader,
     split_outputs,
 )
-from tests.atss_testing import FIT_BOXES, FIT_SIZE, fit_briefly, make_inputs, tiny_model
+from tests.atss_testing import FIT_SIZE, fitted_tiny_model, tiny_model
 
 TRACE_SIZE = FIT_SIZE  # traced at the size the trained model was fitted at
 TEST_SIZES = [(200, 264), (152, 136)]  # other resolutions than the traced one
@@ -29,27 +33,20 @@ def _images(sizes, seed=1):
     return [torch.rand(3, h, w, generator=g) * 255 for h, w in sizes]
 
 
-@functools.lru_cache(maxsize=None)
-def _briefly_trained(use_dcn=False):
-    """A tiny model fitted for a few steps on one batch, so that it has real detections."""
-    model = tiny_model(**{"head.use_dcn": use_dcn})
-    return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "dcn"])
 def models(request):
     untrained = tiny_model(**{"head.use_dcn": request.param}).eval()
     untrained.test_score_thresh = 0.0  # random weights: keep candidates to compare
-    return {"untrained": untrained, "trained": _briefly_trained(request.param)}
+    return {"untrained": untrained, "trained": fitted_tiny_model(request.param)}
 
 
 def _eager(model, images):
     with torch.no_grad():
-        return [out["instances"] for out in model([{"image": x} for x in images])]
+        return [out["instances"].to("cpu") for out in model([{"image": x} for x in images])]
 
 
 def _np(x):
-    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _assert_close(outputs, expected):
@@ -119,12 +116,36 @@ def test_onnx_matches_eager_in_onnxruntime(models, which, tmp_path):
 
 def test_batch_of_two_is_frozen_and_matches(tmp_path):
     """A batch-2 trace runs two images of new sizes and matches eager for both."""
-    model = _briefly_trained(False)
+    model = fitted_tiny_model(False)
     traced = export_torchscript(model, _images([TRACE_SIZE, TRACE_SIZE]), str(tmp_path / "b.ts"))
     images = _images(TEST_SIZES, seed=7)
     flat = torch.jit.load(str(tmp_path / "b.ts"))(*images)
     assert len(flat) == 2 * len(OUTPUT_NAMES) and traced is not None
     _assert_close(split_outputs(flat), _eager(model, images))
+
+
+@pytest.mark.cuda
+def test_exports_made_on_cuda_match_eager(cuda_device, tmp_path, record_property):
+    """The fitted model on the device, traced there: TorchScript equals eager on the device;
+    the ONNX export runs in ONNX Runtime (its CUDA provider when installed, else the CPU) and
+    equals eager where it ran, at sizes other than the traced one. Fails on a device fixed in
+    the graph (a tensor made on the CPU while tracing on CUDA) or a CUDA-only export error."""
+    model = copy.deepcopy(fitted_tiny_model(False)).to(cuda_device)
+    sample = [x.to(cuda_device) for x in _images([TRACE_SIZE])]
+    export_torchscript(model, sample, str(tmp_path / "m.ts"))
+    traced = torch.jit.load(str(tmp_path / "m.ts"), map_location=cuda_device)
+    export_onnx(model, sample, str(tmp_path / "m.onnx"), opset=16)
+    session = onnx_session(str(tmp_path / "m.onnx"), str(cuda_device))
+    ort_on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+    reference = model if ort_on_cuda else copy.deepcopy(model).cpu()
+    for size in TEST_SIZES:
+        images = _images([size], seed=size[0])
+        on_device = [x.to(cuda_device) for x in images]
+        with torch.no_grad():
+            _assert_close(split_outputs(traced(*on_device)), _eager(model, on_device))
+        flat = session.run(None, {"image0": images[0].numpy()})
+        _assert_close(split_outputs(flat), _eager(reference, on_device if ort_on_cuda else images))
+    record_property("detail", "ONNX Runtime on " + ("CUDA" if ort_on_cuda else "the CPU"))
 
 
 def _run_export_script(output, fmt):
@@ -181,3 +202,20 @@ def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
     boxes, classes, scores, image_size = session.run(None, {"image0": image})
     assert boxes.shape[1] == 4 and len(boxes) == len(classes) == len(scores) > 0
     assert image_size.tolist() == [224, 160]
+
+
+def test_export_info_names_the_resize_channels_and_classes():
+    """model.json's content for the Custom config: its test resize (512, 853), RGB, 0-255 and
+    the user's ids; a drawn short edge is refused (a user could not reproduce it). Fails if
+    the resize is read from the train loader or the ids are the class indices."""
+    cfg = LazyConfig.load("configs/Custom/atss_MNV2_FPN_coco_json.py")
+    assert resize_of_test_loader(cfg) == {"short_edge": 512, "max_size": 853}
+    info = export_info("out/model.onnx", "RGB", resize_of_test_loader(cfg), [(3, "a"), (7, "b")], 2,
+                       ["pred_boxes0"], ["image0"])  # fmt: skip
+    assert info["model"] == "model.onnx" and info["input_names"] == ["image0"]
+    assert info["pixel_range"] == [0, 255] and info["input_format"] == "RGB"
+    assert info["classes"] == [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
+    assert [c["id"] for c in export_info("m", "BGR", None, None, 2, [], [])["classes"]] == [0, 1]
+    cfg.dataloader.test.mapper.augmentations[0].short_edge_length = [96, 128]
+    with pytest.raises(ValueError, match="short edge"):
+        resize_of_test_loader(cfg)

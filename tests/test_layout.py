@@ -4,10 +4,10 @@ The repository's layout rules, read from the source with ``ast`` (README "Layout
 * the library and the tools apart: nothing outside ``tests/`` imports the test suite, the
   package imports nothing from ``tools/``, and no file edits ``sys.path``;
 * one home for loading a config and building a model: ``LazyConfig.load`` is called only in
-  ``atss/engine/overrides.py`` (``load_config``'s reader), ``atss/fileio.py`` (the ``.py``
-  configs of ``load_config_file``) and ``atss/config.py`` (Detectron2's bundled configs); a
-  model is instantiated from a config (``instantiate(<cfg>.model)``) and a checkpointer made
-  only in ``atss.engine`` (``build_model``, the train loop, the weights rule);
+  ``atss/engine/config.py`` (``load_config``), ``atss/fileio.py`` (the ``.py`` configs of
+  ``load_config_file``) and ``atss/config.py`` (Detectron2's bundled configs); a model is
+  instantiated from a config (``instantiate(<cfg>.model)``) and a checkpointer made only in
+  ``atss.engine`` (``build_model``, the train loop, the weights rule);
 * the package's modules import each other without cycles (function-level imports counted).
 
 Each rule is a function of one file's syntax tree; the first test feeds each rule a snippet
@@ -25,7 +25,7 @@ PACKAGE = os.path.join("projects", "ATSS", "atss")
 SKIP_DIRS = {".git", ".venv", ".cache", "output", "__pycache__", ".hypothesis", ".pytest_cache"}
 
 CONFIG_READERS = {
-    "projects/ATSS/atss/engine/overrides.py",
+    "projects/ATSS/atss/engine/config.py",
     "projects/ATSS/atss/fileio.py",
     "projects/ATSS/atss/config.py",
 }

@@ -3,6 +3,7 @@ train -> evaluate, --eval-only, interrupt + --resume, 2 CPU processes (gloo), th
 loss normalisers, atomic checkpoints and a non-finite loss."""
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -217,6 +218,35 @@ def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp
         torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_resume_under_another_schedule_logs_what_the_lr_does(trained, tmp_path):
+    """The finished 4-iteration run resumed with train.max_iter=5 and its one LR step moved
+    from 15 to 19 (of 20 updates): at iteration 4 the old schedule was past its step (0.001),
+    the new one is not (0.01). One warning line names both changes and the LR; the trainer then
+    trains iteration 4 at that LR (metrics.json). Fails if the checkpoint does not record its
+    schedule, if the train loop does not compare it, or if the line misstates the LR."""
+    for name in ["last_checkpoint", "model_final.pth"]:
+        shutil.copy(os.path.join(trained, name), tmp_path / name)
+    logger = logging.getLogger("detectron2")  # does not propagate (Detectron2's setup_logger)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        opts = ["train.max_iter=5", "lr_multiplier.scheduler.milestones=[19]"]
+        train_net.main(run(str(tmp_path), *opts, "train.eval_period=0", resume=True))
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records if "--resume under another schedule" in r.getMessage()]
+    assert lines == [
+        "--resume under another schedule than the checkpoint's (train.max_iter 4 -> 5; "
+        "lr_multiplier.scheduler.milestones [15] -> [19]): the LR at iteration 4 goes from "
+        "0.001 to 0.01"
+    ]
+    with open(tmp_path / "metrics.json") as f:
+        logged = [json.loads(line) for line in f if line.strip()]
+    assert [r["lr"] for r in logged if r.get("iteration") == 4] == [pytest.approx(0.01)]
+
+
 def test_resume_refuses_the_last_checkpoint_of_another_config(trained, tmp_path):
     """A second config pointed at the first one's folder (both once wrote to ./output) must not
     pick up its checkpoint: --resume stops before anything is loaded or written, naming the
@@ -337,22 +367,35 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
     assert partial >= 1
 
 
+def _train_in_two_processes(out, *opts):
+    """train_net.main in 2 processes through Detectron2's launch (NCCL where CUDA is available,
+    else gloo), 2 iterations: finite losses, final weights and an evaluation."""
+    schedule = ["train.max_iter=2", "train.checkpointer.period=2", "train.eval_period=2"]
+    args = run(out, *schedule, *opts, num_gpus=2)
+    launch(train_net.main, 2, dist_url="auto", args=(args,))
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "metrics.json")) as f:
+        losses = [
+            m["total_loss"] for m in map(json.loads, filter(str.strip, f)) if "total_loss" in m
+        ]
+    assert losses and all(map(math.isfinite, losses)), losses
+    assert math.isfinite(final_eval_metrics(out)["bbox/AP"])
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):
     """--num-gpus 2 without CUDA: launch() spawns 2 processes with the gloo backend and
     train_net gives DDP device_ids=None (the default [local_rank] raises on CPU modules)."""
-    out = str(tmp_path)
-    args = run(
-        out,
-        "train.max_iter=2",
-        "train.checkpointer.period=2",
-        "train.eval_period=2",
-        num_gpus=2,
-    )
-    launch(train_net.main, 2, dist_url="auto", args=(args,))
-    assert os.path.exists(os.path.join(out, "model_final.pth"))
-    metrics = final_eval_metrics(out)
-    assert math.isfinite(metrics["bbox/AP"])
+    _train_in_two_processes(str(tmp_path))
+
+
+@pytest.mark.cuda
+def test_two_gpus_with_nccl_and_amp_train_and_evaluate(cuda_device, tmp_path):
+    """--num-gpus 2 on 2 GPUs with AMP: launch() picks NCCL. Fails on what only a multi-GPU run
+    meets (a tensor left on the CPU in a collective, DDP's device_ids, AMP under DDP)."""
+    if cuda_device.type != "cuda" or torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA GPUs ({torch.cuda.device_count()} here)")
+    _train_in_two_processes(str(tmp_path), "train.device=cuda", "train.amp.enabled=True")
 
 
 def test_device_resolution_and_amp_on_cpu():

@@ -16,9 +16,11 @@ Two parts, both printed as tables (and saved under --output):
     .venv/bin/python tools/compare_detectors.py timing --trained output/compare/spatial
     .venv/bin/python tools/compare_detectors.py train --seeds 0 1 2 --splits spatial xsite
     .venv/bin/python tools/compare_detectors.py train --seeds 0 --splits spatial --max-iter 300
-    .venv/bin/python tools/compare_detectors.py train --opts optimizer.lr=0.0025 --output DIR
+    .venv/bin/python tools/compare_detectors.py train --output DIR optimizer.lr=0.0025
 
-``--opts`` overrides go to every run (every detector alike), after the script's own.
+Trailing ``key=value`` overrides of ``train`` go to every run (every detector alike), after the
+script's own. ``--max-iter N`` gives ``train.max_iter=N``, which rescales the LR steps and the
+warmup with it (Detectron2 evaluates the schedule at ``iteration / max_iter``).
 """
 
 import argparse
@@ -30,9 +32,7 @@ import subprocess
 import sys
 import time
 
-from atss.engine import shortened_schedule_overrides
-from atss.engine.cli import reject_flags_in_overrides
-from atss.engine.metrics import read_metrics, summarize_training
+from atss.engine.cli import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,6 +162,43 @@ def train(args):
     _plot(args, results)
 
 
+def read_metrics(path):
+    """The records of a run's ``metrics.json`` (Detectron2's JSONWriter: one object a line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize_training(records):
+    """Final AP / AP50 / AP75, training seconds and the AP-vs-training-time curve of a run.
+
+    Training seconds add up each logged ``time`` (the mean seconds per iteration since the
+    previous log) times the iterations it covers; evaluation time is not included.
+
+    Returns:
+        dict with AP, AP50, AP75, train_s, iterations and curve ([(train_s, AP), ...] at every
+        evaluation). Raises ValueError when the run logged no evaluation (``bbox/AP``).
+    """
+    train_s, last_iter, curve = 0.0, -1, []
+    for r in records:
+        if "time" in r and "iteration" in r:
+            train_s += r["time"] * (r["iteration"] - last_iter)
+            last_iter = r["iteration"]
+        if "bbox/AP" in r:
+            curve.append((train_s, r["bbox/AP"]))
+    evaluations = [r for r in records if "bbox/AP" in r]
+    if not evaluations:
+        raise ValueError("metrics.json has no evaluation (bbox/AP): was train.eval_period set?")
+    final = evaluations[-1]
+    return dict(
+        AP=final["bbox/AP"],
+        AP50=final["bbox/AP50"],
+        AP75=final["bbox/AP75"],
+        train_s=train_s,
+        iterations=last_iter + 1,
+        curve=curve,
+    )
+
+
 def _run_train_net(args, config, out, seed, train_set, val_set):
     opts = [
         f"train.output_dir={out}",
@@ -171,10 +208,7 @@ def _run_train_net(args, config, out, seed, train_set, val_set):
         f"dataloader.test.dataset.names={val_set}",
     ]
     if args.max_iter:
-        from atss.engine.config import load_config
-
-        cfg = load_config(os.path.join(ROOT, config))
-        opts += shortened_schedule_overrides(cfg, args.max_iter)
+        opts.append(f"train.max_iter={args.max_iter}")
     opts += args.opts  # the same extra overrides for every detector, seed and split
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts]
     print("running:", " ".join(cmd), flush=True)
@@ -254,7 +288,7 @@ def _slug(name):
     return name.replace("(", "_").replace(")", "").replace("#", "").replace("=", "")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("timing")
@@ -272,17 +306,16 @@ def main():
     r.add_argument("--max-iter", type=int, default=0, help="shorter schedule (steps scaled)")
     r.add_argument("--eval-period", type=int, default=300)
     r.add_argument("--reuse", action="store_true", help="skip runs that already finished")
-    r.add_argument(
-        "--opts",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra train_net.py overrides for every run, e.g. optimizer.lr=0.0025",
-    )
     for p in (t, r):
         p.add_argument("--output", default=os.path.join(ROOT, "output", "compare"))
-    args = parser.parse_args()
-    reject_flags_in_overrides(getattr(args, "opts", []))
+    r.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="extra train_net.py overrides for every run, after the flags: optimizer.lr=0.0025",
+    )
+    args = parse_args(parser, argv)
+    if args.mode == "timing" and args.opts:
+        parser.error(f"timing takes no config overrides: {' '.join(args.opts)}")
     timing(args) if args.mode == "timing" else train(args)
 
 

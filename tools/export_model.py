@@ -6,8 +6,8 @@ Export an ATSS LazyConfig model to TorchScript (tracing) or ONNX.
         [--sample-image img.jpg | --sample-size 800 1216] [--batch-size 1] [--device cpu] \
         train.init_checkpoint=output/RUN/model_final.pth [other config overrides]
 
-The weights are ``train.init_checkpoint`` as everywhere (``--weights PATH`` is the same); they
-must be a whole trained model of the config. ``--random-weights`` exports an untrained model.
+The weights are ``train.init_checkpoint`` as everywhere; they must be a whole trained model of
+the config. ``--random-weights`` exports an untrained model. Overrides come last.
 
 The exported model takes (3, H, W) float images (0-255, the config's channel order) and returns
 per image (pred_boxes, pred_classes, scores, image_size); see `atss.export`. Beside it,
@@ -24,10 +24,15 @@ import os
 
 import torch
 
-from atss.engine.cli import exit_on_usage_errors, reject_flags_in_overrides
+from atss.engine.cli import (
+    add_config_arguments,
+    add_weights_arguments,
+    config_and_overrides,
+    exit_on_usage_errors,
+    parse_args,
+)
 from atss.engine.config import RANDOM, TRAINED, build_model, load_config
-from atss.engine.run_folder import add_config_arguments, model_classes, run_arguments
-from atss.engine.weights import add_weights_arguments, weights_overrides
+from atss.engine.predictor import model_classes
 from atss.export import (
     OUTPUT_NAMES,
     export_info,
@@ -39,14 +44,14 @@ from atss.export import (
 )
 
 
-def parse_args(argv=None):
+def get_parser():
     parser = argparse.ArgumentParser(
         description="Export an ATSS model by tracing.",
         epilog="e.g. --config-file configs/Shapes/atss_tiny_shapes.py --output out/export "
         "train.init_checkpoint=out/run/model_final.pth",
     )
     add_config_arguments(parser)
-    add_weights_arguments(parser, alias=True)
+    add_weights_arguments(parser)
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--sample-image", nargs="*", default=[], help="image file(s) to trace")
@@ -55,19 +60,14 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--opset", type=int, default=16)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    return parser.parse_args(argv)
+    return parser
 
 
-def load_model(config_file, opts, device, weights="", random_weights=False):
+def load_model_and_config(config_file, opts, device, random_weights=False):
     """The config's model on ``device`` in eval mode with the weights of
-    ``train.init_checkpoint`` (``weights``: ``--weights``), or random ones with
-    ``random_weights``; raises ConfigError / WeightsError with the fix."""
-    return load_model_and_config(config_file, opts, device, weights, random_weights)[0]
-
-
-def load_model_and_config(config_file, opts, device, weights="", random_weights=False):
-    """:func:`load_model` and the loaded config."""
-    cfg = load_config(config_file, weights_overrides(opts, weights, random_weights))
+    ``train.init_checkpoint`` (random ones with ``random_weights``), and the config; raises
+    ConfigError / WeightsError with the fix."""
+    cfg = load_config(config_file, opts)
     return build_model(cfg, RANDOM if random_weights else TRAINED, device, what="export"), cfg
 
 
@@ -108,16 +108,10 @@ def sample_images(args, input_format):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    reject_flags_in_overrides(args.opts, argv)
+    args = parse_args(get_parser(), argv)
     with exit_on_usage_errors("export_model.py"):
-        opts = args.opts
-        if args.run:
-            with_weights = not (args.weights or args.random_weights)
-            args.config_file, opts = run_arguments(args.run, opts, with_weights)
-        model, cfg = load_model_and_config(
-            args.config_file, opts, args.device, args.weights, args.random_weights
-        )
+        args.config_file, opts = config_and_overrides(args)
+        model, cfg = load_model_and_config(args.config_file, opts, args.device, args.random_weights)
     images = [x.to(args.device) for x in sample_images(args, model.input_format or "BGR")]
     ext = "ts" if args.format == "torchscript" else "onnx"
     path = os.path.join(args.output, f"model.{ext}")

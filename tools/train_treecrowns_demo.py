@@ -7,14 +7,15 @@
 3. saves a PNG with the ground truth of a validation crop next to the detections;
 4. prints where everything went (default ``output/treecrowns_demo/``).
 
-``--max-iter N`` runs a shorter schedule (LR steps scaled as
-:func:`atss.engine.shortened_schedule_overrides` says). Extra ``key=value`` arguments are config
-overrides, e.g. ``dataloader.train.num_workers=0``.
+``--max-iter N`` runs a shorter schedule: ``train.max_iter=N``, which rescales the LR steps and
+the warmup with it (Detectron2 evaluates the schedule at ``iteration / max_iter``). Trailing
+``key=value`` arguments are config overrides, e.g. ``dataloader.train.num_workers=0``.
 """
 
 import argparse
 import json
 import os
+import statistics
 import time
 
 import numpy as np
@@ -24,10 +25,9 @@ from detectron2.engine import default_argument_parser
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from atss.engine import resolve_device, shortened_schedule_overrides
-from atss.engine.cli import reject_flags_in_overrides
+from atss.engine import resolve_device
+from atss.engine.cli import parse_args as parse_overrides_last
 from atss.engine.config import load_config
-from atss.engine.metrics import median_iteration_time, read_metrics
 from atss.engine.predictor import ATSSPredictor
 from atss.engine.train_loop import main as train_or_evaluate
 
@@ -45,10 +45,10 @@ def parse_args(argv=None):
         "--max-iter",
         type=int,
         default=None,
-        help="shorter run: LR steps scaled, warmup fraction kept (default: the config's, 1100)",
+        help="shorter run: LR steps and warmup scaled with it (default: the config's, 1100)",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return p.parse_args(argv)
+    return parse_overrides_last(p, argv)
 
 
 def train_net_args(config_file, opts, eval_only=False):
@@ -56,6 +56,13 @@ def train_net_args(config_file, opts, eval_only=False):
     return default_argument_parser().parse_args(
         ["--config-file", config_file] + (["--eval-only"] if eval_only else []) + list(opts)
     )
+
+
+def median_iteration_time(metrics_json):
+    """Median of the seconds per iteration the run logged (Detectron2's ``time``), or None."""
+    with open(metrics_json) as f:
+        times = [r["time"] for r in map(json.loads, filter(str.strip, f)) if "time" in r]
+    return statistics.median(times) if times else None
 
 
 def visualise(cfg, output_dir):
@@ -83,13 +90,12 @@ def visualise(cfg, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    reject_flags_in_overrides(args.opts, argv)
     out = os.path.abspath(args.output_dir)
     opts = [f"train.output_dir={out}"]
     if args.max_iter:
         n = args.max_iter
-        opts += shortened_schedule_overrides(load_config(args.config_file), n)
-        opts += [f"train.eval_period={n}", f"train.checkpointer.period={max(n // 3, 1)}"]
+        opts += [f"train.max_iter={n}", f"train.eval_period={n}"]
+        opts += [f"train.checkpointer.period={max(n // 3, 1)}"]
     opts += list(args.opts)
     t0 = time.time()
     if not args.skip_train:
@@ -106,7 +112,7 @@ def main(argv=None):
     png, record, n_gt, n_det = visualise(cfg, out)
 
     bbox = results.get("bbox", {})
-    speed = median_iteration_time(read_metrics(os.path.join(out, "metrics.json")))
+    speed = median_iteration_time(os.path.join(out, "metrics.json"))
     print("\n==== ATSS tree-crown demo ====")
     print("COCO box AP on", cfg.dataloader.test.dataset.names, "(maxDets 300):")
     print("  " + "  ".join(f"{k}={v:.2f}" for k, v in bbox.items() if not k.startswith("AP-")))

@@ -11,10 +11,11 @@ or wrongly sized images at once instead of failing at the first one mid-training
     python tools/validate_dataset.py --coco-json ann.json --image-root images/ --decode
     # the data given to a config on the command line (configs/Custom/*)
     python tools/validate_dataset.py --config-file configs/Custom/atss_MNV2_FPN_coco_json.py \
-        dataset.train.json_file=train.json dataset.train.image_root=images/ \
-        dataset.test.json_file=val.json dataset.test.image_root=images/ --decode
+        --decode dataset.train.json_file=train.json dataset.train.image_root=images/ \
+        dataset.test.json_file=val.json dataset.test.image_root=images/
 
-Exit status 0 when the datasets can be used (repairs are reported, not fatal), 1 otherwise.
+Overrides come last. Exit status 0 when the datasets can be used (repairs are reported, not
+fatal), 1 otherwise.
 """
 
 import argparse
@@ -24,8 +25,8 @@ import sys
 
 from atss.data import DatasetError, find_unreadable_images, get_checked_detection_dataset_dicts
 from atss.data.registration import register_coco_json
-from atss.engine.config import config_dataset_names, load_config
-from atss.engine.overrides import ConfigError
+from atss.engine.cli import parse_args
+from atss.engine.config import ConfigError, config_dataset_names, load_config
 
 
 def main(argv=None) -> int:
@@ -35,12 +36,13 @@ def main(argv=None) -> int:
     parser.add_argument("--image-root", help="folder the JSON's file_name entries are relative to")
     parser.add_argument("--decode", action="store_true", help="read every image (slow)")
     parser.add_argument("--no-file-check", action="store_true", help="skip the existence check")
-    parser.add_argument("--config-file", help="a configs/Custom config (key=value overrides)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--config-file", help="a configs/Custom config; its key=value overrides come last"
+    )
+    args = parse_args(parser, argv)  # the overrides, cut off before the names: args.opts
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    names = [n for n in args.names if "=" not in n]
-    overrides = [n for n in args.names if "=" in n]
+    names, overrides = list(args.names), args.opts
     if overrides and not args.config_file:
         parser.error(f"key=value overrides {overrides} need --config-file")
     try:

@@ -13,6 +13,7 @@ augmentations are instantiated.
 import copy
 import functools
 import glob
+import itertools
 import os
 import re
 
@@ -29,7 +30,7 @@ from detectron2.utils.events import EventStorage
 from atss import ATSS
 from atss.modeling.backbone import DeformBottleneckBlock
 from atss.modeling.tta import ATSSWithTTA, build_tta_model
-from tests.atss_testing import make_inputs
+from tests.atss_testing import make_inputs, random_boxes
 
 ALL_CONFIGS = sorted(glob.glob("configs/**/*.py", recursive=True))
 COCO_CONFIGS = [f for f in ALL_CONFIGS if f.startswith("configs/COCO/")]
@@ -405,6 +406,38 @@ def test_ablations_train_and_infer_with_a_small_backbone(name):
     with torch.no_grad():
         (out,) = model([{"image": inputs[0]["image"]}])
     assert out["instances"].image_size == (96, 128)
+
+
+@pytest.mark.cuda
+def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
+    """Steps of the R-50 config with Detectron2's AMPTrainer (``train.amp.enabled``, as
+    train_net.py runs it; random init, two synthetic ~620x780 images with 8 boxes each; one
+    step without AMP when the `cuda` tests run against the CPU): every loss finite. Fails on a
+    layer that breaks under autocast (a dtype mismatch, a float16 overflow in the losses)."""
+    from detectron2.engine import AMPTrainer, SimpleTrainer
+
+    on_cuda = cuda_device.type == "cuda"
+    cfg = copy.deepcopy(_cfg("configs/COCO/atss_R_50_FPN_1x.py"))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).to(cuda_device).train()
+    cfg.optimizer.params.model = model
+    g = torch.Generator().manual_seed(0)
+    sizes = [(608, 800), (640, 768)]
+    boxes = [random_boxes(8, h, w, g, min_size=16, max_size=min(h, w) / 2) for h, w in sizes]
+    batch = make_inputs(sizes, boxes, num_classes=cfg.model.num_classes)
+    trainer = (AMPTrainer if on_cuda else SimpleTrainer)(
+        model, itertools.repeat(batch), instantiate(cfg.optimizer)
+    )
+    steps = 5 if on_cuda else 1
+    with EventStorage(0) as storage:
+        for i in range(steps):  # the trainer raises FloatingPointError on a non-finite loss
+            storage.iter = trainer.iter = i
+            trainer.run_step()
+        losses = [v for v, _ in storage.history("total_loss").values()]
+    assert len(losses) == steps and all(map(np.isfinite, losses)), losses
+    if on_cuda:
+        peak = torch.cuda.max_memory_allocated(cuda_device) / 2**30
+        record_property("detail", f"{steps} AMP steps, peak {peak:.2f} GiB allocated")
 
 
 # --- facts asserted where they live (the values below are typed from the papers/codebases, not

@@ -1,7 +1,9 @@
-"""atss.engine.cli: flags written after the key=value overrides are refused by every entry point
-that takes overrides, and a machine that cannot complete the rendezvous stops in bounded time
-with a message saying what to check."""
+"""atss.engine.cli: flags written after the key=value overrides are refused, with the same
+message, by every entry point that takes overrides; --run and --random-weights are the only
+other ways to say which weights; a machine that cannot complete the rendezvous stops in
+bounded time with a message saying what to check."""
 
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +11,14 @@ import time
 import pytest
 from detectron2.engine import default_argument_parser
 
-from atss.engine.cli import flags_among_overrides, parse_launch_args, reject_flags_in_overrides
+from atss.engine.cli import (
+    config_and_overrides,
+    flags_among_overrides,
+    parse_args,
+    parse_launch_args,
+    reject_flags_in_overrides,
+)
+from atss.engine.config import ConfigError, WeightsError
 from tests.atss_testing import ROOT, free_port, load_script
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
@@ -81,14 +90,25 @@ def test_dist_timeout_defaults_to_detectron2s():
     assert args.dist_timeout == 30 * 60
 
 
+REFUSAL = (
+    "came after the first key=value config override, where it would be read as an override "
+    "(not as a flag) and silently ignored or misapplied. Flags go before the overrides; "
+    "overrides come last."
+)
 ENTRY_POINTS = {  # script -> argv with a flag after an override; the config does not exist,
     # so an entry point that skipped the check would fail later with a different error.
-    "tools/train_treecrowns_demo.py": [
+    "train_net.py": ["--config-file", "missing.py", "train.max_iter=4", "--resume"],
+    "demo.py": ["--config-file", "missing.py", "--input", "x.jpg", "a.b=1", "--output", "o"],
+    "tools/benchmark.py": [
         "--config-file",
         "missing.py",
-        "train.max_iter=4",
-        "--skip-train",
+        "--task",
+        "data",
+        "a.b=1",
+        "--iters",
+        "1",
     ],
+    "tools/compare_detectors.py": ["train", "a.b=1", "--output", "o"],
     "tools/export_model.py": [
         "--config-file",
         "missing.py",
@@ -98,10 +118,8 @@ ENTRY_POINTS = {  # script -> argv with a flag after an override; the config doe
         "--opset",
         "17",
     ],
-    # demo.py and compare_detectors.py take overrides after --opts (nargs '*' / '+'); argparse
-    # only lets a flag-like token in when it looks like a negative number.
-    "demo.py": ["--config-file", "missing.py", "--input", "x.jpg", "--opts", "a.b=1", "-1"],
-    "tools/compare_detectors.py": ["train", "--opts", "a.b=1", "-1", "--output", "o"],
+    "tools/train_treecrowns_demo.py": ["--config-file", "missing.py", "a.b=1", "--skip-train"],
+    "tools/validate_dataset.py": ["--config-file", "missing.py", "a.b=1", "--decode"],
 }
 
 
@@ -109,16 +127,64 @@ ENTRY_POINTS = {  # script -> argv with a flag after an override; the config doe
 def test_every_entry_point_with_overrides_refuses_a_flag_among_them(
     script, monkeypatch, capsys, tmp_path
 ):
-    """Fails for an entry point that does not call reject_flags_in_overrides before using its
-    overrides (it would then fail on the missing config, or start working)."""
+    """Each refuses with the same message (status 2), naming the flag. Fails for an entry point
+    that parses its command line without atss.engine.cli.parse_args (demo.py's --input would
+    take the override as an image; compare_detectors would start runs in o/; the others would
+    fail on the missing config, or start working)."""
     argv = ENTRY_POINTS[script]
     module = load_script(script)
     monkeypatch.setattr(sys, "argv", [script, *argv])
-    monkeypatch.chdir(tmp_path)  # without the check, compare_detectors would start runs in o/
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        module.main() if script.endswith("compare_detectors.py") else module.main(argv)
+        module.invoke_main() if script == "train_net.py" else module.main(argv)
     assert e.value.code == 2
-    assert "Flags go before the overrides" in capsys.readouterr().err
+    first_override = next(i for i, token in enumerate(argv) if "=" in token)
+    flag = next(token for token in argv[first_override:] if token.startswith("-"))
+    assert f"{os.path.basename(script)}: error: {flag!r} {REFUSAL}" in capsys.readouterr().err
+
+
+def test_a_flag_of_several_values_does_not_take_the_overrides(tmp_path, monkeypatch):
+    """demo.py's --input takes several files: the overrides after it are cut off before
+    argparse sees them; an existing file whose name looks like an override is an input. Fails
+    if argparse alone parses the command line (the override becomes an input image)."""
+    parser = load_script("demo.py").get_parser()
+    argv = ["--config-file", CONFIG, "--input", "a.jpg", "b.jpg", "train.init_checkpoint=w.pth"]
+    args = parse_args(parser, argv)
+    assert args.input == ["a.jpg", "b.jpg"] and args.opts == ["train.init_checkpoint=w.pth"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "site.v=2.png").write_bytes(b"")
+    args = parse_args(parser, ["--config-file", CONFIG, "--input", "site.v=2.png", "a.b=1"])
+    assert args.input == ["site.v=2.png"] and args.opts == ["a.b=1"]
+
+
+def test_run_is_the_config_and_the_weights_of_a_run_folder(tmp_path):
+    """--run RUN is --config-file RUN/config.yaml train.init_checkpoint=RUN/model_final.pth
+    (put first, so a later override wins; none with --random-weights); a folder without them
+    is a usage error naming the file. Fails if the weights are appended after the user's
+    overrides or loaded with --random-weights."""
+    parser = load_script("tools/export_model.py").get_parser()
+    run = str(tmp_path)
+    with pytest.raises(ConfigError, match="config.yaml"):
+        config_and_overrides(parse_args(parser, ["--run", run, "--output", "o"]))
+    for name in ("config.yaml", "model_final.pth"):
+        (tmp_path / name).write_text("")
+    config, opts = config_and_overrides(
+        parse_args(parser, ["--run", run, "--output", "o", "a.b=1"])
+    )
+    assert config == str(tmp_path / "config.yaml")
+    assert opts == [f"train.init_checkpoint={tmp_path / 'model_final.pth'}", "a.b=1"]
+    argv = ["--run", run, "--output", "o", "--random-weights"]
+    assert config_and_overrides(parse_args(parser, argv)) == (config, [])
+
+
+def test_random_weights_with_a_weights_path_is_a_contradiction():
+    """--random-weights loads nothing, so a weights path beside it is refused, naming both;
+    an empty train.init_checkpoint= is no path. Fails if either is silently resolved."""
+    parser = load_script("tools/export_model.py").get_parser()
+    base = ["--config-file", CONFIG, "--output", "o", "--random-weights"]
+    with pytest.raises(WeightsError, match="--random-weights contradicts train.init_checkpoint=a"):
+        config_and_overrides(parse_args(parser, [*base, "train.init_checkpoint=a.pth"]))
+    assert config_and_overrides(parse_args(parser, [*base, "train.init_checkpoint="]))
 
 
 def test_train_net_help_shows_lazyconfig_examples(monkeypatch, capsys):

@@ -54,6 +54,17 @@ def test_train_device_given_on_the_command_line_wins_over_an_available_gpu(monke
     assert resolve_device(cfg) == "cuda:1"
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_any_cuda_device_falls_back_to_the_cpu_without_cuda(monkeypatch, device):
+    """train.device=cuda:1 on a machine without CUDA resolves like train.device=cuda, to the
+    CPU; train.device=cpu stays. Fails if only the exact string "cuda" falls back (model.to
+    ("cuda:1") would raise at the start of the run)."""
+    cfg = load_config(FIRST_TRY[1], [f"train.device={device}"])
+    _cuda(monkeypatch, False)
+    assert resolve_device(cfg) == "cpu" and cfg.train.device == "cpu"
+    assert available_device("cpu") == "cpu"
+
+
 @pytest.mark.parametrize("requested", [None, ""])
 def test_no_device_means_the_default_rule(monkeypatch, requested):
     """A config without train.device (or null) gets the same rule, not the string "None"."""

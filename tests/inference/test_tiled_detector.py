@@ -391,12 +391,13 @@ def test_demo_tile_options(setup, tmp_path):  # noqa: F811
     from demo import main
 
     base = ["--config-file", str(setup["config"]), "--input", *map(str, setup["images"])]
-    base += [f"train.init_checkpoint={setup['weights']}"]
+    weights = [f"train.init_checkpoint={setup['weights']}"]
     out = tmp_path / "tiled"
-    assert main(base + ["--output", str(out), "--tile-size", "48", "--tile-overlap", "16"]) == 0
+    tiled = ["--output", str(out), "--tile-size", "48", "--tile-overlap", "16"]
+    assert main(base + tiled + weights) == 0
     assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png"]
     bad = ["--output", str(tmp_path / "bad"), "--tile-size", "48", "--tile-overlap", "48"]
-    assert main(base + bad) == 2
+    assert main(base + bad + weights) == 2
 
 
 # ------------------------------------------------- tiles in image pixels, then the test resize

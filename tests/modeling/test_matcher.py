@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -337,3 +338,49 @@ def test_peak_memory_does_not_grow_like_anchors_times_gts():
     extra_mb = float(out.stdout.strip().splitlines()[-1])
     dense_mb = 22400 * 5000 * 4 / 2**20  # one float32 A x G matrix: 427 MiB
     assert extra_mb < dense_mb / 4, extra_mb
+
+
+# --- on CUDA (scripts/gpu_check.sh) ---------------------------------------------------------
+@pytest.mark.cuda
+def test_cuda_equals_cpu_on_the_random_cases(cuda_device):
+    """The 200 random cases (a few when the `cuda` tests run against the CPU), grid path and
+    exact fallback, on the device: the CPU's assignment anchor for anchor, returned on the
+    device. Fails on a kernel whose ties or rounding differ on CUDA (topk, scatter_reduce)."""
+    positives = 0
+    for seed in range(200 if cuda_device.type == "cuda" else 8):
+        anchors, sizes, n_a, gt = random_matcher_case(seed)
+        on_cpu = atss_match(anchors, gt, 9, n_a, grid_sizes=sizes)
+        moved = [a.to(cuda_device) for a in anchors]
+        for grid in (sizes, [None] * len(anchors)):
+            result = atss_match(moved, gt.to(cuda_device), 9, n_a, grid_sizes=grid)
+            assert result.device == moved[0].device
+            assert torch.equal(result.cpu(), on_cpu), f"seed {seed}, grid {grid is sizes}"
+        positives += int((on_cpu >= 0).sum())
+    assert positives > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("num_gt", [1000, 5000])
+def test_cuda_equals_cpu_with_thousands_of_gts(cuda_device, num_gt, record_property):
+    """Thousands of GTs on an 800x1333 input: the CPU's assignment; the device time and peak
+    memory go to the report. Fails on a device-only error at sizes the random cases never
+    reach (the chunked scatter, int32 index overflow)."""
+    anchors, sizes, _ = grid_anchors(800, 1344)  # an 800x1333 image padded to /32
+    gt = random_boxes(num_gt, 800, 1333, torch.Generator().manual_seed(0), min_size=8, max_size=400)
+    on_cpu = atss_match(anchors, gt, grid_sizes=sizes)
+    moved, gt = [a.to(cuda_device) for a in anchors], gt.to(cuda_device)
+    atss_match(moved, gt, grid_sizes=sizes)  # warm-up: kernels, allocator
+    on_cuda = cuda_device.type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize(cuda_device)
+        torch.cuda.reset_peak_memory_stats(cuda_device)
+        base = torch.cuda.memory_allocated(cuda_device)
+    start = time.perf_counter()
+    result = atss_match(moved, gt, grid_sizes=sizes)
+    if on_cuda:
+        torch.cuda.synchronize(cuda_device)
+        extra = (torch.cuda.max_memory_allocated(cuda_device) - base) / 2**20
+        ms = 1000 * (time.perf_counter() - start)
+        record_property("detail", f"{ms:.1f} ms, peak +{extra:.0f} MiB allocated")
+    assert torch.equal(result.cpu(), on_cpu)
+    assert int((on_cpu >= 0).sum()) > num_gt

@@ -1,11 +1,13 @@
-"""End-to-end behaviour of the ATSS meta-architecture on a tiny CPU model."""
+"""End-to-end behaviour of the ATSS meta-architecture on a tiny model (on the CPU, and on CUDA)."""
+
+import copy
 
 import pytest
 import torch
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from tests.atss_testing import make_inputs, tiny_model
+from tests.atss_testing import fitted_tiny_model, make_inputs, tiny_model
 
 SIZES = [(128, 160), (96, 128)]
 
@@ -417,3 +419,28 @@ def test_authors_clip_bounds_on_every_side():
 def test_unknown_box_convention_is_refused():
     with pytest.raises(ValueError, match="box_convention"):
         tiny_model(box_convention="legacy")
+
+
+@pytest.mark.cuda
+def test_detections_on_cuda_equal_those_on_the_cpu(cuda_device):
+    """The fitted tiny model on the device finds the CPU's confident detections (score >= 0.3):
+    each matched within its class by IoU > 0.99, scores within 1e-3 (kernels differ between
+    devices, so near-equal scores may reorder). Fails on an inference step that depends on
+    the device (anchors, decoding, NMS) or leaves a tensor on the wrong one."""
+    cpu_model = fitted_tiny_model()
+    model = copy.deepcopy(cpu_model).to(cuda_device)
+    generator, compared = torch.Generator().manual_seed(1), 0
+    for height, width in [(200, 264), (152, 136)]:
+        image = torch.rand(3, height, width, generator=generator) * 255
+        with torch.no_grad():
+            on_cpu = cpu_model([{"image": image}])[0]["instances"]
+            on_device = model([{"image": image.to(cuda_device)}])[0]["instances"].to("cpu")
+        confident = on_cpu[on_cpu.scores >= 0.3]
+        assert len(confident) > 0 and len(on_device) > 0
+        iou = pairwise_iou(confident.pred_boxes, on_device.pred_boxes)
+        iou[confident.pred_classes[:, None] != on_device.pred_classes[None, :]] = -1.0
+        best_iou, best = iou.max(dim=1)
+        assert bool((best_iou > 0.99).all()), best_iou
+        assert float((confident.scores - on_device.scores[best]).abs().max()) < 1e-3
+        compared += len(confident)
+    assert compared > 0

@@ -1,26 +1,18 @@
-"""tools/benchmark.py and atss.utils.benchmark: every task runs, timings and units are right."""
+"""tools/benchmark.py: every task and runtime runs, timings, units and the matcher's memory."""
 
 import json
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 import torch
 from detectron2.config import LazyConfig
 
-from atss.utils import benchmark
-from atss.utils.benchmark import (
-    configure,
-    dense_forward_flops,
-    peak_rss_mib,
-    summarize,
-    time_iterations,
-)
 from tests.atss_testing import load_script, make_inputs, tiny_model
 
-_tool = load_script("tools/benchmark.py")
-run_benchmark = _tool.run_benchmark
+benchmark = load_script("tools/benchmark.py")
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 SIZE = (96, 128)
@@ -29,48 +21,55 @@ SIZE = (96, 128)
 def _tiny_cfg(batch=2):
     cfg = LazyConfig.load(CONFIG)
     cfg.dataloader.train.num_workers = 0
-    return configure(cfg, size=SIZE, batch=batch)
+    return benchmark.configure(cfg, size=SIZE, batch=batch)
 
 
-def test_time_iterations_times_exactly_the_iterations_after_warmup():
+def test_round_robin_alternates_the_steps_and_times_only_after_warmup():
     """
-    Warm-up calls come first and are not timed; each timed duration covers its call. Fails if
-    warm-up iterations are timed, if an iteration is dropped or doubled, or if the clock stops
-    before the step returns.
+    Within each iteration every step runs once, in turn (a0 b0 a1 b1 ...), so that they share
+    the machine's load; warm-up iterations come first and are not timed; each duration covers
+    its call. Fails if one step is timed to the end before the other, if warm-up iterations
+    are timed, if an iteration is dropped or doubled, or if the clock stops before the step
+    returns.
     """
     calls = []
 
-    def step(i):
-        calls.append(i)
-        time.sleep(0.03 if i >= 2 else 0.0)
+    def step(name):
+        def run(i):
+            calls.append(f"{name}{i}")
+            time.sleep(0.03 if i >= 1 else 0.0)
 
-    seconds = time_iterations(step, iters=3, warmup=2, device="cpu")
-    assert calls == [0, 1, 2, 3, 4]
-    assert len(seconds) == 3 and min(seconds) >= 0.03
+        return run
+
+    seconds = benchmark.time_round_robin({"a": step("a"), "b": step("b")}, 2, 1, "cpu")
+    assert calls == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert [len(s) for s in seconds.values()] == [2, 2]
+    assert min(min(s) for s in seconds.values()) >= 0.03
 
 
 def test_summary_is_the_median_and_its_spread():
     """Median of an odd list and images/s at the median; fails if the mean or min is used."""
-    stats = summarize([0.4, 0.1, 0.2, 1.3, 0.3], images_per_iter=4)
+    stats = benchmark.summarize([0.4, 0.1, 0.2, 1.3, 0.3], images_per_iter=4)
     assert stats["s_per_iter_median"] == 0.3
     assert (stats["s_per_iter_min"], stats["s_per_iter_max"]) == (0.1, 1.3)
     assert stats["images_per_s"] == pytest.approx(4 / 0.3)
 
 
-def test_peak_rss_is_in_mebibytes(monkeypatch):
-    """The peak is reported in MiB: about at least this process's current resident size (VmRSS
-    from /proc, in kB), and exactly 256 for a ru_maxrss of 262144 KiB (Linux's unit). Fails if
-    ru_maxrss is read as bytes (1024x too small) or as MiB (1024x too large). (A fresh process
-    cannot be used to watch the peak grow: Linux hands a child its parent's ru_maxrss.)"""
-    with open("/proc/self/status") as f:
-        vm_rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    assert peak_rss_mib() >= 0.9 * vm_rss_kib / 1024  # the kernel's counters lag a little
-
-    class Usage:
-        ru_maxrss = 256 * 1024
-
-    monkeypatch.setattr(benchmark.resource, "getrusage", lambda who: Usage)
-    assert peak_rss_mib() == 256
+def test_peak_rss_grows_by_a_touched_allocation_in_mebibytes():
+    """A fresh process that fills 256 MiB sees its peak grow by about 256: fails if the peak is
+    read in KiB or bytes (1024x off) or does not include the allocation."""
+    code = textwrap.dedent("""
+        import runpy, sys, torch
+        peak_rss_mib = runpy.run_path(sys.argv[1])["peak_rss_mib"]
+        before = peak_rss_mib()
+        x = torch.ones(256 * 2**20 // 4)
+        print(peak_rss_mib() - before)
+        """)
+    run = subprocess.run(
+        [sys.executable, "-c", code, "tools/benchmark.py"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 240 < float(run.stdout.split()[-1]) < 300, run.stdout
 
 
 def test_forward_flops_count_every_image_of_the_batch():
@@ -79,58 +78,79 @@ def test_forward_flops_count_every_image_of_the_batch():
     model = tiny_model(channels=64).eval()
     one = make_inputs([(128, 160)], [torch.zeros(0, 4)])
     two = make_inputs([(128, 160)] * 2, [torch.zeros(0, 4)] * 2)
-    single = dense_forward_flops(model, [{"image": one[0]["image"]}])
-    double = dense_forward_flops(model, [{"image": d["image"]} for d in two])
+    single = benchmark.dense_forward_flops(model, [{"image": one[0]["image"]}])
+    double = benchmark.dense_forward_flops(model, [{"image": d["image"]} for d in two])
     assert single > 0.1  # ResNet-18 FPN at 128 x 160: ~1 GFLOP
     assert double == pytest.approx(2 * single, rel=1e-9)
 
 
-def test_runtime_other_than_eager_is_refused_outside_infer():
-    """--runtime onnxruntime --task train would silently time the eager model: refused."""
+def test_runtimes_are_refused_where_they_would_be_ignored():
+    """--runtime onnxruntime --task train would silently time the eager model, and tiles run
+    on demo.py's runtimes only: both refused before any model is built."""
     with pytest.raises(ValueError, match="--task infer"):
-        run_benchmark(_tiny_cfg(), "train", runtime="onnxruntime", iters=1)
+        benchmark.run_benchmark(_tiny_cfg(), "train", runtimes=["onnxruntime"], iters=1)
+    tile = dict(size=64, overlap=0, image_size=128)
+    with pytest.raises(ValueError, match="eager and onnxruntime"):
+        benchmark.run_benchmark(_tiny_cfg(), "infer", runtimes=["torchscript"], tile=tile)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "task,runtime",
+    "task,runtimes",
     [
-        ("data", "eager"),
-        ("train", "eager"),
-        ("eval", "eager"),
-        ("infer", "eager"),
-        ("infer", "torchscript"),
-        ("infer", "onnxruntime"),
+        ("data", ["eager"]),
+        ("train", ["eager"]),
+        ("eval", ["eager"]),
+        ("infer", ["eager", "torchscript", "onnxruntime"]),
     ],
 )
-def test_each_task_runs_two_iterations_at_the_requested_size(task, runtime):
+def test_each_task_and_runtime_runs_two_iterations_at_the_requested_size(task, runtimes):
     """
-    Each task times two iterations of the tiny shapes config; train and infer get inputs of
-    exactly --size and --batch images and report a positive FLOP rate. Fails if a task or
-    runtime is broken, if --size/--batch are ignored, or if images/s is not batch/median.
+    Each task times two iterations of the tiny shapes config, the three inference runtimes in
+    turns; train and infer get inputs of exactly --size and --batch images and report a
+    positive FLOP rate. Fails if a task or runtime is broken, if --size/--batch are ignored,
+    if images/s is not batch/median or if a runtime's ratio is not against the first.
     """
-    result = run_benchmark(
+    result = benchmark.run_benchmark(
         _tiny_cfg(batch=2),
         task,
-        runtime=runtime,
+        runtimes=runtimes,
         iters=2,
         warmup=1,
         peaks=(task == "train"),
         random_weights=True,  # timing only: an untrained model, asked for explicitly
     )
-    assert result["iters"] == 2
-    assert result["images_per_s"] == pytest.approx(2 / result["s_per_iter_median"])
+    assert list(result["runs"]) == runtimes and result["settings"]["runtimes"] == runtimes
     assert result["peak_rss_mib"] > 100 and result["cuda_peak_mib"] is None
-    assert result["machine"]["cpu"] and result["settings"]["runtime"] == runtime
+    assert result["machine"]["cpu"]
+    for run in result["runs"].values():
+        assert run["iters"] == 2
+        assert run["images_per_s"] == pytest.approx(2 / run["s_per_iter_median"])
     if task in ("train", "infer"):
         assert result["input_shapes"] == [(3, *SIZE)] * 2
-        assert result["gflop_forward"] > 0 and result["achieved_gflops"] > 0
+        assert all(run["achieved_gflops"] > 0 for run in result["runs"].values())
     if task == "train":
+        (run,) = result["runs"].values()
         assert result["gflop_step"] == pytest.approx(3 * result["gflop_forward"])
-        assert (
-            0
-            < result["fraction_of_conv_peak"]
-            == pytest.approx(result["achieved_gflops"] / result["conv3x3_peak_gflops"])
+        peak = result["conv3x3_peak_gflops"]
+        assert 0 < run["fraction_of_conv_peak"] == pytest.approx(run["achieved_gflops"] / peak)
+    if len(runtimes) > 1:
+        assert result["runs"]["eager"]["ratio_to_eager"] == 1.0
+        assert result["runs"]["onnxruntime"]["ratio_to_eager"] > 0
+
+
+@pytest.mark.slow
+def test_tiled_inference_times_each_runtime_on_a_mosaic():
+    """--task infer --tile-size on both tiled runtimes: Mpx/s is the mosaic's megapixels over
+    the median. Fails if the tiled path is broken or times another image size."""
+    tile = dict(size=128, overlap=16, image_size=384)
+    result = benchmark.run_benchmark(
+        _tiny_cfg(batch=1), "infer", ["eager", "onnxruntime"], 1, 1, random_weights=True, tile=tile
+    )
+    assert result["megapixels"] == pytest.approx(384**2 / 1e6)
+    for run in result["runs"].values():
+        assert run["megapixels_per_s"] == pytest.approx(
+            result["megapixels"] / run["s_per_iter_median"]
         )
 
 
@@ -138,28 +158,9 @@ def test_each_task_runs_two_iterations_at_the_requested_size(task, runtime):
 def test_script_prints_the_machine_and_writes_json(tmp_path):
     """The thin script parses sizes, batch, threads and overrides and reports them."""
     out = tmp_path / "r.json"
-    cmd = [
-        sys.executable,
-        "tools/benchmark.py",
-        "--config-file",
-        CONFIG,
-        "--task",
-        "infer",
-        "--size",
-        "64",
-        "96",
-        "--batch",
-        "1",
-        "--threads",
-        "1",
-        "--iters",
-        "2",
-        "--no-peaks",
-        "--json",
-        str(out),
-        "--random-weights",
-        "model.test_score_thresh=0.5",
-    ]
+    cmd = [sys.executable, "tools/benchmark.py", "--config-file", CONFIG, "--task", "infer",
+           "--size", "64", "96", "--batch", "1", "--threads", "1", "--iters", "2", "--no-peaks",
+           "--json", str(out), "--random-weights", "model.test_score_thresh=0.5"]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cpu:" in run.stdout and "s_per_iter_median" in run.stdout
@@ -177,8 +178,7 @@ def test_script_runs_the_custom_config_with_the_readmes_dataset_overrides(tmp_pa
     from atss.utils.coco_example import write_coco_example
 
     paths = write_coco_example(str(tmp_path / "data"), 4, 2, size=(64, 96))
-    cli = load_script("tools/benchmark.py")
-    result = cli.main(
+    result = benchmark.main(
         ["--config-file", "configs/Custom/atss_MNV2_FPN_coco_json.py", "--task", "data",
          "--iters", "1", "--warmup", "0", "--batch", "2", "--no-peaks",
          f"dataset.train.json_file={paths['train_json']}",
@@ -186,4 +186,21 @@ def test_script_runs_the_custom_config_with_the_readmes_dataset_overrides(tmp_pa
          "dataloader.train.num_workers=0"]
     )  # fmt: skip
     assert result["settings"]["task"] == "data" and result["settings"]["train_batch"] == 2
-    assert result["s_per_iter_median"] > 0
+    assert result["runs"]["eager"]["s_per_iter_median"] > 0
+
+
+@pytest.mark.slow
+def test_matcher_task_times_both_forms_and_sees_the_dense_matrix(tmp_path, capsys):
+    """--task matcher at 1,000 GTs: one table row, equal assignments ("yes"), and a memory
+    column that sees the dense form's A x G float32 matrices (22,400 x 1,000 x 4 B = 85 MiB
+    each) and not the sparse one's, measured in children of a process whose own peak is
+    higher (2 GiB). Fails if the peak is read as ``ru_maxrss``, which a child inherits from its
+    parent (the growth reads 0), or if the two forms assign differently."""
+    torch.ones(2**29)  # 2 GiB, touched and freed: this process's peak exceeds the children's
+    out = tmp_path / "m.json"
+    benchmark.main(["--task", "matcher", "--gts", "1000", "--iters", "1", "--threads", "1",
+                    "--json", str(out)])  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if "|" in line]
+    assert rows[-1].split("|")[0].strip() == "1000" and "yes" in rows[-1].split("|")[-1]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["dense"]["extra_mib"] > 85 > row["sparse"]["extra_mib"] > 0

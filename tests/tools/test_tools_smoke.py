@@ -1,5 +1,6 @@
 """Smoke tests of the tools in tools/: each runs end to end on a tiny problem and
-writes what it promises (the `make demo` job, the detector comparison, the matcher benchmark)."""
+writes what it promises (the `make demo` job and the detector comparison), and the detector
+comparison's reading of a run's metrics.json."""
 
 import json
 import math
@@ -10,8 +11,9 @@ import sys
 import pytest
 from detectron2.config import LazyConfig
 
-from atss.engine.metrics import read_metrics
 from tests.atss_testing import load_script
+
+compare_detectors = load_script("tools/compare_detectors.py")
 
 
 def _config_yaml(folder):
@@ -22,10 +24,10 @@ def _config_yaml(folder):
 @pytest.mark.slow
 def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
     """tools/train_treecrowns_demo.py (what `make demo` runs) with its real config, shortened
-    to 4 iterations and evaluated on the 2 small cross-site images: it trains with the shared
-    schedule rule (steps floor(800*4/1100), floor(1000*4/1100) = 2, 3), evaluates, writes the
-    PNG and demo_results.json, and prints the AP line. Catches a broken import or argument
-    path and a missing output (the rule itself: tests/engine/test_schedule_and_metrics.py)."""
+    to 4 iterations and evaluated on the 2 small cross-site images: it trains with
+    train.max_iter=4 and the config's own schedule otherwise (which Detectron2 rescales:
+    tests/engine/test_train_loop.py), evaluates, writes the PNG and demo_results.json, and
+    prints the AP line. Catches a broken import or argument path and a missing output."""
     main = load_script("tools/train_treecrowns_demo.py").main
 
     out = tmp_path / "demo"
@@ -42,7 +44,7 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
     )
     cfg = _config_yaml(out)
     assert cfg.train.max_iter == 4 and cfg.train.checkpointer.period == 1
-    assert list(cfg.lr_multiplier.scheduler.milestones) == [2, 3]
+    assert list(cfg.lr_multiplier.scheduler.milestones) == [800, 1000]
     assert (out / "model_final.pth").is_file() and (out / "val_detections_vs_gt.png").is_file()
     summary = json.loads((out / "demo_results.json").read_text())
     assert summary["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
@@ -55,8 +57,9 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
 @pytest.mark.slow
 def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
     """tools/compare_detectors.py train for one detector, one seed, the small cross-site
-    split, 4 iterations: the train_net.py run gets the shared schedule rule, and the table,
-    the per-run JSON (read from metrics.json) and the plot are written."""
+    split, 4 iterations: the train_net.py run gets train.max_iter=4 and the trailing
+    overrides, and the table, the per-run JSON (read from metrics.json) and the plot are
+    written."""
     cmd = [
         sys.executable,
         "tools/compare_detectors.py",
@@ -73,7 +76,6 @@ def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
         "4",
         "--output",
         str(tmp_path),
-        "--opts",
         "train.log_period=1",
         "model.test_score_thresh=0.001",  # detections from a barely trained model
     ]
@@ -81,22 +83,44 @@ def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     run_dir = tmp_path / "xsite" / "ATSS" / "seed0"
     cfg = _config_yaml(run_dir)
-    assert cfg.train.max_iter == 4
-    assert list(cfg.lr_multiplier.scheduler.milestones) == [2, 3]
+    assert cfg.train.max_iter == 4 and cfg.train.log_period == 1
+    assert list(cfg.lr_multiplier.scheduler.milestones) == [800, 1000]
     (row,) = json.loads((tmp_path / "train_runs.json").read_text())
-    logged = [r for r in read_metrics(str(run_dir / "metrics.json")) if "bbox/AP" in r][-1]
+    metrics = compare_detectors.read_metrics(str(run_dir / "metrics.json"))
+    logged = [r for r in metrics if "bbox/AP" in r][-1]
     assert row["AP"] == logged["bbox/AP"] and math.isfinite(row["AP"])
     assert row["iterations"] == 4 and row["train_s"] > 0
     assert "| xsite | ATSS |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "ap_vs_training_time.png").is_file()
 
 
-@pytest.mark.slow
-def test_bench_matcher_prints_a_row_per_gt_count_with_equal_assignments():
-    """tools/bench_matcher.py on 10 GTs, one repeat: one table row, and the sparse and dense
-    matchers agree ("yes")."""
-    cmd = [sys.executable, "tools/bench_matcher.py", "--gts", "10", "--repeats", "1"]
-    run = subprocess.run(cmd + ["--threads", "1"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = [line for line in run.stdout.splitlines() if line.strip().startswith("10 |")]
-    assert len(rows) == 1 and rows[0].split("|")[-1].strip().startswith("yes"), run.stdout
+def _write_metrics(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+
+
+def test_training_summary_adds_iteration_times_and_takes_the_last_evaluation(tmp_path):
+    """compare_detectors' summary of a metrics.json: training seconds = sum of logged ``time``
+    x the iterations each log covers (hand computed: 0.5 * 20 + 1.0 * 20 + 2.0 * 10 = 50 s over
+    50 iterations); the AP curve is sampled at each evaluation; the final AP is the last
+    evaluation's. Catches counting each log once (3.5 s) or taking the first evaluation."""
+    path = tmp_path / "metrics.json"
+    _write_metrics(
+        path,
+        [
+            {"iteration": 19, "time": 0.5},
+            {"iteration": 39, "time": 1.0},
+            {"iteration": 39, "bbox/AP": 10.0, "bbox/AP50": 30.0, "bbox/AP75": 5.0},
+            {"iteration": 49, "time": 2.0},
+            {"iteration": 49, "bbox/AP": 12.0, "bbox/AP50": 33.0, "bbox/AP75": 6.0},
+        ],
+    )
+    records = compare_detectors.read_metrics(str(path))
+    summary = compare_detectors.summarize_training(records)
+    assert summary["train_s"] == pytest.approx(50.0)
+    assert summary["iterations"] == 50
+    assert summary["curve"] == [(30.0, 10.0), (50.0, 12.0)]
+    assert (summary["AP"], summary["AP50"], summary["AP75"]) == (12.0, 33.0, 6.0)
+    median = load_script("tools/train_treecrowns_demo.py").median_iteration_time
+    assert median(str(path)) == 1.0
+    with pytest.raises(ValueError, match="no evaluation"):
+        compare_detectors.summarize_training(records[:2])

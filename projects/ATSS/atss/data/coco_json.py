@@ -251,8 +251,8 @@ def register_datasets_from_config(
             evaluate, ``()`` where only the classes matter (demo, export: at least one split,
             or ``model_classes``).
         model_classes: ``(categories, where)``, the ``(id, name)`` classes of a trained run
-            (:mod:`atss.engine.run_folder`): they give the class count and every given split
-            must have the same categories.
+            (its ``classes.json``, :func:`atss.engine.config.read_run_classes`): they give the
+            class count and every given split must have the same categories.
 
     Returns:
         The registered dataset names (``custom_train`` and/or ``custom_test``).

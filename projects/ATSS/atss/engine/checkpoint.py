@@ -1,8 +1,19 @@
-"""Crash-safe checkpoints and a checkpointable for the random number generators."""
+"""What a training run writes into its checkpoints, and the checks ``--resume`` makes with it.
+
+:class:`AtomicDetectionCheckpointer` writes each checkpoint to a temporary file and moves it into
+place, so an interrupted save never leaves a truncated ``.pth`` (or a ``last_checkpoint``
+pointing at one) for ``--resume`` to load. Beside the model, optimizer and iteration a
+checkpoint holds the RNG states (:class:`RNGState`: a resumed run draws the same
+augmentations), the config it was written under (``--resume`` refuses another config's
+checkpoint: :func:`check_resume`) and its LR schedule (:class:`ScheduleRecord`: a resumed run
+under another schedule says what changes). Resuming and clusters: docs/clusters.md.
+"""
 
 import contextlib
+import logging
 import os
 import random
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -13,10 +24,20 @@ from fvcore.common.checkpoint import (
     _group_to_str,
     _IncompatibleKeys,
 )
+from omegaconf import DictConfig, OmegaConf
 
 from ..fileio import atomic_write
 
-__all__ = ["CONFIG_KEY", "AtomicDetectionCheckpointer", "RNGState"]
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "RNGState",
+    "ScheduleRecord",
+    "check_resume",
+    "config_identity",
+    "incompatible_keys_message",
+]
+
+logger = logging.getLogger("detectron2")
 
 # The checkpoint key under which AtomicDetectionCheckpointer records its run's config file.
 CONFIG_KEY = "config_file"
@@ -38,8 +59,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     after the checkpoint itself is complete. Remote paths (with a ``scheme://``) are written
     through fvcore's ``PathManager`` as Detectron2 does (atomic as far as that store is).
 
-    With ``config_file`` (the identity :func:`atss.engine.resume.config_identity` gives),
-    every checkpoint records it under :data:`CONFIG_KEY`, for the ``--resume`` check.
+    With ``config_file`` (:func:`config_identity`), every checkpoint records it under
+    :data:`CONFIG_KEY`, for :func:`check_resume`.
     """
 
     def __init__(self, model, save_dir: str = "", *, config_file: str = "", **kwargs) -> None:
@@ -202,3 +223,138 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ --resume
+def config_identity(config_file: str) -> str:
+    """``config_file`` from its last ``configs`` folder on (``configs/Shapes/x.py``), the same
+    on every machine of a cluster and in every checkout; its absolute normalised path when no
+    folder of it is named ``configs``."""
+    path = os.path.normpath(os.path.abspath(config_file))
+    parts = path.split(os.sep)
+    if "configs" in parts[:-1]:
+        last = len(parts) - 2 - parts[:-1][::-1].index("configs")
+        return "/".join(parts[last:])
+    return path
+
+
+def _recorded_config(path: str) -> Optional[str]:
+    """The config identity recorded in the checkpoint file ``path``; None when it records none
+    (written by another tool). Tensors are memory-mapped, not read, where the file allows it."""
+    with _legacy_rng_state_globals():
+        try:
+            data = torch.load(path, map_location="cpu", mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap is not possible
+            data = torch.load(path, map_location="cpu")
+    return data.get(CONFIG_KEY) if isinstance(data, dict) else None
+
+
+def check_resume(output_dir: str, config_file: str) -> None:
+    """Refuse to ``--resume`` from a last checkpoint written under another config: a second
+    config pointed at the first one's folder would otherwise load its model, optimizer and
+    iteration without a word. Overrides are not part of the identity (another
+    ``train.max_iter`` extends a run: :class:`ScheduleRecord` says what that changes).
+
+    Nothing to check when ``output_dir`` has no ``last_checkpoint``, when it names a missing
+    file, or when the folder is remote (``scheme://``); a checkpoint without a record is
+    resumed with a warning.
+
+    Raises:
+        ValueError: naming the checkpoint, the config it was written under and ``config_file``.
+    """
+    if "://" in output_dir:
+        return
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        return
+    with open(tag) as f:
+        checkpoint = os.path.join(output_dir, f.read().strip())
+    if not os.path.isfile(checkpoint):
+        return
+    recorded = _recorded_config(checkpoint)
+    current = config_identity(config_file)
+    if recorded is None:
+        logger.warning(
+            f"--resume: {checkpoint} does not record the config it was written under; "
+            f"resuming it with {current} unchecked."
+        )
+        return
+    if recorded != current:
+        raise ValueError(
+            f"--resume refused: the last checkpoint in train.output_dir={output_dir}, "
+            f"{checkpoint}, was written under the config {recorded}, not under "
+            f"--config-file {current}. Resume it with --config-file {recorded}, or give this "
+            "config its own folder (train.output_dir=...), or start afresh without --resume."
+        )
+
+
+def _flat(value, prefix: str) -> Dict[str, object]:
+    """A config node as ``{dotted key: plain value}``, callables by their qualified names."""
+    if isinstance(value, dict):
+        flat: Dict[str, object] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}.{key}"))
+        return flat
+    if isinstance(value, (list, tuple)):
+        value = [v if isinstance(v, (bool, int, float, str)) else repr(v) for v in value]
+    elif hasattr(value, "__qualname__"):  # a LazyCall target: a function or a class
+        value = f"{value.__module__}.{value.__qualname__}"
+    elif not isinstance(value, (bool, int, float, str, type(None))):
+        value = repr(value)
+    return {prefix: value}
+
+
+class ScheduleRecord:
+    """Checkpointable record of the LR schedule a run trains under: ``train.max_iter``, the
+    ``lr_multiplier`` config, and the multiplier of the iteration after the checkpoint.
+
+    Detectron2's ``LRScheduler`` hook evaluates the multiplier at ``iteration / max_iter``, so
+    resuming with another ``train.max_iter`` (or other milestones) moves the whole schedule,
+    and the LR of the resumed iteration jumps. After a resume, :meth:`change` says so in one
+    line.
+
+    Args:
+        cfg: the run's config (``train.max_iter``, ``lr_multiplier``).
+        multiplier: the instantiated ``cfg.lr_multiplier`` (a ParamScheduler).
+        trainer: the trainer, whose ``iter`` is the iteration a checkpoint is written after.
+    """
+
+    def __init__(self, cfg, multiplier, trainer) -> None:
+        self.max_iter = int(cfg.train.max_iter)
+        self.values = {"train.max_iter": self.max_iter}
+        node = cfg.lr_multiplier
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        self.values.update(_flat(node, "lr_multiplier"))
+        self.multiplier = multiplier
+        self.trainer = trainer
+        self.loaded: Optional[dict] = None  # what the resumed checkpoint recorded
+
+    def multiplier_at(self, iteration: int) -> float:
+        return float(self.multiplier(min(iteration / self.max_iter, 1.0)))
+
+    def state_dict(self) -> dict:
+        return {"values": self.values, "multiplier": self.multiplier_at(self.trainer.iter + 1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+    def change(self, iteration: int, base_lr: float) -> Optional[str]:
+        """One line naming the values that differ from the resumed checkpoint's and the LR of
+        ``iteration`` (the first resumed one) under both, for a base LR of ``base_lr``; None
+        when nothing differs or nothing was resumed."""
+        old = (self.loaded or {}).get("values")
+        if not old or old == self.values:
+            return None
+        keys = list(dict.fromkeys([*old, *self.values]))
+        changed = [
+            f"{k} {old.get(k, '(none)')} -> {self.values.get(k, '(none)')}"
+            for k in keys
+            if old.get(k) != self.values.get(k)
+        ]
+        before = base_lr * self.loaded["multiplier"]
+        after = base_lr * self.multiplier_at(iteration)
+        return (
+            f"--resume under another schedule than the checkpoint's ({'; '.join(changed)}): "
+            f"the LR at iteration {iteration} goes from {before:.6g} to {after:.6g}"
+        )

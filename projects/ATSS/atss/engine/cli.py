@@ -1,27 +1,21 @@
-"""Command-line helpers shared by the entry points (``train_net.py``, ``demo.py``, ``tools/``).
+"""The command line of ``train_net.py``, ``demo.py`` and the tools: one set of rules.
 
-* :func:`reject_flags_in_overrides` — argparse's ``nargs=REMAINDER`` (Detectron2's
-  ``default_argument_parser`` puts the ``key=value`` overrides there) swallows every token after
-  the first override, flags included: ``train_net.py --num-machines 2 train.max_iter=4
-  --machine-rank 1`` would silently run as machine 0. Entry points call this to refuse that.
-* :func:`add_launch_arguments` / :func:`parse_launch_args` — Detectron2's launch arguments plus
-  ``--dist-timeout`` (seconds), with the check above.
-* :func:`launch_training` — Detectron2's :func:`~detectron2.engine.launch` with that timeout, so
-  a machine that cannot reach the rendezvous (or whose peers never arrive) stops after a bounded
-  time with a message saying what to check, instead of a worker traceback after 30 minutes.
-* :func:`default_argument_parser` — Detectron2's parser with LazyConfig examples in ``--help``
-  (Detectron2's epilog shows a yacs ``MODEL.WEIGHTS /path`` example that fails on a LazyConfig)
-  and ``--random-weights``.
-* :func:`exit_on_usage_errors` — a bad config file, override or weights ends with one line on
-  stderr and exit status 2, as argparse ends on bad arguments, instead of a traceback.
+Flags come first, the ``key=value`` config overrides last (argparse's ``REMAINDER``, as in
+Detectron2's ``default_argument_parser``); a flag written among the overrides would be read as
+an override, so :func:`parse_args` refuses it (``--num-machines 2 train.max_iter=4
+--machine-rank 1`` would otherwise run as machine 0). Weights are given one way,
+``train.init_checkpoint=PATH``, with ``--run RUN`` as its short form. A bad config file,
+override or weights ends with one line and exit status 2 (:func:`exit_on_usage_errors`).
+:func:`launch_training` is Detectron2's ``launch`` with a bounded rendezvous (docs/clusters.md).
 """
 
 import argparse
 import contextlib
 import os
+import re
 import sys
 from datetime import timedelta
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from detectron2.engine import defaults
 from detectron2.engine.launch import DEFAULT_TIMEOUT, launch
@@ -29,20 +23,32 @@ from torch.multiprocessing import ProcessRaisedException
 
 from atss.data import DatasetError
 
-from .overrides import ConfigError
-from .weights import WeightsError, add_weights_arguments
+from .config import (
+    CLASSES_FILE,
+    RANDOM_WEIGHTS_FLAG,
+    ConfigError,
+    WeightsError,
+    load_checked_config,
+)
 
 __all__ = [
-    "RENDEZVOUS_ERRORS",
-    "add_launch_arguments",
+    "add_config_arguments",
+    "add_weights_arguments",
+    "check_command_line",
+    "config_and_overrides",
     "default_argument_parser",
     "exit_on_usage_errors",
     "flags_among_overrides",
     "launch_training",
+    "parse_args",
     "parse_launch_args",
     "reject_flags_in_overrides",
 ]
 
+RUN_CONFIG = "config.yaml"  # what Detectron2's default_setup writes into train.output_dir
+RUN_WEIGHTS = "model_final.pth"  # a run's last checkpoint
+# A Hydra override: key=value, +key=value, ++key=value or ~key.
+_OVERRIDE = re.compile(r"^\+{0,2}[A-Za-z_][\w.]*=|^~[A-Za-z_]")
 # Text of the exceptions torch.distributed raises when the TCP rendezvous fails (torch 2.x):
 # a client that cannot connect (DistNetworkError "The client socket has timed out ... trying to
 # connect to (host, port)"), a master whose peers never arrive (DistStoreError "Timed out after
@@ -94,7 +100,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
 
 @contextlib.contextmanager
 def exit_on_usage_errors(prog: Optional[str] = None):
-    """Turn a :class:`~.overrides.ConfigError` or :class:`~.weights.WeightsError` (and a
+    """Turn a :class:`~.config.ConfigError` or :class:`~.config.WeightsError` (and a
     ``DatasetError``) raised in the block into ``prog: error: <one line>`` on stderr and exit
     status 2."""
     try:
@@ -134,7 +140,8 @@ def reject_flags_in_overrides(
     opts: Optional[Sequence[str]], argv: Optional[Sequence[str]] = None, prog: Optional[str] = None
 ) -> None:
     """Exit with status 2 and a message on stderr (as argparse does on bad arguments) when a
-    ``--flag`` stands among the config overrides, saying where flags go.
+    ``--flag`` stands among the config overrides, saying where flags go: argparse's REMAINDER
+    takes every token after the first override, flags included.
 
     Args:
         opts: the parsed overrides (``args.opts``), i.e. everything argparse put after the first
@@ -160,9 +167,32 @@ def reject_flags_in_overrides(
     raise SystemExit(2)
 
 
-def add_launch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--dist-timeout`` to a parser that has Detectron2's launch arguments
-    (``--num-gpus --num-machines --machine-rank --dist-url``)."""
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the overrides last, for a parser whose positional
+    ``opts`` (argparse.REMAINDER) takes them.
+
+    The command line is cut at its first override (``key=value``, ``+key=value``,
+    ``++key=value`` or ``~key`` that is not an existing file's name) and argparse parses what
+    comes before it, so that a flag taking several values (``demo.py --input a.jpg b.jpg``)
+    does not take the overrides too; the rest is ``args.opts``, where a flag is refused
+    (:func:`reject_flags_in_overrides`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [i for i, t in enumerate(argv) if _OVERRIDE.match(t) and not os.path.exists(t)]
+    cut = overrides[0] if overrides else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.opts = [*getattr(args, "opts", []), *argv[cut:]]
+    reject_flags_in_overrides(args.opts, argv, parser.prog)
+    return args
+
+
+def parse_launch_args(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
+    """:func:`parse_args` of a :func:`default_argument_parser` with ``--dist-timeout``
+    added; exits with a clear message when the machine rank is out of range."""
     parser.add_argument(
         "--dist-timeout",
         type=float,
@@ -172,18 +202,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "being reachable) and for any collective operation before failing "
         f"(default: Detectron2's {DEFAULT_TIMEOUT.total_seconds():.0f})",
     )
-    return parser
-
-
-def parse_launch_args(
-    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
-) -> argparse.Namespace:
-    """Parse a Detectron2 ``default_argument_parser()`` command line with ``--dist-timeout``
-    added; exit with a clear message when a flag stands among the overrides or the machine
-    rank is out of range."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = add_launch_arguments(parser).parse_args(argv)
-    reject_flags_in_overrides(args.opts, argv, parser.prog)
+    args = parse_args(parser, argv)
     if not 0 <= args.machine_rank < args.num_machines:
         parser.error(
             f"--machine-rank {args.machine_rank} is not in 0..{args.num_machines - 1} "
@@ -192,6 +211,92 @@ def parse_launch_args(
     if args.dist_timeout <= 0:
         parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
     return args
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config-file FILE`` and, instead of it, ``--run RUN`` (a training run's folder;
+    :func:`config_and_overrides`)."""
+    config = parser.add_mutually_exclusive_group(required=True)
+    config.add_argument("--config-file", metavar="FILE", help="LazyConfig file")
+    config.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a training run's folder (train.output_dir): the same as --config-file "
+        f"DIR/{RUN_CONFIG} train.init_checkpoint=DIR/{RUN_WEIGHTS}; classes from "
+        f"DIR/{CLASSES_FILE}",
+    )
+    return parser
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--random-weights``: the one way to run an untrained model."""
+    parser.add_argument(
+        RANDOM_WEIGHTS_FLAG,
+        action="store_true",
+        help="use a randomly initialised model (nothing is loaded); without it "
+        "train.init_checkpoint= must name a trained checkpoint",
+    )
+    return parser
+
+
+def config_and_overrides(args: argparse.Namespace) -> Tuple[str, List[str]]:
+    """The config file and the overrides of parsed arguments (``config_file``, ``opts``, and
+    ``run`` / ``random_weights`` where the parser has them).
+
+    ``--run RUN`` is ``--config-file RUN/config.yaml`` with
+    ``train.init_checkpoint=RUN/model_final.pth`` before the overrides (a later one wins; none
+    with ``--random-weights``); :class:`ConfigError` when the folder lacks a file. A weights
+    path given with ``--random-weights`` is a contradiction: :class:`WeightsError`.
+    """
+    config_file, opts = args.config_file, list(args.opts)
+    random_weights = getattr(args, "random_weights", False)
+    run = getattr(args, "run", None)
+    if run:
+        config_file, weights = os.path.join(run, RUN_CONFIG), os.path.join(run, RUN_WEIGHTS)
+        for path in (config_file,) if random_weights else (config_file, weights):
+            if not os.path.isfile(path):
+                raise ConfigError(f"--run {run}: no {path} (a train.output_dir after training)")
+        if not random_weights:
+            opts.insert(0, f"train.init_checkpoint={weights}")
+    given = [
+        value.strip()
+        for key, _, value in (opt.lstrip("+").partition("=") for opt in opts)
+        if key.strip() == "train.init_checkpoint" and value.strip()
+    ]
+    if random_weights and given:
+        raise WeightsError(
+            f"{RANDOM_WEIGHTS_FLAG} contradicts train.init_checkpoint={given[-1]}: drop one of them"
+        )
+    return config_file, opts
+
+
+def check_command_line(args: argparse.Namespace) -> None:
+    """Refuse, before ``train_net.py`` launches, what every process would refuse: a missing
+    config file or an unknown override key (:class:`ConfigError`), ``--eval-only`` without
+    weights and without ``--random-weights`` (:class:`WeightsError`), and ``--runtime
+    onnxruntime`` or ``--random-weights`` without ``--eval-only``."""
+    random_weights = getattr(args, "random_weights", False)
+    if random_weights and not args.eval_only:
+        raise WeightsError(
+            f"{RANDOM_WEIGHTS_FLAG} applies to --eval-only; training starts from "
+            "train.init_checkpoint (empty: from scratch)"
+        )
+    config_and_overrides(args)
+    cfg = load_checked_config(args.config_file, args.opts)
+    if getattr(args, "runtime", "eager") == "onnxruntime":
+        if not args.eval_only:
+            raise ConfigError("--runtime onnxruntime applies to --eval-only; training runs eager")
+        if cfg.get("test", {}).get("aug", {}).get("enabled", False):
+            raise ConfigError(
+                "--runtime onnxruntime with test.aug.enabled=True: the test-time augmentation "
+                "runs the eager model only; drop one of them"
+            )
+    if args.eval_only and not random_weights and not cfg.train.get("init_checkpoint", ""):
+        raise WeightsError(
+            "--eval-only with an empty train.init_checkpoint: set train.init_checkpoint=PATH to "
+            "a trained run's model_final.pth, or pass --random-weights to evaluate a randomly "
+            "initialised model"
+        )
 
 
 def _rendezvous_message(args: argparse.Namespace, error: str) -> str:
@@ -208,21 +313,10 @@ def _rendezvous_message(args: argparse.Namespace, error: str) -> str:
     )
 
 
-def launch_training(
-    main_func: Callable, args: argparse.Namespace, main_args: Optional[tuple] = None
-) -> None:
-    """Detectron2's ``launch(main_func, ...)`` from parsed launch arguments (see
-    :func:`parse_launch_args`), with ``--dist-timeout``. A failed rendezvous ends with
-    ``SystemExit`` carrying a message on what to check; other errors propagate unchanged.
-
-    Args:
-        main_func: called as ``main_func(*main_args)`` in every process.
-        args: the parsed arguments (``num_gpus``, ``num_machines``, ``machine_rank``,
-            ``dist_url``, and ``dist_timeout`` in seconds, Detectron2's default if absent).
-        main_args: default ``(args,)``.
-    """
-    if not hasattr(args, "dist_timeout"):
-        args.dist_timeout = DEFAULT_TIMEOUT.total_seconds()
+def launch_training(main_func: Callable, args: argparse.Namespace) -> None:
+    """Detectron2's ``launch(main_func, ...)`` of ``main_func(args)`` in every process, from
+    the arguments of :func:`parse_launch_args`, with ``--dist-timeout``. A failed rendezvous
+    ends with ``SystemExit`` carrying a message on what to check; other errors propagate."""
     try:
         launch(
             main_func,
@@ -230,7 +324,7 @@ def launch_training(
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,) if main_args is None else main_args,
+            args=(args,),
             timeout=timedelta(seconds=args.dist_timeout),
         )
     except ProcessRaisedException as e:

@@ -3,7 +3,7 @@
 No config under ``configs/`` sets ``train.device``: they keep Detectron2's ``common/train.py``
 value, "cuda", which is resolved here when the run starts: CUDA when this machine has it, else
 the CPU. ``train.device=cpu`` (or ``cuda:1``, ...) on the command line picks a device
-explicitly.
+explicitly; any CUDA device falls back to the CPU on a machine without CUDA.
 """
 
 import logging

@@ -1,15 +1,22 @@
-"""Run a LazyConfig's model on single images: Detectron2's ``DefaultPredictor`` for LazyConfigs.
+"""A trained model on single images, and the class list a run folder keeps for it.
 
-Usage (images read in the model's channel order)::
+:class:`ATSSPredictor` is Detectron2's ``DefaultPredictor`` for LazyConfigs: the config's model
+with its weights, each image resized like the test loader, boxes answered in the image's own
+coordinates, on tiles for large images (:meth:`ATSSPredictor.tile`)::
 
-    cfg = load_config("configs/COCO/atss_R_50_FPN_1x.py", ["train.init_checkpoint=model_final.pth"])
+    cfg = load_config("RUN/config.yaml", ["train.init_checkpoint=RUN/model_final.pth"])
     predictor = ATSSPredictor(cfg)
-    image = read_image("street.jpg", format=predictor.input_format)  # (H, W, 3) uint8
-    instances = predictor(image)  # boxes in the coordinates of `image`
+    instances = predictor(read_image("street.jpg", format=predictor.input_format))
+
+:func:`model_classes` is the one answer to "which ids and names do the model's outputs stand
+for", used by the demo, the run folder's ``classes.json`` and the export's ``model.json``
+(docs/own_data.md, docs/deployment.md).
 """
 
+import json
 import logging
-from typing import List, Optional
+import os
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,12 +25,19 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from atss.data.builtin import ensure_registered
+from atss.fileio import atomic_write
 
-from .config import RANDOM, TRAINED, build_model
+from .config import (
+    CLASSES_FILE,
+    RANDOM,
+    TRAINED,
+    build_model,
+    config_dataset_names,
+    read_run_classes,
+)
 from .device import available_device
 
-__all__ = ["ATSSPredictor", "dataset_class_names"]
+__all__ = ["ATSSPredictor", "model_classes", "write_run_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +45,8 @@ logger = logging.getLogger(__name__)
 class ATSSPredictor:
     """
     Build ``cfg.model`` on ``cfg.train.device`` (the CPU when CUDA is absent), load
-    ``cfg.train.init_checkpoint`` (:func:`~.weights.load_trained_weights`: a whole trained model,
-    else :class:`~.weights.WeightsError`; nothing with ``random_weights``), and resize each
+    ``cfg.train.init_checkpoint`` (:func:`~.config.load_trained_weights`: a whole trained model,
+    else :class:`~.config.WeightsError`; nothing with ``random_weights``), and resize each
     image like the test loader (``cfg.dataloader.test.mapper.augmentations``; none when the
     config has no test loader).
 
@@ -81,7 +95,7 @@ class ATSSPredictor:
         ``kwargs`` too): the model is wrapped, and the whole image is neither resized nor
         converted (the tiles go to the model uint8, each as it is cut). Raises
         ValueError for a bad size or overlap."""
-        from atss.inference import TiledDetector
+        from atss.inference.tiled_detector import TiledDetector
 
         self.model = TiledDetector(
             self.model, size=size, overlap=overlap, augmentations=self.augmentations.augs, **kwargs
@@ -99,21 +113,48 @@ class ATSSPredictor:
         return np.ascontiguousarray(aug_input.image.astype("float32").transpose(2, 0, 1))
 
 
-def dataset_class_names(cfg, num_classes: int) -> Optional[List[str]]:
-    """``thing_classes`` of the config's test dataset(s), the first registered one whose length
-    is ``num_classes``; None when the config has no test dataset or none matches. The project's
-    own datasets are registered here (metadata only: no file is written)."""
+def model_classes(cfg, config_file: str = "") -> Optional[List[Tuple[int, str]]]:
+    """The ``(id, name)`` of each class of ``cfg.model``, in the order of its outputs.
+
+    The run's ``classes.json`` beside ``config_file`` when there is one; else the first of the
+    config's datasets (train, then test: a ``configs/Custom`` config's JSON categories, a
+    registered dataset's ``thing_classes``) with ``model.num_classes`` classes, ids from its
+    ``thing_dataset_id_to_contiguous_id`` (the user's category ids), else the class index.
+    None when none of them knows the classes.
+    """
+    if config_file:
+        run = read_run_classes(os.path.dirname(os.path.abspath(config_file)))
+        if run:
+            return run
     try:
-        names = cfg.dataloader.test.dataset.names
-    except (AttributeError, KeyError):  # configs without a test loader
+        names = config_dataset_names(cfg)
+    except ModuleNotFoundError as e:  # tree crowns without deepforest: no names
+        logger.warning(f"class names of the config's datasets unknown: {e}")
         return None
-    for name in [names] if isinstance(names, str) else list(names):
-        try:
-            ensure_registered(name)
-        except ModuleNotFoundError as e:  # tree crowns without deepforest: no names
-            logger.warning(f"class names of {name} unknown: {e}")
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        classes = metadata.get("thing_classes")
+        if classes is None or len(classes) != cfg.model.num_classes:
             continue
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) == num_classes:
-            return list(classes)
+        to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id") or {}
+        ids = {i: dataset_id for dataset_id, i in to_contiguous.items()}
+        return [(int(ids.get(i, i)), str(n)) for i, n in enumerate(classes)]
     return None
+
+
+def write_run_classes(cfg, output_dir: str) -> Optional[str]:
+    """Write ``output_dir/classes.json`` (``{"classes": [{"id", "name"}, ...]}``, atomically)
+    from the config's datasets (:func:`model_classes`); returns its path, None (with a warning)
+    when the datasets do not name the model's classes."""
+    classes = model_classes(cfg)
+    if classes is None:
+        logger.warning(
+            f"no class list of {cfg.model.num_classes} classes among the config's datasets: "
+            f"{CLASSES_FILE} not written"
+        )
+        return None
+    text = json.dumps({"classes": [{"id": i, "name": n} for i, n in classes]}, indent=1)
+    path = os.path.join(output_dir, CLASSES_FILE)
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path

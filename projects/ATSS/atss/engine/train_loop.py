@@ -1,34 +1,21 @@
-"""Training and evaluation from a LazyConfig: the body of the repository's ``train_net.py``
-(Detectron2's ``lazyconfig_train_net`` contract), importable by other entry points.
+"""Training and evaluation from a LazyConfig: the body of ``train_net.py`` (Detectron2's
+``lazyconfig_train_net`` contract), importable by the tools.
 
-What it adds to Detectron2's script:
-
-* ``train.device`` "cuda" (Detectron2's default; no config sets another) falls back to "cpu"
-  when CUDA is unavailable, DDP on the CPU gets ``device_ids=None``, AMP on the CPU is refused
-  (:func:`atss.engine.device.resolve_device`);
-* checkpoints are written atomically and carry the RNG states and the config file they were
-  written under; ``--resume`` continues the data stream where it stopped
-  (:class:`AtomicDetectionCheckpointer`, :class:`RNGState`, :class:`ResumableTrainingSampler`)
-  and refuses a last checkpoint of another config (:func:`atss.engine.resume.check_resume`);
-* a non-finite loss stops training with a message naming the iteration and the last good
-  checkpoint; no optimizer step is taken with it;
-* evaluation, periodic and ``--eval-only``, runs the test-time-augmented model when
-  ``test.aug.enabled`` (:func:`atss.modeling.tta.build_tta_model`);
-* ``train.output_dir`` holds the class list (``classes.json``: ids and names) beside the
-  config and the weights, so the folder alone serves inference (:mod:`.run_folder`);
-* the data given on the command line to a ``configs/Custom`` config are checked before
-  anything is built, and the class count is taken from them (:func:`~.config.load_config`);
-  the datasets themselves are registered and built by the loaders the config names, in every
-  process, as under Detectron2's own ``lazyconfig_train_net.py``;
-* an override of a key the config does not have is refused (:mod:`.overrides`), and
-  ``--eval-only`` needs the weights of a trained model in ``train.init_checkpoint`` or an
-  explicit ``--random-weights`` (:mod:`.weights`); :func:`check_command_line` checks both
-  before any process is launched.
+What it adds to Detectron2's script: ``train.device`` resolved at run time (:mod:`.device`);
+atomic checkpoints carrying the RNG states, the config and the LR schedule, and a ``--resume``
+that continues the data stream where it stopped (:class:`ResumableTrainingSampler`), refuses
+another config's checkpoint and says what another schedule changes (:mod:`.checkpoint`); a
+non-finite loss stops training naming the last good checkpoint; evaluation with the
+test-time augmentation, on tiles, or in ONNX Runtime; and ``classes.json`` in the run folder,
+so the folder alone serves inference (docs/own_data.md).
 """
 
+import itertools
 import logging
+import os
 
 from detectron2.config import instantiate
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -39,18 +26,41 @@ from atss.evaluation import build_evaluator
 from atss.inference import build_tiled_evaluation
 from atss.modeling.tta import build_tta_model
 
-from .checkpoint import AtomicDetectionCheckpointer, RNGState
-from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model, load_config
+from .checkpoint import (
+    AtomicDetectionCheckpointer,
+    RNGState,
+    ScheduleRecord,
+    check_resume,
+    config_identity,
+)
+from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model, load_config, read_run_classes
 from .device import resolve_device
-from .overrides import ConfigError, load_checked_config
-from .resume import check_resume, config_identity
-from .run_folder import keep_run_config, write_run_classes
-from .sampler import ResumableTrainingSampler
-from .weights import WeightsError, weights_overrides
+from .predictor import write_run_classes
 
-__all__ = ["main", "do_train", "do_test", "build_train_loader", "check_command_line"]
+__all__ = ["ResumableTrainingSampler", "build_train_loader", "do_test", "do_train", "main"]
 
 logger = logging.getLogger("detectron2")
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """Detectron2's :class:`TrainingSampler` (an infinite, seeded stream of shuffled indices,
+    dealt round-robin to the processes) that skips the first ``start_index`` indices of the
+    global stream.
+
+    After ``k`` finished iterations at a global batch of ``B`` images, ``start_index = k * B``
+    gives exactly the batches an uninterrupted run would draw next, provided batches take
+    consecutive indices (``aspect_ratio_grouping=False``: grouping keeps leftovers in
+    per-aspect buckets, which a restart loses), the batch interleaving of several loader
+    workers does not change, and the seed is the first run's (set ``train.seed``).
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed=None, start_index: int = 0):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self.start_index = int(start_index)
+
+    def __iter__(self):
+        start = self.start_index + self._rank
+        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
 
 
 def do_test(cfg, model) -> dict:
@@ -103,18 +113,21 @@ def do_train(args, cfg):
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_cls(model, train_loader, optimizer)
+    multiplier = instantiate(cfg.lr_multiplier)
+    schedule = ScheduleRecord(cfg, multiplier, trainer)
     checkpointer = AtomicDetectionCheckpointer(
         model,
         cfg.train.output_dir,
         config_file=config_identity(args.config_file),
         trainer=trainer,
         rng=RNGState(),
+        schedule=schedule,
     )
     eval_model = build_tta_model(cfg, model)  # the model itself unless test.aug.enabled
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.LRScheduler(scheduler=multiplier),
             (
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
                 if comm.is_main_process()
@@ -133,10 +146,13 @@ def do_train(args, cfg):
     )
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = 0
     if args.resume and checkpointer.has_checkpoint():
         start_iter = trainer.iter + 1
-    else:
-        start_iter = 0
+        group = optimizer.param_groups[hooks.LRScheduler.get_best_param_group_id(optimizer)]
+        change = schedule.change(start_iter, group.get("initial_lr", cfg.optimizer.lr))
+        if change:
+            logger.warning(change)
     if isinstance(sampler, ResumableTrainingSampler):
         sampler.start_index = start_iter * cfg.dataloader.train.total_batch_size
     try:
@@ -154,45 +170,15 @@ def do_train(args, cfg):
 
 def onnxruntime_model(cfg, model):
     """``model``'s ONNX export (made once, cached next to ``train.init_checkpoint``:
-    :func:`~.onnx_runtime.export_cached`) as an :class:`~.onnx_runtime.OnnxDetector` on
+    :func:`atss.inference.onnx_runtime.export_cached`) as an ``OnnxDetector`` on
     ``cfg.train.device``: evaluated like the eager model, on tiles too (``test.tile.*``). Each
     process runs its own session on its share of the test set (no DDP: nothing to train)."""
     from atss.export import onnx_session
-
-    from .onnx_runtime import OnnxDetector, export_cached
+    from atss.inference.onnx_runtime import OnnxDetector, export_cached
 
     weights = str(cfg.train.get("init_checkpoint", "") or "")
     path = export_cached(model.cpu().eval(), cfg.model, weights)
     return OnnxDetector(onnx_session(path, cfg.train.device), model)
-
-
-def check_command_line(args) -> None:
-    """Refuse, before launching, what :func:`main` would refuse in every process: a missing
-    config file, an override of an unknown key (:class:`~.overrides.ConfigError`), and
-    ``--eval-only`` without weights and without ``--random-weights`` (:class:`WeightsError`).
-    """
-    random_weights = getattr(args, "random_weights", False)
-    if random_weights and not args.eval_only:
-        raise WeightsError(
-            "--random-weights applies to --eval-only; training starts from "
-            "train.init_checkpoint (empty: from scratch)"
-        )
-    weights_overrides(args.opts, random_weights=random_weights)
-    cfg = load_checked_config(args.config_file, args.opts)
-    if getattr(args, "runtime", "eager") == "onnxruntime":
-        if not args.eval_only:
-            raise ConfigError("--runtime onnxruntime applies to --eval-only; training runs eager")
-        if cfg.get("test", {}).get("aug", {}).get("enabled", False):
-            raise ConfigError(
-                "--runtime onnxruntime with test.aug.enabled=True: the test-time augmentation "
-                "runs the eager model only; drop one of them"
-            )
-    if args.eval_only and not random_weights and not cfg.train.get("init_checkpoint", ""):
-        raise WeightsError(
-            "--eval-only with an empty train.init_checkpoint: set train.init_checkpoint=PATH to "
-            "a trained run's model_final.pth, or pass --random-weights to evaluate a randomly "
-            "initialised model"
-        )
 
 
 def main(args):
@@ -202,14 +188,14 @@ def main(args):
     Args:
         args: parsed by Detectron2's ``default_argument_parser`` (``config_file``, ``opts``,
             ``eval_only``, ``resume``, ...; ``random_weights`` from
-            :func:`atss.engine.cli.default_argument_parser`, False when absent).
+            :func:`~.cli.default_argument_parser`, False when absent).
 
     Returns:
         the evaluation results with ``--eval-only``, else None.
 
     Raises:
         ValueError: ``--resume`` with a last checkpoint in ``train.output_dir`` that another
-            config file wrote (:func:`atss.engine.resume.check_resume`).
+            config file wrote (:func:`~.checkpoint.check_resume`).
     """
     # Before default_setup, so that the saved config.yaml holds the class count of the data.
     cfg = load_config(
@@ -219,7 +205,7 @@ def main(args):
     if args.resume and not args.eval_only:  # before default_setup rewrites config.yaml there
         check_resume(cfg.train.output_dir, args.config_file)
     if args.eval_only:
-        keep_run_config(cfg, args.config_file)
+        keep_run_folder(cfg, args.config_file)
     default_setup(cfg, args)
     if not args.eval_only and comm.is_main_process():  # the run folder names its classes
         write_run_classes(cfg, cfg.train.output_dir)
@@ -235,3 +221,16 @@ def main(args):
         return do_test(cfg, build_tta_model(cfg, model))
     do_train(args, cfg)
     return None
+
+
+def keep_run_folder(cfg, config_file: str) -> None:
+    """``--eval-only`` from a run's own config with ``train.output_dir`` still the run folder:
+    evaluate into ``RUN/eval`` instead, so that Detectron2's ``default_setup`` does not replace
+    the run's ``config.yaml`` by the evaluation's."""
+    folder = os.path.dirname(os.path.abspath(config_file))
+    if os.path.abspath(cfg.train.output_dir) == folder and read_run_classes(folder) is not None:
+        cfg.train.output_dir = os.path.join(folder, "eval")
+        logger.warning(
+            f"--eval-only from the run folder {folder}: writing into {cfg.train.output_dir} "
+            "(give train.output_dir=DIR for another place)"
+        )

@@ -1,19 +1,12 @@
-"""
-Images read a window at a time, for tiled inference on images larger than memory should hold.
+"""Images read a window at a time, for tiled inference on images larger than memory should hold.
 
-:class:`NpyWindows` reads an (H, W, C) uint8 ``.npy`` file: ``reader[y0:y1, x0:x1]`` reads only
-those rows' pixels from the file (one ``pread`` per row, no memory map: mapped pages would stay
-resident and count in the process's memory as the tiles sweep the image). It has ``.shape`` and
-``.dtype`` like an array, so :class:`~atss.inference.TiledDetector` takes it as its ``"image"``
-(any HWC array-like does: an ndarray, a memmap, this reader) and materialises one tile at a
-time. :class:`ReversedChannels` flips RGB <-> BGR lazily, per window.
-
-:func:`read_for_tiling` is the one rule for reading an image that is to be tiled (``demo.py
---tile-size`` and tiled evaluation): a ``.npy`` file lazily, any other picture whole.
-:class:`TiledImageMapper` is the test mapper of a tiled evaluation
-(:func:`atss.inference.build_tiled_evaluation`): it hands the tiled model the image as read,
-without the channels-first copy Detectron2's mapper makes, and a ``.npy`` image as a window
-reader, so a loader worker holds no copy of it.
+:class:`NpyWindows` reads an (H, W, C) uint8 ``.npy`` file a window at a time (one ``pread`` per
+row, no memory map: mapped pages would stay resident as the tiles sweep the image); it has
+``.shape`` and ``.dtype``, so :class:`~atss.inference.TiledDetector` takes it as an image.
+:class:`ReversedChannels` flips RGB <-> BGR per window. :func:`read_for_tiling` is the one rule
+for reading an image that is to be tiled (a ``.npy`` lazily, any other picture whole), and
+:class:`TiledImageMapper` the test mapper of a tiled evaluation, which hands the model the
+image as read. See docs/large_images.md.
 """
 
 import copy
@@ -31,7 +24,6 @@ __all__ = [
     "NpyWindows",
     "ReversedChannels",
     "TiledImageMapper",
-    "is_lazy_image",
     "read_for_tiling",
 ]
 
@@ -132,11 +124,6 @@ class ReversedChannels:
     def __array__(self, dtype=None, copy=None):
         array = np.ascontiguousarray(self[:, :])
         return array if dtype is None else array.astype(dtype)
-
-
-def is_lazy_image(image) -> bool:
-    """True for an HWC array-like that is not an in-memory ndarray (read a window at a time)."""
-    return not isinstance(image, np.ndarray) and hasattr(image, "shape")
 
 
 def read_for_tiling(path: str, image_format: str = "RGB"):

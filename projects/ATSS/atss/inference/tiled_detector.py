@@ -1,51 +1,13 @@
-"""
-Tiled (sliced) inference for images larger than the model should see at once (orthophotos,
-slides, satellite scenes).
+"""Tiled (sliced) inference for images larger than the model should see at once.
 
-:class:`TiledDetector` wraps a trained detector (any Detectron2 model whose ``forward`` takes a
-list of ``{"image": CHW tensor, "height", "width"}`` and returns ``[{"instances": ...}]``) and,
-per image:
-
-1. cuts the image, in its own pixels, into ``size`` x ``size`` tiles overlapping by ``overlap``
-   pixels (:func:`tile_grid`; the last tile of a row / column is flush with the image edge, so
-   it may overlap its neighbour by more);
-2. runs the model on the tiles, ``batch_size`` at a time, each as an image of its own: through
-   the test ``augmentations`` (the config's test resize) when given, else at the tile's own
-   resolution; the model gets the tile's size as ``height``/``width``, so its boxes come back
-   in tile pixels;
-3. shifts every box by its tile's origin into image coordinates;
-4. drops a box that touches an *inner* border of its tile (one that is not an image edge; the
-   object is probably cut there) when another tile holds the box whole, i.e. contains it
-   without touching any of its own inner borders (:func:`cut_by_inner_border`). That tile
-   sees past the cut, so it holds the whole object whenever the object is smaller than the
-   overlap; choose ``overlap`` larger than the largest object;
-5. merges the duplicates found by overlapping tiles per class, with the model's NMS
-   (``batched_nms`` at ``model.test_nms_thresh``) or with the TTA's box voting
-   (:func:`atss.modeling.box_voting.batched_box_voting`);
-6. keeps the ``max_detections_per_image`` highest scores (default: the model's own cap), and
-   scales the boxes to the original image size (``height``/``width`` of the input dict) as
-   Detectron2's ``detector_postprocess`` does.
-
-Memory: a tensor input holds the full image once (uint8; in a tiled evaluation a view of the
-decoded array, :class:`~.lazy_image.TiledImageMapper`); tiles are views of it (resized copies
-of one batch when ``augmentations`` are given). The input may also be an (H, W, C)
-array-like read a window at a time (an ndarray, a memmap,
-:class:`atss.inference.lazy_image.NpyWindows`): then only the current tiles are materialised,
-uint8 as read (the model converts each to float). The model only ever sees ``batch_size``
-tiles, so the activations - the bulk of the memory - depend on the tile size, not on the image
-size.
-
-Tile sizes are in the pixels of the image as read: the tiles are cut before any resize, and
-each one is then resized like a test image (DeepForest's ``predict_tile`` does the same).
-Resizing the whole image first would shrink a large aerial image to the test size (e.g. a
-6,000 px side to 512) and then cut that into a single tile. Choose the tile about the size of
-the training images, so that objects appear at the scale the model learnt. An image that fits
-in one tile is run exactly as without tiling (steps 4-5 only apply across tiles).
-
-Switch: ``test.tile.size=PIXELS test.tile.overlap=PIXELS`` (0 = off) in a config that imports
-``configs/common/test.py``; ``train_net.py`` calls :func:`build_tiled_evaluation` (the test loader
-then reads images unresized and the tiles get its resize), ``demo.py`` takes ``--tile-size`` /
-``--tile-overlap``.
+:class:`TiledDetector` wraps a trained detector: it cuts the image, in its own pixels, into
+overlapping ``size`` x ``size`` tiles (:func:`tile_grid`), runs the model on each tile resized
+like a test image, shifts the boxes into image coordinates, drops a box cut by an inner tile
+border when another tile holds it whole (:func:`cut_by_inner_border`), and merges the
+duplicates with the model's NMS (or the TTA's box voting). Only a batch of tiles is in memory
+at a time, read from the image (or a window reader, :mod:`.lazy_image`) as needed.
+``test.tile.size`` / ``test.tile.overlap`` switch it on for ``train_net.py``
+(:func:`build_tiled_evaluation`); ``demo.py`` takes ``--tile-size``. See docs/large_images.md.
 """
 
 import copy
@@ -206,7 +168,8 @@ class TiledDetector(nn.Module):
         """
         Args:
             model: the detector, run on lists of ``{"image", "height", "width"}`` tiles.
-            size: tile side in input pixels (> 0).
+            size: tile side in the pixels of the image as read (> 0), about the training
+                images' size, so that objects appear at the scale the model learnt.
             overlap: pixels shared by neighbouring tiles, in [0, size); larger than the
                 largest object, so that a tile holds every object whole.
             merge_type: "nms" (class-wise NMS), "vote" or "soft-vote" (the TTA box voting).

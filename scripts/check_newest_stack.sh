@@ -4,7 +4,7 @@
 # and requirements-base.txt (the project's requirements without the pinned stack's pins); then
 # run the whole test suite (slow tests included) and print a summary with every version.
 #
-#   tools/check_newest_stack.sh DETECTRON2_SRC [pytest arguments]
+#   scripts/check_newest_stack.sh DETECTRON2_SRC [pytest arguments]
 #
 # DETECTRON2_SRC: a Detectron2 source tree (a clone of facebookresearch/detectron2). Not part of
 # .ci/run, which cannot fetch that source. Environment:
@@ -13,7 +13,7 @@
 #   PYTHON_NEWEST=P   the interpreter to use (default: the newest of python3.14/3.13/3.12 found
 #                     on PATH or under pyenv that has a torch wheel)
 set -euo pipefail
-src=${1:?usage: tools/check_newest_stack.sh DETECTRON2_SRC [pytest arguments]}
+src=${1:?usage: scripts/check_newest_stack.sh DETECTRON2_SRC [pytest arguments]}
 shift
 [ -f "$src/setup.py" ] && [ -d "$src/detectron2" ] || {
   echo "error: $src is not a Detectron2 source tree (no setup.py / detectron2/)" >&2; exit 2; }

@@ -1,13 +1,11 @@
-"""
-Detections written as files rather than drawn: a CSV (one row a box) and COCO-style results
-JSON, for images too large to draw and for whoever wants the numbers.
+"""Detections written as files rather than drawn: a CSV (one row a box) and COCO results JSON,
+for images too large to draw and for whoever wants the numbers.
 
-CSV columns (:data:`CSV_COLUMNS`): ``image, x0, y0, x1, y1, score, class_id, class_name`` with
-boxes in the image's pixels (XYXY). JSON: COCO's results format, a list of ``{"image_id",
-"file_name", "category_id", "category_name", "bbox": [x, y, w, h], "score"}``. ``class_id`` /
-``category_id`` is the user's category id where the classes carry one (a run's
-``classes.json``, a COCO dataset's ``thing_dataset_id_to_contiguous_id``), else the model's
-class index.
+CSV columns (:data:`CSV_COLUMNS`): ``image, x0, y0, x1, y1, score, class_id, class_name``, boxes
+in the image's pixels (XYXY). JSON: COCO's results format (``bbox`` as ``[x, y, w, h]``).
+``class_id`` / ``category_id`` is the user's category id where the classes carry one
+(:func:`atss.engine.predictor.model_classes`), else the model's class index. See
+docs/large_images.md.
 """
 
 import csv
@@ -17,7 +15,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "CSV_COLUMNS",
     "detection_rows",
-    "read_detections_csv",
     "write_detections",
 ]
 
@@ -82,14 +79,3 @@ def write_detections(path: str, rows: Sequence[Dict]) -> None:
             json.dump(_coco_results(rows), f)
     else:
         raise ValueError(f"{path}: detections are written as .csv or .json")
-
-
-def read_detections_csv(path: str) -> List[Dict]:
-    """The rows of a CSV of :func:`write_detections`, typed back (floats, int class id)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("x0", "y0", "x1", "y1", "score"):
-            r[k] = float(r[k])
-        r["class_id"] = int(r["class_id"])
-    return rows

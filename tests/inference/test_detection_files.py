@@ -1,4 +1,4 @@
-"""Tests of ``atss.engine.detection_files``: the CSV / COCO-results JSON of detections."""
+"""Tests of ``atss.inference.detection_files``: the CSV / COCO-results JSON of detections."""
 
 import json
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-from atss.engine.detection_files import (
+from atss.inference.detection_files import (
     CSV_COLUMNS,
     detection_rows,
-    read_detections_csv,
     write_detections,
 )
+from tests.atss_testing import read_detections_csv
 
 
 def _instances():

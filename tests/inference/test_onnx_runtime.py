@@ -1,4 +1,6 @@
-"""atss.engine.onnx_runtime, `demo.py --runtime onnxruntime`: eager detections, cached export."""
+"""atss.inference.onnx_runtime, `demo.py --runtime onnxruntime`: eager detections, cached export."""
+
+import os
 
 import cv2
 import numpy as np
@@ -8,7 +10,7 @@ from detectron2.config import LazyConfig
 from detectron2.data import transforms as T
 
 import atss.export
-from atss.engine.onnx_runtime import OnnxPredictor, onnx_cache_path
+from atss.inference.onnx_runtime import OnnxPredictor, export_cached, onnx_cache_path
 from tests.atss_testing import (
     FIT_BOXES,
     FIT_SIZE,
@@ -113,6 +115,34 @@ def test_export_is_cached_next_to_the_weights_and_keyed(setup, monkeypatch):
     assert onnx_cache_path(_cfg(setup).model, str(renamed)).split(".")[-2] != path.split(".")[-2]
 
 
+def test_weights_rewritten_in_place_are_exported_again(setup, tmp_path, monkeypatch):
+    """Retraining into the same model_final.pth (same path, same size, here even the same
+    modification time) must not serve the previous run's export. Fails if the cache key holds
+    the weights' path (or path, size and mtime) instead of their bytes, or remembers a file's
+    hash by its path."""
+    exported = []
+
+    def fake_export(model, sample, f, opset):
+        exported.append(opset)
+        f.write(b"graph")
+
+    monkeypatch.setattr(atss.export, "export_onnx", fake_export)
+    weights = tmp_path / "model_final.pth"
+    state = torch.load(setup["weights"])
+    torch.save(state, weights)
+    cfg = _cfg(setup, f"train.init_checkpoint={weights}")
+    first = export_cached(torch.nn.Identity(), cfg.model, str(weights))
+    assert export_cached(torch.nn.Identity(), cfg.model, str(weights)) == first
+    assert len(exported) == 1
+    before = os.stat(weights)
+    state["model"]["head.cls_score.bias"] += 1.0
+    torch.save(state, weights)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(weights).st_size == before.st_size
+    second = export_cached(torch.nn.Identity(), cfg.model, str(weights))
+    assert second != first and len(exported) == 2
+
+
 def test_cache_key_is_the_same_in_every_process(tmp_path):
     """The cache path of the MobileNetV2 configs (whose backbone ``_target_`` is a function)
     is the same in two fresh processes, and changes with the config. Fails if the key holds a
@@ -125,7 +155,7 @@ def test_cache_key_is_the_same_in_every_process(tmp_path):
     code = (
         "import sys\n"
         "from atss.engine.config import load_config\n"
-        "from atss.engine.onnx_runtime import onnx_cache_path\n"
+        "from atss.inference.onnx_runtime import onnx_cache_path\n"
         "cfg = load_config(sys.argv[1], sys.argv[3:])\n"
         "print(onnx_cache_path(cfg.model, sys.argv[2]))\n"
     )

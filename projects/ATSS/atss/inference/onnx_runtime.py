@@ -1,12 +1,12 @@
-"""
-Run an ATSS config in ONNX Runtime: export once through :func:`atss.export.export_onnx`, cache
-the file next to the weights, and predict like Detectron2's ``DefaultPredictor``.
+"""A trained model in ONNX Runtime, exported once and cached next to its weights.
 
-The cache file is ``<weights stem>.<key>.onnx`` in the weights' folder, where ``key`` hashes the
-model config, the weights' bytes, the torch and onnxruntime versions and the opset: editing the
-config, retraining into the same path or upgrading either library exports again instead of
-running a stale graph. A model without weights (random initialisation) is exported to a
-temporary file every time: there is nothing stable to key it by.
+:class:`OnnxPredictor` is :class:`~atss.engine.predictor.ATSSPredictor` with the network run as
+the ONNX export of :func:`atss.export.export_onnx`; :class:`OnnxDetector` calls the export like
+the eager model, so tiling and ``train_net.py --eval-only --runtime onnxruntime`` run it too.
+The cache file, ``<weights stem>.<key>.onnx`` beside the weights, is keyed by the model config,
+the weights' bytes, the torch and onnxruntime versions and the opset: another config, weights
+rewritten in place or an upgrade export again instead of running a stale graph. A model
+without weights is exported to a temporary file each time. See docs/deployment.md.
 """
 
 import hashlib
@@ -22,10 +22,9 @@ from detectron2.structures import Boxes, Instances
 from omegaconf import OmegaConf
 from torch import nn
 
+from atss.engine.predictor import ATSSPredictor
 from atss.export import onnx_input_names, onnx_session
 from atss.fileio import atomic_write
-
-from .predictor import ATSSPredictor
 
 __all__ = [
     "OPSET",
