@@ -109,6 +109,15 @@ def test_numpy_is_admitted_by_its_array_functions_not_by_its_module(tmp_path, na
     assert marker.exists()
 
 
+def test_a_torchscript_archive_is_refused(tmp_path):
+    """A TorchScript archive named like a checkpoint is refused before torch.load, which hands
+    it to torch.jit.load (running the archive's code) even with weights_only=True before torch
+    2.6. Fails if load_torch_file lets torch.load see it first."""
+    path = tmp_path / "model_final.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    _refused(load_torch_file, path, "TorchScript")
+
+
 def test_a_planted_config_is_refused_and_never_runs(tmp_path):
     """A run's config.yaml with one added line, a !!python/object/apply tag calling open(), is
     refused naming the file, the tag and its line, and the marker never appears; Detectron2's

@@ -149,10 +149,11 @@ def test_checkpoint_file_round_trip_and_detectron2_load(tmp_path):
     source = synthetic_state_dict(mmdet_layout(depth=50), distinct=MMDET_R50_PLACES)
     path = tmp_path / "atss_r50_fpn_1x_coco.pth"
     torch.save({"state_dict": source, "meta": {"epoch": 12}}, path)
-    fmt, converted = convert_checkpoint(str(path))
-    assert fmt == MMDET
+    fmt, checkpoint = convert_checkpoint(str(path))
+    assert fmt == MMDET and checkpoint["__converted_from__"] == MMDET
+    converted = checkpoint["model"]
     out = tmp_path / "converted.pth"
-    torch.save({"model": converted}, out)
+    torch.save(checkpoint, out)
     model = _model(MMDET_R50)
     assert not any(check_against_model(converted, model).values())
     DetectionCheckpointer(model).load(str(out))
@@ -203,9 +204,8 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="list.pth.*expected a state dict"):
         read_checkpoint(str(listed))
-    other = tmp_path / "other.pth"
-    torch.save({"model": {"fc.weight": torch.zeros(2)}}, other)
-    with pytest.raises(ValueError, match="other.pth.*cannot tell"):
-        convert_checkpoint(str(other))
+    both = {"backbone.body.stem.conv1.weight": torch.zeros(1), "neck.x.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="both.pth.*cannot tell"):
+        detect_format(both, "both.pth")
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         convert_state_dict({"fc.weight": torch.zeros(2)}, "caffe")

@@ -167,6 +167,13 @@ def _refused_weights(path: str, refused: _Refused) -> UnsafeFileError:
     )
 
 
+def _is_torchscript(path: str) -> bool:
+    """Whether the zip file ``path`` is a TorchScript archive: it holds ``constants.pkl`` beside
+    ``data.pkl``, the test ``torch.load`` makes before handing it to ``torch.jit.load``."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
 def load_torch_file(path: str, *, mmap: bool = False) -> Any:
     """What ``torch.save`` wrote to the local file ``path``, built without running code; tensors
     on the CPU.
@@ -179,14 +186,26 @@ def load_torch_file(path: str, *, mmap: bool = False) -> Any:
     ``ndarray``, hence a second reader rather than ``torch.serialization.safe_globals``, which
     torch 2.5 introduced.)
 
+    A TorchScript archive is refused before either read: ``torch.load`` hands it to
+    ``torch.jit.load``, which runs the archive's code, even with ``weights_only=True`` before
+    torch 2.6.
+
     Args:
         mmap: memory-map the tensors instead of reading them, where the file allows it (torch's
             zip format, i.e. every file written by torch >= 1.6).
 
     Raises:
-        UnsafeFileError: naming the file and the first global neither reader admits.
+        UnsafeFileError: naming the file and the first global neither reader admits, or
+            saying that the file is a TorchScript archive.
     """
-    mmap = mmap and zipfile.is_zipfile(path)
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip and _is_torchscript(path):
+        raise UnsafeFileError(
+            f"{path}: refused a TorchScript archive (torch.jit.save's format): loading it runs "
+            "its code. A weights file is a state dict written by torch.save; load a TorchScript "
+            "model with torch.jit.load if you trust it."
+        )
+    mmap = mmap and is_zip
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
