@@ -273,9 +273,11 @@ def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
         raise
     except Exception as e:  # the unpicklers raise several types (UnpicklingError, RuntimeError)
         raise ValueError(f"{path}: cannot be read as a checkpoint ({e})") from e
-    if path.endswith(".pkl") and isinstance(obj, Mapping):
+    if not isinstance(obj, Mapping):
+        return {"model": _unwrap_state_dict(obj, path)}  # which says what it got instead
+    if path.endswith(".pkl"):
         obj = model_zoo_checkpoint(obj)
-    marks = {k: obj[k] for k in _MODEL_ZOO_MARKS if isinstance(obj, Mapping) and k in obj}
+    marks = {k: obj[k] for k in _MODEL_ZOO_MARKS if k in obj}
     return {"model": _unwrap_state_dict(obj, path), **marks}
 
 
@@ -305,7 +307,8 @@ def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
 
 def detect_format(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> str:
     """
-    Tell the two published layouts apart by their top-level module names.
+    Tell the two published layouts apart by their top-level module names; a state dict in
+    neither is taken to be in Detectron2's names already.
 
     Returns:
         ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``), ``MMDET`` (``neck.*`` /

@@ -9,8 +9,8 @@ checkpoint: :func:`check_resume`) and its LR schedule (:class:`ScheduleRecord`: 
 under another schedule says what changes). Resuming and clusters: docs/clusters.md.
 
 Every weights file is read through :mod:`atss.fileio`'s safe readers, which refuse a file that
-would run code (docs/published_weights.md); weights that do not fit the model are summed up in
-one line per module (:func:`incompatible_keys_message`), each tensor named in the log.
+would run code (docs/published_weights.md); weights that do not fit the model are counted by
+module in one line (:func:`incompatible_keys_message`), each tensor named in the log.
 """
 
 import logging
@@ -116,7 +116,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         message = incompatible_keys_message(incompatible, self.model.state_dict().keys())
         if message:
             self.logger.warning(message)
-            self.logger.info("Tensors not loaded: " + incompatible_keys_listing(incompatible))
+            self.logger.info("Tensors not loaded: " + _incompatible_keys_listing(incompatible))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -197,7 +197,7 @@ def _grouped(keys) -> str:
     return ", ".join(sorted(k + _group_to_str(v) for k, v in _group_checkpoint_keys(keys).items()))
 
 
-def incompatible_keys_listing(incompatible: _IncompatibleKeys) -> str:
+def _incompatible_keys_listing(incompatible: _IncompatibleKeys) -> str:
     """Every tensor :func:`incompatible_keys_message` counts, by name (grouped as fvcore does:
     ``head.cls_score.{bias, weight}``), with both shapes of those of another shape."""
     other_shape, missing = _other_shape_and_missing(incompatible)
