@@ -4,10 +4,10 @@ The repository's layout rules, read from the source with ``ast`` (README "Layout
 * the library and the tools apart: nothing outside ``tests/`` imports the test suite, the
   package imports nothing from ``tools/``, and no file edits ``sys.path``;
 * one home for loading a config and building a model: ``LazyConfig.load`` is called only in
-  ``atss/fileio.py`` (the ``.py`` configs of ``load_config_file``) and ``atss/config.py``
-  (Detectron2's bundled configs); a model is instantiated from a config
-  (``instantiate(<cfg>.model)``) and a checkpointer made only in ``atss.engine``
-  (``build_model``, the train loop, the weights rule);
+  ``atss/fileio.py`` (the ``.py`` configs of ``load_config_file``), ``atss/config.py``
+  (Detectron2's bundled configs) and ``atss/model_zoo`` (the packaged configs); a model is
+  instantiated from a config (``instantiate(<cfg>.model)``) and a checkpointer made only in
+  ``atss.engine`` (``build_model``, the train loop, the weights rule);
 * files are read without running code: ``torch.load``, ``pickle.load`` / ``Unpickler`` and
   ``yaml.load`` / ``unsafe_load`` appear only in ``atss/fileio.py`` and in the converter's
   ``--allow-pickle`` branch (``_unpickle_trusted``);
@@ -28,7 +28,11 @@ PACKAGE = os.path.join("projects", "ATSS", "atss")
 SKIP_DIRS = {".git", ".venv", ".cache", "output", "__pycache__", ".hypothesis", ".pytest_cache"}
 
 FILEIO = "projects/ATSS/atss/fileio.py"
-CONFIG_READERS = {FILEIO, "projects/ATSS/atss/config.py"}
+CONFIG_READERS = {
+    FILEIO,
+    "projects/ATSS/atss/config.py",
+    "projects/ATSS/atss/model_zoo/__init__.py",
+}
 # The converter's opt-in: (file, function) where a trusted file is fully unpickled.
 TRUSTING_READER = ("projects/ATSS/atss/converters/convert.py", "_unpickle_trusted")
 MODEL_BUILDERS = {"projects/ATSS/atss/engine/config.py"}

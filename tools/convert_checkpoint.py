@@ -24,17 +24,25 @@ import argparse
 import logging
 import os
 import sys
+from typing import Dict, Optional
 
 import torch
 
-from atss.converters import (
-    FORMATS,
-    check_against_model,
-    convert_checkpoint,
-    format_report,
-)
+from atss.converters import FORMATS, check_against_model, convert_checkpoint
 
 logger = logging.getLogger("convert_checkpoint")
+
+
+def format_report(report: Dict[str, list], limit: Optional[int] = 10) -> str:
+    """A readable summary of ``check_against_model``'s result."""
+    lines = []
+    for name in ("missing", "unexpected", "shape_mismatch"):
+        items = report[name]
+        if items:
+            shown = items if limit is None else items[:limit]
+            more = "" if len(shown) == len(items) else f" (+{len(items) - len(shown)} more)"
+            lines.append(f"{len(items)} {name}{more}: {shown}")
+    return "\n".join(lines) if lines else "all keys and shapes match"
 
 
 def get_parser():

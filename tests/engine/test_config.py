@@ -34,7 +34,6 @@ from atss.engine.config import (
     load_trained_weights,
 )
 from atss.engine.predictor import write_run_classes
-from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import (
     REPO_ROOT,
     ROOT,
@@ -42,6 +41,7 @@ from tests.atss_testing import (
     load_script,
     run_python,
     tiny_model,
+    write_coco_example,
     write_tiny_config,
 )
 

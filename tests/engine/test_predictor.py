@@ -9,8 +9,7 @@ from omegaconf import OmegaConf
 
 from atss.engine.config import load_config
 from atss.engine.predictor import model_classes, write_run_classes
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import coco_json_overrides
+from tests.atss_testing import coco_json_overrides, write_coco_example
 
 CUSTOM_CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 

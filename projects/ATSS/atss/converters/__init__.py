@@ -12,6 +12,5 @@ from .convert import (
     convert_mmdet_state_dict,
     convert_state_dict,
     detect_format,
-    format_report,
     read_checkpoint,
 )

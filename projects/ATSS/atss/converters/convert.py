@@ -1,67 +1,23 @@
-"""
-Converters from the two published families of ATSS checkpoints to this project's state dict.
+"""Converters from the two published families of ATSS checkpoints to this project's state dict:
+``"authors"`` (maskrcnn-benchmark checkpoints of ``sfzhang15/ATSS``, ``{"model": ...}``, keys
+``backbone.body.*`` / ``backbone.fpn.*`` / ``rpn.head.*``) and ``"mmdet"`` (mmdetection's,
+``{"state_dict": ...}``, keys ``backbone.*`` / ``neck.*`` / ``bbox_head.*``).
 
-``"authors"``: the maskrcnn-benchmark checkpoints of ``sfzhang15/ATSS`` (``ATSS_R_50_FPN_1x.pth``,
-``ATSS_dcnv2_X_101_64x4d_FPN_2x.pth``, ...). Nesting and names, as read in that repository:
-
-* ``{"model": state_dict, ...}`` (``atss_core/utils/checkpoint.py``: ``Checkpointer.save``);
-  the state dict of the DDP-wrapped training model, so keys may start with ``module.``.
-* backbone ``backbone.body.*`` (``modeling/backbone/resnet.py``): ``stem.conv1`` + ``stem.bn1``;
-  ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0`` (1x1 conv) +
-  ``downsample.1`` (norm). Norms are maskrcnn-benchmark's FrozenBatchNorm2d: buffers
-  ``weight, bias, running_mean, running_var``, applied as ``w / sqrt(var)`` **without eps**.
-  Deformable ``conv2`` is a ``DFConv2d`` (``layers/misc.py``): ``conv2.offset`` (regular conv
-  with bias predicting 27 channels: 18 offsets then 9 mask logits) + ``conv2.conv``
-  (``ModulatedDeformConv``, ``weight`` only in the backbone).
-* FPN ``backbone.fpn.*`` (``modeling/backbone/backbone.py``, ``fpn.py``): built with
-  ``in_channels_list=[0, 512, 1024, 2048]`` and 1-based names, so the skipped res2 slot is 1 and
-  ``fpn_inner2/3/4`` + ``fpn_layer2/3/4`` belong to res3/res4/res5; ``top_blocks.p6/p7`` (P6 on
-  P5 because ``USE_C5 False``, ReLU before P7).
-* head ``rpn.head.*`` (``modeling/rpn/atss/atss.py``): ``cls_tower`` / ``bbox_tower`` are
-  ``nn.Sequential`` of [conv (bias), GroupNorm(32), ReLU] x 4 (conv at 0, 3, 6, 9; in DCN models
-  the conv at 9 is a ``DFConv2d`` with ``offset`` and a biased ``conv``); ``cls_logits``
-  (C = 80 channels, sigmoid, no background), ``bbox_pred`` (4), ``centerness`` (1, on the box
-  tower); ``scales.{0..4}.scale`` of shape (1,). ``rpn.anchor_generator.cell_anchors.*``
-  buffers are dropped (our anchor generator computes its own).
-
-``"mmdet"``: mmdetection's ATSS checkpoints (``atss_r50_fpn_1x_coco_20200209-985f7bd0.pth``, ...):
-
-* ``{"state_dict": state_dict, "meta": ...}`` (mmcv ``save_checkpoint``).
-* backbone ``backbone.*`` (``mmdet/models/backbones/resnet.py``, style "pytorch"): ``conv1`` +
-  ``bn1``; ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0/1``; BatchNorm with
-  ``num_batches_tracked`` (dropped).
-* neck ``neck.*`` (``mmdet/models/necks/fpn.py``, ``start_level=1``): ``lateral_convs.{0,1,2}``
-  and ``fpn_convs.{0,1,2}`` for res3..res5, then ``fpn_convs.3`` (P6, on P5) and
-  ``fpn_convs.4`` (P7, **no ReLU** before it); each a ``ConvModule`` holding ``conv``.
-* head ``bbox_head.*`` (``mmdet/models/dense_heads/atss_head.py``): ``cls_convs.{0..3}`` /
-  ``reg_convs.{0..3}`` are ``ConvModule`` s with ``conv`` (**no bias**: mmcv drops it when a norm
-  follows) and ``gn``; ``atss_cls`` (80), ``atss_reg`` (4), ``atss_centerness`` (1),
-  ``scales.{0..4}.scale`` (0-d).
-
-Our names (Detectron2): ``backbone.bottom_up.stem.conv1`` (+ ``.norm``),
-``backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}`` / ``shortcut`` (+ ``.norm``), deformable
-``conv2`` + ``conv2_offset``; ``backbone.fpn_lateral{3,4,5}``, ``backbone.fpn_output{3,4,5}``,
-``backbone.top_block.p6/p7``; ``head.cls_subnet`` / ``head.bbox_subnet`` [conv, GN, ReLU] x 4
-(DCN: ``conv_offset`` + ``conv``), ``head.cls_score``, ``head.bbox_pred``, ``head.centerness``,
-``head.scales.{l}.scale`` (0-d).
-
-``"detectron2"``: a checkpoint already in Detectron2's names (this project's own, a Detectron2 or
-Caffe2 model-zoo ``.pkl``), kept as it is: the format ``"auto"`` takes for any other file, so
-that ``--allow-pickle`` rewrites any trusted checkpoint as one the safe readers load
-(:func:`read_checkpoint`).
-
-The converters only rename (and fix the few value conventions listed in the functions); they
-do not need the model. :func:`check_against_model` compares a converted state dict with a model.
-The conventions a config must mirror to *run* the converted weights (anchor offset, pixel
-mean/std, channel order, stride_in_1x1, ...) are in ``projects/ATSS/README.md``, "Using published
-weights", and in ``configs/COCO/converted/``.
+Each family is a list of renaming rules (source key pattern -> Detectron2 key, read in the code
+that wrote the checkpoints; ``tests/converters/published_layouts.py`` rebuilds those layouts),
+plus the few value conventions named in the converters (the authors' FrozenBN without eps,
+(1,)-shaped scales). No model is needed; :func:`check_against_model` compares the result with
+one. What a config must mirror to run converted weights (anchor offset, pixel mean/std, channel
+order, ...): docs/published_weights.md and ``configs/COCO/converted/``. ``"detectron2"``: a file
+already in Detectron2's names (this project's own, a model-zoo ``.pkl``) is kept as it is, so
+that ``--allow-pickle`` rewrites any trusted checkpoint as one the safe readers load.
 """
 
 import logging
 import os
 import pickle
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,7 +38,6 @@ __all__ = [
     "convert_state_dict",
     "convert_checkpoint",
     "check_against_model",
-    "format_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -494,15 +449,3 @@ def check_against_model(
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch}
-
-
-def format_report(report: Dict[str, list], limit: Optional[int] = 10) -> str:
-    """A readable summary of :func:`check_against_model`'s result."""
-    lines = []
-    for name in ("missing", "unexpected", "shape_mismatch"):
-        items = report[name]
-        if items:
-            shown = items if limit is None else items[:limit]
-            more = "" if len(shown) == len(items) else f" (+{len(items) - len(shown)} more)"
-            lines.append(f"{len(items)} {name}{more}: {shown}")
-    return "\n".join(lines) if lines else "all keys and shapes match"

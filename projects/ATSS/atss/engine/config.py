@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from atss.data.builtin import ensure_registered
-from atss.data.coco_json import register_datasets_from_config
+from atss.data.config_datasets import register_datasets_from_config
 from atss.fileio import load_config_file
 
 from .checkpoint import AtomicDetectionCheckpointer, incompatible_keys_message
