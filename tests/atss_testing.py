@@ -115,10 +115,17 @@ def run_python(code, *argv, env=None, timeout=900):
     )
 
 
+def write_coco_example(folder, num_train, num_val, size=(160, 256), seed=0):
+    """The example COCO folder of ``tools/make_coco_example.py`` (categories 3 = rectangle and
+    7 = ellipse, every third image grey): ``{"train_json", "val_json", "image_root"}``."""
+    tool = load_script("tools/make_coco_example.py")
+    return tool.write_coco_example(str(folder), num_train, num_val, size, seed)
+
+
 def coco_json_overrides(paths, train_json=None, test_json=None):
     """The four ``dataset.{train,test}.{json_file,image_root}=...`` overrides of a configs/Custom
-    config for a folder from :func:`atss.utils.coco_example.write_coco_example` (``paths``: its
-    return value); ``train_json`` / ``test_json`` replace its JSON files."""
+    config for a folder from :func:`write_coco_example` (``paths``: its return value);
+    ``train_json`` / ``test_json`` replace its JSON files."""
     return [
         f"dataset.train.json_file={train_json or paths['train_json']}",
         f"dataset.train.image_root={paths['image_root']}",

@@ -12,9 +12,8 @@ import os
 import pytest
 import torch
 
-from atss.utils.coco_example import write_coco_example
 from tests.atss_testing import REPO_ROOT as ROOT
-from tests.atss_testing import coco_json_overrides, run_python
+from tests.atss_testing import coco_json_overrides, run_python, write_coco_example
 
 pytestmark = pytest.mark.slow
 

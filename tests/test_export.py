@@ -20,9 +20,15 @@ from atss.export import (
     onnx_session,
     quiet_third_party_tracer_warnings,
     resize_of_test_loader,
-    split_outputs,
 )
 from tests.atss_testing import FIT_SIZE, fitted_tiny_model, tiny_model
+
+
+def split_outputs(flat):
+    """The flat outputs of an exported model, one dict per image (OUTPUT_NAMES, in order)."""
+    k = len(OUTPUT_NAMES)
+    return [dict(zip(OUTPUT_NAMES, flat[i : i + k])) for i in range(0, len(flat), k)]
+
 
 TRACE_SIZE = FIT_SIZE  # traced at the size the trained model was fitted at
 TEST_SIZES = [(200, 264), (152, 136)]  # other resolutions than the traced one

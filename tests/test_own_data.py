@@ -10,8 +10,7 @@ import sys
 import pytest
 
 import train_net
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import free_port
+from tests.atss_testing import free_port, write_coco_example
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,30 @@ import argparse
 import logging
 import os
 import sys
+from typing import List, Sequence
 
-from atss.data import DatasetError, find_unreadable_images, get_checked_detection_dataset_dicts
-from atss.data.registration import register_coco_json
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
+
+from atss.data import DatasetError, get_checked_detection_dataset_dicts, register_coco_json
 from atss.engine.cli import parse_args
 from atss.engine.config import ConfigError, config_dataset_names, load_config
+from atss.fileio import UnsafeFileError
+
+
+def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:
+    """Read every image of ``dataset_dicts`` as the mapper would; one message (file, image id,
+    error) per image that cannot be used."""
+    problems = []
+    for record in dataset_dicts:
+        try:
+            image = read_image(record["file_name"], format="RGB")
+            check_image_size(record, image)
+        except (OSError, SizeMismatchError) as e:
+            where = record["file_name"]
+            if "image_id" in record:
+                where += f" (image_id {record['image_id']})"
+            problems.append(f"{where}: {type(e).__name__}: {e}")
+    return problems
 
 
 def main(argv=None) -> int:
@@ -48,7 +67,7 @@ def main(argv=None) -> int:
     try:
         # Registers the project's datasets (as in training) and those the config is given.
         cfg = load_config(args.config_file, overrides) if args.config_file else None
-    except (DatasetError, ConfigError) as e:  # also a missing config file, an unknown key
+    except (DatasetError, ConfigError, UnsafeFileError) as e:  # also a missing config, a bad key
         print(f"ERROR {e}")
         print("FAILED")
         return 1

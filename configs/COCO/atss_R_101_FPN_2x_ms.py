@@ -1,5 +1,5 @@
 # ATSS, R-101-FPN, 2x (180k iterations at 16 images, LR steps 120k/160k), multi-scale training:
-# shorter side uniform in 640..800, longer side <= 1333 (published: 43.5 AP on COCO minival).
+# shorter side uniform in 640..800, longer side <= 1333. Published figure: configs/README.md.
 from ..common.coco_data import MULTI_SCALE_AUGMENTATIONS
 from ..common.models.backbones import use_backbone
 from ..common.schedule import lr_multiplier_2x as lr_multiplier

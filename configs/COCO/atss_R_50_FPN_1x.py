@@ -1,5 +1,5 @@
 # ATSS, R-50-FPN, 1x (90k iterations at 16 images), single-scale training: the authors' reference
-# recipe (published: 39.3 AP on COCO minival). MSRA R-50 weights, FrozenBN, stem + res2 frozen.
+# recipe (its published figure: configs/README.md). MSRA R-50 weights, FrozenBN, stem + res2 frozen.
 from atss.config import get_detectron2_config
 
 from ..common.coco_data import dataloader

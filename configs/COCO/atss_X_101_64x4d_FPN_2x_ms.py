@@ -1,4 +1,4 @@
-# ATSS, ResNeXt-101-64x4d-FPN, 2x, multi-scale training (published: 45.5 AP on COCO minival).
+# ATSS, ResNeXt-101-64x4d-FPN, 2x, multi-scale training (published figure: configs/README.md).
 # No Detectron2-format ImageNet file exists: the authors' Caffe2 file through Detectron2's
 # ModelCatalog (BGR, std 1); for the torchvision alternative see configs/README.md.
 from ..common.models.backbones import use_backbone

@@ -1,5 +1,5 @@
 # ATSS, R-101-FPN with DCNv2 in res3-res5 and the head towers, 2x, multi-scale training
-# (published: 46.1 AP on COCO minival).
+# (published figure: configs/README.md).
 from ..common.models.backbones import use_backbone
 from .atss_R_101_FPN_2x_ms import dataloader, lr_multiplier, model, optimizer, test, train
 

@@ -1,5 +1,5 @@
 # ATSS, ResNeXt-101-32x8d-FPN with DCNv2 in res4-res5 and the head towers, 2x, multi-scale
-# training (published: 47.7 AP on COCO minival).
+# training (published figure: configs/README.md).
 from ..common.models.backbones import use_backbone
 from .atss_R_101_FPN_2x_ms import dataloader, lr_multiplier, model, optimizer, test, train
 

@@ -1,5 +1,5 @@
 # The authors' best result: ATSS_dcnv2_X_101_64x4d_FPN_2x evaluated with multi-scale + flip
-# test-time augmentation and soft box voting (published: 50.7 AP on COCO test-dev). For evaluation
+# test-time augmentation and soft box voting (published figure: configs/README.md). For evaluation
 # only (`--eval-only train.init_checkpoint=<trained model>`). The test loader hands the original
 # image to the TTA wrapper, which resizes it to every scale itself (800 included).
 from .atss_dcnv2_X_101_64x4d_FPN_2x_ms import (

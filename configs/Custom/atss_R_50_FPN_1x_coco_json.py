@@ -8,7 +8,7 @@
 #
 # model.num_classes comes from the train JSON's categories. The 1x schedule's steps
 # (60k/80k of 90k) and warmup are fractions of the run, so `train.max_iter=N` rescales them; a
-# small dataset wants far fewer than 90k iterations (see the README, "Train on your own data").
+# small dataset wants far fewer than 90k iterations (docs/own_data.md, "Fine-tuning").
 # To fine-tune a COCO-trained ATSS: `train.init_checkpoint=PATH.pth`; every weight but the
 # classifier's output layer is loaded (atss.engine.AtomicDetectionCheckpointer logs which not).
 from detectron2.config import LazyCall as L

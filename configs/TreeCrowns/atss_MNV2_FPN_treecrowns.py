@@ -10,14 +10,11 @@
 # * head: 2 convs of 128 channels per tower instead of 4 x 256 (GN(32) still divides 128);
 # * input: shorter side 288/320/352 (tiles are 320 px) + horizontal and vertical flips for
 #   training (aerial images have no "up"); test at native resolution (no resize);
-# * solver: batch 4, 1100 iterations (~68 epochs of the 65 tiles; sized so that `make demo` fits
-#   in about 15 minutes on 2 cores: 0.58-0.9 s/iteration on 2-core VMs). LR 0.0025 = the
-#   authors' 0.01 @ 16 scaled linearly to batch 4. (Twice that, 0.005, trained faster on the
-#   spatial split but one of three cross-site ATSS runs diverged at it: classification loss
-#   0.34 -> 11.7 between iterations 100 and 200; see the README's comparison.) Linear warmup
-#   over 150 iterations (the authors' 500 constant-x1/3 warmup would be half of this run), LR
-#   x0.1 at iterations 800 and 1000. Measured (`make demo`, 2 cores): AP 15.5, AP50 48.3 in
-#   14.4 minutes (0.79 s/iteration);
+# * solver: batch 4, 1100 iterations (~68 epochs of the 65 tiles; sized so that `make demo` runs
+#   in minutes on a CPU). LR 0.0025 = the authors' 0.01 @ 16 scaled linearly to batch 4 (why not
+#   twice that: docs/experiments.md). Linear warmup over 150 iterations (the authors' 500
+#   constant-x1/3 warmup would be half of this run), LR x0.1 at iterations 800 and 1000. Its
+#   results: README.md, "Results";
 # * up to 300 detections per image, and COCO AP at maxDets 300 (the default 100 would cap the
 #   recall of the 208-tree crop).
 import detectron2.data.transforms as T

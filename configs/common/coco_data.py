@@ -9,7 +9,7 @@ from atss.data import CheckedDatasetMapper, get_checked_detection_dataset_dicts
 dataloader = get_detectron2_config("common/data/coco.py").dataloader
 # Validated loading, same arguments as Detectron2's: bad annotations fail early naming the file,
 # image id and field, or are repaired/filtered with a logged count; unreadable images fail
-# naming the file (atss/data/validation.py, README "Bad data").
+# naming the file (atss/data/validation.py, docs/own_data.md "Bad data").
 dataloader.train.dataset._target_ = get_checked_detection_dataset_dicts
 dataloader.test.dataset._target_ = get_checked_detection_dataset_dicts
 dataloader.train.mapper._target_ = CheckedDatasetMapper

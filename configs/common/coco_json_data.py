@@ -2,11 +2,11 @@
 # set on the command line (dataset.{train,test}.{json_file,image_root}=...), and the loaders and
 # the class count read them when instantiated, so the config works under any tool that
 # instantiates it (Detectron2's tools/lazyconfig_train_net.py included), with no registration
-# step before (atss/data/coco_json.py). The train loader also checks the test JSON: other
+# step before (atss/data/config_datasets.py). The train loader also checks the test JSON: other
 # categories than the train JSON's are refused before training starts.
 from detectron2.config import LazyCall as L
 
-from atss.data.coco_json import (
+from atss.data.config_datasets import (
     CUSTOM_TEST,
     CUSTOM_TRAIN,
     coco_json_num_classes,

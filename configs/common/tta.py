@@ -1,4 +1,4 @@
-# Test-time augmentation (the authors' recipe for their best result, 50.7 AP on COCO test-dev):
+# Test-time augmentation (the authors' recipe for their best result, configs/README.md):
 # the test scale 800/1333 + its flip, shorter sides 400..1800 (+ flips, longer side <= 3000, or
 # <= 1333 below 800) with per-scale box-size filters, then per-class soft box voting at IoU 0.66.
 # Off by default; configs/common/test.py puts it at `test.aug`. Switch on with

@@ -186,7 +186,7 @@ def test_treecrown_configs_share_one_solver_at_the_linearly_scaled_lr():
     """
     The ATSS / FCOS / RetinaNet comparison is only fair with one solver, and its LR is the
     authors' 0.01 @ 16 images scaled linearly to the batch (0.005, twice that, made one of three
-    cross-site ATSS runs diverge; README).
+    cross-site ATSS runs diverge; docs/experiments.md).
     """
     assert len(TREECROWN_CONFIGS) == 4
     solvers = set()
@@ -509,11 +509,11 @@ CONVERTED = {
 @pytest.mark.parametrize("name", sorted(CONVERTED))
 def test_converted_configs_mirror_their_codebase(name):
     """
-    The conventions the published weights were trained and evaluated with (projects/ATSS
-    README, "Conventions the config must mirror"). Fails if a converted config falls back to
-    a base-config value: Detectron2's BGR mean, BGR input for mmdetection weights, offset 0.5
-    for mmdetection, the wrong bottleneck stride, Detectron2's rounded test resize or
-    continuous boxes for the authors' weights.
+    The conventions the published weights were trained and evaluated with
+    (docs/published_weights.md, "Conventions the config must mirror"). Fails if a converted
+    config falls back to a base-config value: Detectron2's BGR mean, BGR input for mmdetection
+    weights, offset 0.5 for mmdetection, the wrong bottleneck stride, Detectron2's rounded test
+    resize or continuous boxes for the authors' weights.
     """
     exp = CONVERTED[name]
     path = f"configs/COCO/converted/{name}.py"

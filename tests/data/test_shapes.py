@@ -1,5 +1,7 @@
 """Generated shapes dataset: determinism, exact boxes, registration, COCO evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from atss.data import shapes
+from tests.atss_testing import write_coco_example
 
 
 def test_same_seed_gives_byte_identical_json_and_pngs_in_any_folder(tmp_path):
@@ -74,12 +77,6 @@ def test_first_images_do_not_depend_on_num_images(tmp_path):
         assert (small / "images" / name).read_bytes() == (large / "images" / name).read_bytes()
 
 
-def test_register_all_shapes_registers_train_and_val(tmp_path):
-    assert shapes.register_all_shapes(tmp_path) == ["shapes_train", "shapes_val"]
-    assert len(DatasetCatalog.get("shapes_train")) == 64
-    assert len(DatasetCatalog.get("shapes_val")) == 16
-
-
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="image_size"):
         shapes.build_shapes_cache(2, seed=0, image_size=(200, 100))
@@ -111,3 +108,40 @@ def test_coco_evaluator_scores_ground_truth_as_predictions_100_ap(tmp_path):
         "AP-ellipse",
         "AP-triangle",
     }
+
+
+def test_the_example_coco_folder_keeps_its_ids_grey_images_and_split_numbering(tmp_path):
+    """tools/make_coco_example.py's folder, written by the shapes generator: 4 train + 2 val
+    images numbered on across the splits (ids 1-4 and 5-6, files 000000-000005), categories
+    exactly rectangle = 3 and ellipse = 7 (no triangle drawn), every third image (000002,
+    000005) 8-bit grey and the others RGB, and each box inside its image. Fails if the splits
+    restart their numbering (two images of one file name), if classes get contiguous ids or a
+    triangle slips in, or if the wrong images are made grey."""
+    paths = write_coco_example(tmp_path, 4, 2, size=(64, 96))
+    train = json.loads(open(paths["train_json"]).read())
+    val = json.loads(open(paths["val_json"]).read())
+    assert [i["id"] for i in train["images"]] == [1, 2, 3, 4]
+    assert [i["id"] for i in val["images"]] == [5, 6]
+    for coco in (train, val):
+        assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+            (3, "rectangle"),
+            (7, "ellipse"),
+        ]
+        sizes = {i["id"]: (i["width"], i["height"]) for i in coco["images"]}
+        for a in coco["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert a["category_id"] in (3, 7) and a["image_id"] in sizes
+            assert x >= 0 and y >= 0 and x + w <= sizes[a["image_id"]][0]
+            assert y + h <= sizes[a["image_id"]][1]
+    used = {a["category_id"] for coco in (train, val) for a in coco["annotations"]}
+    assert used == {3, 7}
+    for image in train["images"] + val["images"]:
+        with Image.open(f"{paths['image_root']}/{image['file_name']}") as im:
+            assert im.size == (image["width"], image["height"])
+            assert im.mode == ("L" if image["id"] % 3 == 0 else "RGB"), image["file_name"]
+    assert [i["file_name"] for i in val["images"]] == ["000004.png", "000005.png"]
+
+
+def test_unknown_categories_are_refused_naming_the_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"\['circle'\] are not shapes"):
+        shapes.write_shapes_coco(tmp_path, [("x", 1)], 0, categories={"circle": 1})

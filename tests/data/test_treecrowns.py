@@ -2,7 +2,6 @@
 input validation."""
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -17,7 +16,8 @@ from PIL import Image
 
 from atss.data import cache as cache_mod
 from atss.data import treecrowns as tc
-from atss.data.crops import boxes_in_window, tile_starts
+from atss.data.voc import read_voc_folder
+from tests.data.annotation_files import write_voc
 
 
 @pytest.fixture(autouse=True)
@@ -44,30 +44,11 @@ def _coco(folder, split):
     return json.loads((folder / f"{split}.json").read_text())
 
 
-def _write_voc(folder, name, boxes, size=(64, 48), labels=None, image_name=None, xml_size=None):
-    """Write a tiny VOC sample: PNG of ``size`` (w, h) and its XML with ``boxes`` (strings ok)."""
-    w, h = size
-    image_name = image_name or f"{name}.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / image_name)
-    xw, xh = xml_size or size
-    objects = "".join(
-        f"<object><name>{(labels or ['Tree'] * len(boxes))[i]}</name><bndbox>"
-        f"<xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax>"
-        f"</bndbox></object>"
-        for i, b in enumerate(boxes)
-    )
-    (folder / f"{name}.xml").write_text(
-        f"<annotation><filename>{image_name}</filename><size><width>{xw}</width>"
-        f"<height>{xh}</height><depth>3</depth></size>{objects}</annotation>"
-    )
-
-
 # --- the source data --------------------------------------------------------------------------
 
 
 def test_deepforest_ships_4_annotated_images_with_951_boxes_from_3_sites():
-    images = tc.find_annotated_images()
+    images = read_voc_folder(tc.deepforest_data_dir())
     assert [i.name for i in images] == [
         "2019_YELL_2_528000_4978000_image_crop2",
         "2019_YELL_2_541000_4977000_image_crop",
@@ -75,7 +56,7 @@ def test_deepforest_ships_4_annotated_images_with_951_boxes_from_3_sites():
         "SOAP_061",
     ]
     assert sum(len(i.boxes) for i in images) == 951
-    assert [i.site for i in images] == ["YELL", "YELL", "OSBS", "SOAP"]
+    assert [tc._site_of(i.name) for i in images] == ["YELL", "YELL", "OSBS", "SOAP"]
     assert {lb for i in images for lb in i.labels} == {"Tree", "Dead", "Alive"}
 
 
@@ -88,22 +69,7 @@ def test_missing_deepforest_raises_error_naming_package_and_fix(monkeypatch):
         tc.deepforest_data_dir()
 
 
-# --- split geometry -----------------------------------------------------------------------------
-
-
-def test_tile_starts_whole_tiles_only_unless_cover_edges():
-    assert tile_starts(1000, 320, 240) == [0, 240, 480]
-    assert tile_starts(1000, 320, 240, cover_edges=True) == [0, 240, 480, 680]
-    assert tile_starts(300, 320, 240) == [0]  # short region: one tile, clipped by the caller
-
-
-def test_box_kept_only_when_more_than_half_inside_and_clipped_to_window():
-    boxes = np.array([[90.0, 0, 110, 10], [88, 0, 108, 10], [10, 10, 20, 20]])  # 50%, 60%, 100%
-    clipped, idx = boxes_in_window(boxes, (0, 0, 100, 50), 0.5)
-    assert idx.tolist() == [1, 2]
-    np.testing.assert_allclose(clipped, [[88, 0, 100, 10], [10, 10, 20, 20]])
-    clipped, idx = boxes_in_window(boxes, (50, 2, 150, 50), 0.5)  # 80% inside
-    np.testing.assert_allclose(clipped[:1], [[40, 0, 60, 8]])  # in window coordinates
+# --- splits -------------------------------------------------------------------------------------
 
 
 def test_spatial_split_reproduces_reference_counts(real_cache):
@@ -181,7 +147,8 @@ def test_cache_is_reused_and_keyed_on_split_parameters(real_cache):
     stamp = (folder / "manifest.json").stat().st_mtime_ns
     assert tc.build_treecrowns_cache(root) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt
-    other = tc.treecrowns_cache_dir(root, params=tc.TreeCrownSplitParams(stride=256))
+    images = read_voc_folder(tc.deepforest_data_dir())
+    other = tc._cache_dir(root, images, tc.TreeCrownSplitParams(stride=256))
     assert other != folder and other.parent == folder.parent
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp")]
 
@@ -189,9 +156,9 @@ def test_cache_is_reused_and_keyed_on_split_parameters(real_cache):
 def test_cache_is_rebuilt_when_a_source_file_changes(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    _write_voc(src, "2019_YELL_a", [[1, 1, 20, 20], [30, 10, 60, 40]])
+    write_voc(src, "2019_YELL_a", [[1, 1, 20, 20], [30, 10, 60, 40]])
     first = tc.build_treecrowns_cache(tmp_path / "cache", src)
-    _write_voc(src, "2019_YELL_a", [[1, 1, 20, 20]])
+    write_voc(src, "2019_YELL_a", [[1, 1, 20, 20]])
     second = tc.build_treecrowns_cache(tmp_path / "cache", src)
     assert first != second and (first / "manifest.json").exists()
     assert json.loads((second / "treecrowns_xsite_train.json").read_text())["annotations"]
@@ -261,60 +228,11 @@ def test_coco_evaluator_scores_ground_truth_as_predictions_100_ap(real_cache):
     assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
 
 
-# --- input validation ---------------------------------------------------------------------------
-
-
-def test_missing_image_file_error_names_the_file(tmp_path):
-    _write_voc(tmp_path, "A", [[1, 1, 5, 5]])
-    (tmp_path / "A.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"A\.xml.*A\.png"):
-        tc.find_annotated_images(tmp_path)
-
-
-@pytest.mark.parametrize(
-    "box, message",
-    [([1, 1, "", 5], r"B\.xml.*object> #0.*xmax"), ([1, "abc", 5, 5], r"B\.xml.*ymin.*'abc'")],
-)
-def test_malformed_box_field_error_names_file_object_and_field(tmp_path, box, message):
-    _write_voc(tmp_path, "B", [box])
-    with pytest.raises(ValueError, match=message):
-        tc.find_annotated_images(tmp_path)
-
-
-def test_not_well_formed_xml_error_names_the_file(tmp_path):
-    (tmp_path / "C.xml").write_text("<annotation><filename>C.png</filename>")
-    with pytest.raises(ValueError, match=r"C\.xml.*not well-formed"):
-        tc.find_annotated_images(tmp_path)
-
-
-def test_size_mismatch_between_xml_and_image_is_an_error(tmp_path):
-    _write_voc(tmp_path, "D", [[1, 1, 5, 5]], size=(64, 48), xml_size=(48, 64))
-    with pytest.raises(ValueError, match=r"D\.xml.*48x64.*64x48"):
-        tc.find_annotated_images(tmp_path)
-
-
-@pytest.mark.parametrize("bad", ["nan", "inf"])
-def test_non_finite_box_is_an_error_naming_the_file(tmp_path, bad):
-    _write_voc(tmp_path, "E", [[1, 1, 5, 5], [1, 1, bad, 5]])
-    with pytest.raises(ValueError, match=r"E\.xml.*NaN/inf.*object #1"):
-        tc.find_annotated_images(tmp_path)
-
-
-def test_out_of_image_boxes_are_clipped_and_empty_ones_dropped_with_logged_counts(tmp_path, caplog):
-    boxes = [[-5, 2, 10, 10], [60, 40, 80, 60], [70, 10, 90, 20], [5, 5, 5, 9], [9, 9, 3, 12]]
-    _write_voc(tmp_path, "F", boxes, size=(64, 48))
-    with caplog.at_level(logging.WARNING, logger="atss.data.validation"):
-        (img,) = tc.find_annotated_images(tmp_path)
-    np.testing.assert_allclose(img.boxes, [[0, 2, 10, 10], [60, 40, 64, 48]])
-    assert "dropped 2 box(es) of zero/negative size and 1 lying outside" in caplog.text
-    assert "clipped 2 box(es)" in caplog.text and "F.xml" in caplog.text
-
-
 def test_lazy_registration_builds_the_json_on_first_use(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    _write_voc(src, "2019_YELL_a", [[1, 1, 20, 20], [30, 10, 60, 40]])
-    _write_voc(src, "OSBS_029", [[5, 5, 25, 25]], size=(40, 40))
+    write_voc(src, "2019_YELL_a", [[1, 1, 20, 20], [30, 10, 60, 40]])
+    write_voc(src, "OSBS_029", [[5, 5, 25, 25]], size=(40, 40))
     tc.register_all_treecrowns(tmp_path / "cache", src, build=False)
     json_file = Path(MetadataCatalog.get("treecrowns_xsite_val").json_file)
     assert not json_file.exists()
@@ -325,8 +243,8 @@ def test_lazy_registration_builds_the_json_on_first_use(tmp_path):
 def test_source_changed_after_lazy_registration_is_a_clear_error(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    _write_voc(src, "2019_YELL_a", [[1, 1, 20, 20]])
+    write_voc(src, "2019_YELL_a", [[1, 1, 20, 20]])
     tc.register_all_treecrowns(tmp_path / "cache", src, build=False)
-    _write_voc(src, "2019_YELL_a", [[1, 1, 30, 20]])
+    write_voc(src, "2019_YELL_a", [[1, 1, 30, 20]])
     with pytest.raises(RuntimeError, match="changed since treecrowns_train was registered"):
         DatasetCatalog.get("treecrowns_train")

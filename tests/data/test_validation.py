@@ -1,24 +1,22 @@
-"""Validated dataset loading (atss/data/validation.py): every bad-data case either fails early
-with a message naming the file, image id and field, or is repaired/filtered and counted."""
+"""Validated dataset loading (atss/data/validation.py, atss/data/loading.py): every bad-data
+case either fails early with a message naming the file, image id and field, or is
+repaired/filtered and counted; and tools/validate_dataset.py, which reports it."""
 
 import copy
-import json
 import logging
 import math
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from atss.data import CheckedDatasetMapper
 from atss.data.loading import get_checked_detection_dataset_dicts
 from atss.data.validation import (
     CLIPPED,
@@ -26,46 +24,13 @@ from atss.data.validation import (
     DROPPED_OUTSIDE,
     DROPPED_ZERO_SIZE,
     NO_ANNOTATIONS,
-    CheckedDatasetMapper,
     DatasetError,
-    check_coco_json,
-    find_unreadable_images,
     validate_dataset_dicts,
 )
+from tests.atss_testing import load_script
+from tests.data.annotation_files import H, W, annotation, coco_dataset, write_images
 
 SHAPES_CONFIG = "configs/Shapes/atss_tiny_shapes.py"
-H, W = 96, 128
-
-
-def _images(root, n=3):
-    """n RGB PNGs of H x W under root/images; returns the COCO 'images' entries."""
-    (root / "images").mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(n):
-        name = f"img{i}.png"
-        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(
-            root / "images" / name
-        )
-        entries.append({"id": 10 + i, "file_name": name, "height": H, "width": W})
-    return entries
-
-
-def _ann(ann_id, image_id, bbox, category_id=1, **extra):
-    return {"id": ann_id, "image_id": image_id, "bbox": bbox, "category_id": category_id,
-            "area": 1.0, "iscrowd": 0, **extra}  # fmt: skip
-
-
-def _coco(root, annotations, images=None, categories=None, text=None):
-    """Write a COCO JSON (or raw ``text``) and register it; returns (dataset name, json path)."""
-    images = _images(root) if images is None else images
-    categories = categories or [{"id": 1, "name": "tree"}, {"id": 2, "name": "bush"}]
-    path = root / f"{uuid.uuid4().hex}.json"
-    data = {"images": images, "annotations": annotations, "categories": categories}
-    path.write_text(text if text is not None else json.dumps(data))
-    name = f"validation_test_{uuid.uuid4().hex}"
-    register_coco_instances(name, {}, str(path), str(root / "images"))
-    return name, str(path)
 
 
 def _boxes(dicts):
@@ -73,8 +38,12 @@ def _boxes(dicts):
 
 
 def test_a_clean_dataset_passes_unchanged_and_logs_nothing_to_repair(tmp_path, caplog):
-    anns = [_ann(1, 10, [10, 10, 20, 30]), _ann(2, 11, [0, 0, W, H], 2), _ann(3, 12, [1, 2, 3, 4])]
-    name, path = _coco(tmp_path, anns)
+    anns = [
+        annotation(1, 10, [10, 10, 20, 30]),
+        annotation(2, 11, [0, 0, W, H], 2),
+        annotation(3, 12, [1, 2, 3, 4]),
+    ]
+    name, path = coco_dataset(tmp_path, anns)
     with caplog.at_level(logging.INFO, logger="atss.data.validation"):
         dicts = get_checked_detection_dataset_dicts(name, filter_empty=False)
     assert _boxes(dicts) == {10: [[10, 10, 20, 30]], 11: [[0, 0, W, H]], 12: [[1, 2, 3, 4]]}
@@ -88,15 +57,15 @@ def test_a_clean_dataset_passes_unchanged_and_logs_nothing_to_repair(tmp_path, c
 
 def test_bad_boxes_are_repaired_or_dropped_and_each_kind_is_counted(tmp_path, caplog):
     anns = [
-        _ann(1, 10, [10, 10, 20, 30]),  # fine
-        _ann(2, 10, [5, 5, 0, 10]),  # zero width -> dropped
-        _ann(3, 10, [5, 5, 10, -3]),  # negative height -> dropped
-        _ann(4, 11, [-10.25, 80.125, 30.5, 40.3]),  # partly outside (left, bottom) -> clipped
-        _ann(5, 11, [W + 5, 10, 10, 10]),  # wholly outside -> dropped
-        _ann(6, 11, [20, 20, 40, 40], iscrowd=1),  # crowd -> kept, counted
-        _ann(7, 12, [W, 0, 5, 5]),  # touches the right edge only: zero area inside -> dropped
+        annotation(1, 10, [10, 10, 20, 30]),  # fine
+        annotation(2, 10, [5, 5, 0, 10]),  # zero width -> dropped
+        annotation(3, 10, [5, 5, 10, -3]),  # negative height -> dropped
+        annotation(4, 11, [-10.25, 80.125, 30.5, 40.3]),  # partly outside (left, bottom) -> clipped
+        annotation(5, 11, [W + 5, 10, 10, 10]),  # wholly outside -> dropped
+        annotation(6, 11, [20, 20, 40, 40], iscrowd=1),  # crowd -> kept, counted
+        annotation(7, 12, [W, 0, 5, 5]),  # touches the right edge only: zero area inside -> dropped
     ]
-    name, _ = _coco(tmp_path, anns)
+    name, _ = coco_dataset(tmp_path, anns)
     with caplog.at_level(logging.INFO, logger="atss.data.validation"):
         dicts = get_checked_detection_dataset_dicts(name, filter_empty=False)
     # Clipped in float64 (no float32 round trip): exactly the image border.
@@ -119,14 +88,18 @@ def test_bad_boxes_are_repaired_or_dropped_and_each_kind_is_counted(tmp_path, ca
 
 
 def test_a_crowd_only_image_is_kept_for_evaluation_and_removed_for_training(tmp_path):
-    name, _ = _coco(tmp_path, [_ann(1, 10, [1, 1, 9, 9]), _ann(2, 11, [5, 5, 9, 9], iscrowd=1)])
+    name, _ = coco_dataset(
+        tmp_path, [annotation(1, 10, [1, 1, 9, 9]), annotation(2, 11, [5, 5, 9, 9], iscrowd=1)]
+    )
     assert len(get_checked_detection_dataset_dicts(name, filter_empty=False)) == 3
     assert [d["image_id"] for d in get_checked_detection_dataset_dicts(name)] == [10]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_a_non_finite_coordinate_fails_naming_file_image_id_and_field(tmp_path, bad):
-    name, path = _coco(tmp_path, [_ann(1, 10, [1, 1, 5, 5]), _ann(2, 11, [1, bad, 5, 5])])
+    name, path = coco_dataset(
+        tmp_path, [annotation(1, 10, [1, 1, 5, 5]), annotation(2, 11, [1, bad, 5, 5])]
+    )
     with pytest.raises(DatasetError) as e:
         get_checked_detection_dataset_dicts(name)
     msg = str(e.value)
@@ -134,69 +107,16 @@ def test_a_non_finite_coordinate_fails_naming_file_image_id_and_field(tmp_path, 
     assert "non-finite" in msg
 
 
-def test_an_unknown_category_id_fails_naming_the_json_annotation_and_image(tmp_path):
-    name, path = _coco(tmp_path, [_ann(1, 10, [1, 1, 5, 5]), _ann(7, 12, [1, 1, 5, 5], 9)])
-    with pytest.raises(DatasetError) as e:
-        get_checked_detection_dataset_dicts(name)
-    msg = str(e.value)
-    assert all(s in msg for s in [name, path, "annotation id 7", "image_id 12", "'category_id'"])
-    assert "is 9" in msg
-
-
-def test_a_missing_json_file_fails_naming_it(tmp_path):
-    name = f"validation_test_{uuid.uuid4().hex}"
-    register_coco_instances(name, {}, str(tmp_path / "nowhere.json"), str(tmp_path))
-    with pytest.raises(DatasetError, match=r"nowhere\.json: annotation file not found"):
-        get_checked_detection_dataset_dicts(name)
-
-
-def test_a_malformed_json_fails_with_file_line_and_column(tmp_path):
-    # A missing comma: Python 3.10-3.13 all report it at the '"' of "x" (line 2, column 12);
-    # a trailing comma would not do, 3.13 reports that one at the comma itself.
-    name, path = _coco(tmp_path, [], text='{"images": [\n  {"id": 1 "x": 2}\n]}')
-    with pytest.raises(DatasetError) as e:
-        get_checked_detection_dataset_dicts(name)
-    assert path in str(e.value) and "not valid JSON" in str(e.value)
-    assert "line 2, column 12" in str(e.value)
-
-
-@pytest.mark.parametrize(
-    "mutate, expected",
-    [
-        (lambda d: d.pop("categories"), "top-level field 'categories' is missing"),
-        (lambda d: d["images"][1].pop("height"), "field 'height' is missing"),
-        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "field 'bbox' must be 4 numbers"),
-        (lambda d: d["annotations"][0].update(ignore=1), "field 'ignore' is set"),
-    ],
-)
-def test_a_structurally_broken_coco_json_fails_naming_the_field(tmp_path, mutate, expected):
-    data = {
-        "images": _images(tmp_path),
-        "annotations": [_ann(1, 10, [1, 1, 5, 5])],
-        "categories": [{"id": 1, "name": "tree"}],
-    }
-    mutate(data)
-    name, path = _coco(tmp_path, [], text=json.dumps(data))
-    with pytest.raises(DatasetError) as e:
-        get_checked_detection_dataset_dicts(name)
-    assert path in str(e.value) and expected in str(e.value)
-
-
-def test_check_coco_json_accepts_a_good_file(tmp_path):
-    _, path = _coco(tmp_path, [_ann(1, 10, [1, 1, 5, 5])])
-    assert check_coco_json(path) is None
-
-
 def test_an_annotation_without_bbox_fails_naming_the_field(tmp_path):
-    ann = _ann(1, 10, [1, 1, 5, 5])
+    ann = annotation(1, 10, [1, 1, 5, 5])
     del ann["bbox"]  # pycocotools and Detectron2's loader accept this; the mapper would not
-    name, _ = _coco(tmp_path, [ann])
+    name, _ = coco_dataset(tmp_path, [ann])
     with pytest.raises(DatasetError, match=r"img0\.png \(image_id 10\) annotation 0: field 'bbox'"):
         get_checked_detection_dataset_dicts(name)
 
 
 def test_missing_image_files_fail_listing_how_many_and_which(tmp_path):
-    name, _ = _coco(tmp_path, [_ann(1, 10, [1, 1, 5, 5])])
+    name, _ = coco_dataset(tmp_path, [annotation(1, 10, [1, 1, 5, 5])])
     (tmp_path / "images" / "img0.png").unlink()
     (tmp_path / "images" / "img2.png").unlink()
     with pytest.raises(DatasetError) as e:
@@ -212,13 +132,13 @@ def test_missing_image_files_fail_listing_how_many_and_which(tmp_path):
 def test_an_unregistered_or_empty_dataset_fails_by_name(tmp_path):
     with pytest.raises(DatasetError, match="'no_such_dataset' is not registered"):
         get_checked_detection_dataset_dicts("no_such_dataset")
-    name, _ = _coco(tmp_path, [], images=[])
+    name, _ = coco_dataset(tmp_path, [], images=[])
     with pytest.raises(DatasetError, match=f"dataset '{name}' is empty"):
         get_checked_detection_dataset_dicts(name)
 
 
 def test_dict_datasets_check_category_range_mode_and_image_size(tmp_path):
-    _images(tmp_path)
+    write_images(tmp_path)
     record = {
         "file_name": str(tmp_path / "images" / "img0.png"),
         "image_id": 3,
@@ -272,41 +192,6 @@ def test_every_kept_box_lies_inside_the_image_with_positive_size(boxes, mode):
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
 
 
-# ------------------------------------------------------------------------------ mapper
-def _mapper(is_train=True):
-    return CheckedDatasetMapper(is_train=is_train, augmentations=[], image_format="RGB")
-
-
-def _record(tmp_path, name="img0.png", **extra):
-    return {"file_name": str(tmp_path / "images" / name), "image_id": 10, "height": H,
-            "width": W, "annotations": [], **extra}  # fmt: skip
-
-
-@pytest.mark.parametrize("corruption", ["garbage", "empty", "truncated", "missing"])
-def test_an_unreadable_image_fails_naming_the_file_and_image_id(tmp_path, corruption):
-    _images(tmp_path)
-    path = tmp_path / "images" / "img0.png"
-    data = path.read_bytes()
-    if corruption == "garbage":
-        path.write_bytes(b"this is not an image" * 10)
-    elif corruption == "empty":
-        path.write_bytes(b"")
-    elif corruption == "truncated":
-        path.write_bytes(data[: len(data) // 3])
-    else:
-        path.unlink()
-    for is_train in (True, False):
-        with pytest.raises(DatasetError) as e:
-            _mapper(is_train)(_record(tmp_path))
-        assert f"{path} (image_id 10): cannot be used" in str(e.value)
-
-
-def test_an_image_of_another_size_than_its_annotation_fails_naming_it(tmp_path):
-    _images(tmp_path)
-    with pytest.raises(DatasetError, match=r"img0\.png \(image_id 10\).*SizeMismatchError"):
-        _mapper()(_record(tmp_path, height=H + 1))
-
-
 # ------------------------------------------------------------------- configs and training
 def test_project_configs_load_data_through_the_checked_loader_and_mapper():
     for path in [SHAPES_CONFIG, "configs/COCO/atss_R_50_FPN_1x.py",
@@ -318,7 +203,7 @@ def test_project_configs_load_data_through_the_checked_loader_and_mapper():
 
 
 def test_a_bad_dataset_stops_the_train_loader_before_training(tmp_path):
-    name, _ = _coco(tmp_path, [_ann(1, 10, [1, 1, 5, float("nan")])])
+    name, _ = coco_dataset(tmp_path, [annotation(1, 10, [1, 1, 5, float("nan")])])
     cfg = LazyConfig.load(SHAPES_CONFIG)
     cfg.dataloader.train.dataset.names = name
     with pytest.raises(DatasetError, match="image_id 10"):
@@ -329,13 +214,13 @@ def test_a_messy_dataset_trains_with_finite_losses(tmp_path):
     """Zero-size, out-of-image, crowd boxes and an empty image (kept: filter_empty=False) go
     through the real loader and mapper into a training step without error or NaN."""
     anns = [
-        _ann(1, 10, [10, 10, 40, 30]),
-        _ann(2, 10, [5, 5, 0, 10]),
-        _ann(3, 11, [-10, 60, 50, 80]),
-        _ann(4, 11, [20, 20, 40, 40], iscrowd=1),
-        _ann(5, 11, [W + 5, 10, 10, 10], 2),
+        annotation(1, 10, [10, 10, 40, 30]),
+        annotation(2, 10, [5, 5, 0, 10]),
+        annotation(3, 11, [-10, 60, 50, 80]),
+        annotation(4, 11, [20, 20, 40, 40], iscrowd=1),
+        annotation(5, 11, [W + 5, 10, 10, 10], 2),
     ]
-    name, _ = _coco(tmp_path, anns)
+    name, _ = coco_dataset(tmp_path, anns)
     MetadataCatalog.get(name)  # thing_classes set by the loader: tree, bush
     cfg = LazyConfig.load(SHAPES_CONFIG)
     cfg.dataloader.train.dataset.names = name
@@ -355,23 +240,27 @@ def test_a_messy_dataset_trains_with_finite_losses(tmp_path):
 
 
 def test_find_unreadable_images_lists_every_bad_image(tmp_path):
-    entries = _images(tmp_path)
+    """tools/validate_dataset.py --decode: a file that is not an image and one of another size
+    than its record each give a line naming the file and image id. Fails if the decoding stops
+    at the first bad image or a size mismatch goes unnoticed."""
+    entries = write_images(tmp_path)
     (tmp_path / "images" / "img0.png").write_bytes(b"junk")
-    records = [{**_record(tmp_path, e["file_name"]), "image_id": e["id"]} for e in entries]
+    records = [
+        {**e, "file_name": str(tmp_path / "images" / e["file_name"]), "image_id": e["id"]}
+        for e in entries
+    ]
     records[2]["width"] = W + 3
-    problems = find_unreadable_images(records)
+    problems = load_script("tools/validate_dataset.py").find_unreadable_images(records)
     assert len(problems) == 2
     assert "img0.png (image_id 10): UnidentifiedImageError" in problems[0]
     assert "img2.png (image_id 12): SizeMismatchError" in problems[1]
 
 
 def test_validate_dataset_script_reports_repairs_and_fails_on_unusable_data(tmp_path, capsys):
-    from tests.atss_testing import load_script
-
     cli = load_script("tools/validate_dataset.py")
 
-    anns = [_ann(1, 10, [1, 1, 5, 5]), _ann(2, 11, [-5, 1, 20, 5])]
-    name, path = _coco(tmp_path, anns)
+    anns = [annotation(1, 10, [1, 1, 5, 5]), annotation(2, 11, [-5, 1, 20, 5])]
+    name, path = coco_dataset(tmp_path, anns)
     argv = ["--coco-json", path, "--image-root", str(tmp_path / "images"), "--decode"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

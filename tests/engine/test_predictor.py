@@ -13,8 +13,12 @@ from omegaconf import OmegaConf
 
 from atss.engine.config import load_config
 from atss.engine.predictor import ATSSPredictor, model_classes, write_run_classes
-from atss.utils.coco_example import write_coco_example
-from tests.atss_testing import coco_json_overrides, record_head_dtypes, write_tiny_config
+from tests.atss_testing import (
+    coco_json_overrides,
+    record_head_dtypes,
+    write_coco_example,
+    write_tiny_config,
+)
 
 CUSTOM_CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 

@@ -375,10 +375,10 @@ def test_build_evaluator_adds_field_metrics_beside_the_configs_evaluator():
     from detectron2.config import LazyConfig
     from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-    from atss.data import register_all_shapes
+    from atss.data import register_builtin_dataset
     from atss.evaluation import build_evaluator
 
-    register_all_shapes()
+    register_builtin_dataset("shapes_val")
     cfg = LazyConfig.load("configs/Shapes/atss_tiny_shapes.py")
     cfg = LazyConfig.apply_overrides(
         cfg,

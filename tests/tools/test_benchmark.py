@@ -175,7 +175,7 @@ def test_script_runs_the_custom_config_with_the_readmes_dataset_overrides(tmp_pa
     own-data form) times the data task on that folder: the datasets those keys name are
     registered by load_config, as for train_net.py (it once stopped with "dataset
     'custom_train' is not registered")."""
-    from atss.utils.coco_example import write_coco_example
+    from tests.atss_testing import write_coco_example
 
     paths = write_coco_example(str(tmp_path / "data"), 4, 2, size=(64, 96))
     result = benchmark.main(

@@ -1,12 +1,12 @@
-# ATSS R-50-FPN 1x with the authors' published weights (sfzhang15/ATSS, ATSS_R_50_FPN_1x.pth,
-# 39.3 AP on COCO minival), converted with
+# ATSS R-50-FPN 1x with the authors' published weights (sfzhang15/ATSS, ATSS_R_50_FPN_1x.pth),
+# converted with
 #   python tools/convert_checkpoint.py ATSS_R_50_FPN_1x.pth \
 #       output/converted/ATSS_R_50_FPN_1x.pth \
 #       --config-file configs/COCO/converted/atss_R_50_FPN_1x_authors.py
-# What this mirrors (see projects/ATSS/README.md, "Using published weights"): maskrcnn-benchmark's
-# input normalisation (BGR, 0-255, their Caffe2 mean, std 1), MSRA R-50 (stride in the 1x1
-# conv), FrozenBN, anchor centres at (i + 0.5) * stride, ReLU before P7: the base config already
-# has all of it except the mean, which differs from Detectron2's MSRA mean by 0.3-0.9 per channel.
+# What this mirrors (docs/published_weights.md): maskrcnn-benchmark's input normalisation
+# (BGR, 0-255, their Caffe2 mean, std 1), MSRA R-50 (stride in the 1x1 conv), FrozenBN, anchor
+# centres at (i + 0.5) * stride, ReLU before P7: the base config already has all of it except
+# the mean, which differs from Detectron2's MSRA mean by 0.3-0.9 per channel.
 #
 # Evaluated as the authors evaluated it (their COCO results file, to float rounding): their test
 # resize truncates the longer side (640x480 -> 1066 px wide, Detectron2: 1067), and their

@@ -1,9 +1,9 @@
-# ATSS R-50-FPN 1x with mmdetection's published weights (atss_r50_fpn_1x_coco_20200209-985f7bd0.pth,
-# 39.4 AP on COCO val2017), converted with
+# ATSS R-50-FPN 1x with mmdetection's published weights
+# (atss_r50_fpn_1x_coco_20200209-985f7bd0.pth), converted with
 #   python tools/convert_checkpoint.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth \
 #       output/converted/atss_r50_fpn_1x_coco_mmdet.pth \
 #       --config-file configs/COCO/converted/atss_R_50_FPN_1x_mmdet.py
-# What this mirrors (see projects/ATSS/README.md, "Using published weights"): torchvision-style
+# What this mirrors (docs/published_weights.md): torchvision-style
 # ResNet (stride in the 3x3 conv), RGB input normalised with ImageNet mean/std, anchor centres at
 # i * stride (offset 0). Not mirrored: mmdetection has no ReLU between P6 and P7, our FPN top
 # block always applies one, so P7 features (the largest objects) differ from mmdetection's.

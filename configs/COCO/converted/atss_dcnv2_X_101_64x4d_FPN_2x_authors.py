@@ -1,5 +1,5 @@
 # ATSS X-101-64x4d-FPN with DCNv2, 2x multi-scale, with the authors' published weights
-# (sfzhang15/ATSS, ATSS_dcnv2_X_101_64x4d_FPN_2x.pth: 47.7 AP minival single-scale), converted
+# (sfzhang15/ATSS, ATSS_dcnv2_X_101_64x4d_FPN_2x.pth), converted
 # with tools/convert_checkpoint.py (see atss_R_50_FPN_1x_authors.py).
 # Backbone as in their atss_dcnv2_X_101_64x4d_FPN_2x.yaml: ResNeXt-101 64x4d, stride in the 3x3
 # conv, modulated DCN (1 deformable group) in res4-res5, FrozenBN, stem + res2 frozen; the last

@@ -1,6 +1,6 @@
 # ATSS with an ImageNet MobileNetV2-FPN (128 channels) and a 2 x 128 head: the CPU-sized model of
-# the tree-crown and the Custom (own data) configs. channels_last: ~1.5x faster CPU training step,
-# same results (docs/profile_train_step.md). The configs set the class count.
+# the tree-crown and the Custom (own data) configs. channels_last: a faster CPU training step,
+# the same results within float rounding (docs/benchmarks.md). The configs set the class count.
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 

@@ -1,4 +1,6 @@
-"""Checks that the detectron2 installation is usable, with errors that name the fix."""
+"""Checks that the detectron2 installation is usable, with errors that name the fix: run when
+``atss`` is imported, so a wrong stack fails at once instead of deep inside a config
+(docs/install.md)."""
 
 import importlib
 
@@ -8,7 +10,7 @@ _FIX = (
     "Install the pinned stack with `make venv` (Python 3.10, torch 2.3.1, sal-detectron2 0.7.2), "
     "or on a GPU cluster build official detectron2 from source against your torch "
     "(`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`;"
-    " README.md, Compatibility)."
+    " docs/install.md)."
 )
 
 

@@ -149,12 +149,6 @@ _TRACING_EXPORTER = (
 )
 
 
-def split_outputs(flat: Sequence[Tensor]) -> List[dict]:
-    """Group the flat outputs of an exported model into one dict per image."""
-    k = len(OUTPUT_NAMES)
-    return [dict(zip(OUTPUT_NAMES, flat[i : i + k])) for i in range(0, len(flat), k)]
-
-
 # Written beside the exported file: what its user must know to run it (see export_info).
 INFO_FILE = "model.json"
 

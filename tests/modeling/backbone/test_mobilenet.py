@@ -131,7 +131,6 @@ def test_builder_works_from_lazyconfig_and_rejects_bad_arguments():
 
 
 def test_normalisation_constants_are_torchvision_imagenet_stats_in_0_255_space():
-    assert mb.MOBILENET_V2_INPUT_FORMAT == "RGB"
     torch.testing.assert_close(
         torch.tensor(mb.MOBILENET_V2_PIXEL_MEAN), torch.tensor([0.485, 0.456, 0.406]) * 255
     )

@@ -1,7 +1,9 @@
-"""atss.converters: converters from the published ATSS checkpoints (authors', mmdetection)."""
+"""atss.converters: converters from the published ATSS checkpoints (authors', mmdetection), and
+the rewriting of a trusted checkpoint that the safe readers refuse."""
 
 from .convert import (
     AUTHORS,
+    DETECTRON2,
     FORMATS,
     MMDET,
     check_against_model,
@@ -10,6 +12,5 @@ from .convert import (
     convert_mmdet_state_dict,
     convert_state_dict,
     detect_format,
-    format_report,
     read_checkpoint,
 )

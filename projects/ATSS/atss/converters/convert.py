@@ -1,67 +1,34 @@
-"""
-Converters from the two published families of ATSS checkpoints to this project's state dict.
+"""Converters from the two published families of ATSS checkpoints to this project's state dict:
+``"authors"`` (maskrcnn-benchmark checkpoints of ``sfzhang15/ATSS``, ``{"model": ...}``, keys
+``backbone.body.*`` / ``backbone.fpn.*`` / ``rpn.head.*``) and ``"mmdet"`` (mmdetection's,
+``{"state_dict": ...}``, keys ``backbone.*`` / ``neck.*`` / ``bbox_head.*``).
 
-``"authors"``: the maskrcnn-benchmark checkpoints of ``sfzhang15/ATSS`` (``ATSS_R_50_FPN_1x.pth``,
-``ATSS_dcnv2_X_101_64x4d_FPN_2x.pth``, ...). Nesting and names, as read in that repository:
-
-* ``{"model": state_dict, ...}`` (``atss_core/utils/checkpoint.py``: ``Checkpointer.save``);
-  the state dict of the DDP-wrapped training model, so keys may start with ``module.``.
-* backbone ``backbone.body.*`` (``modeling/backbone/resnet.py``): ``stem.conv1`` + ``stem.bn1``;
-  ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0`` (1x1 conv) +
-  ``downsample.1`` (norm). Norms are maskrcnn-benchmark's FrozenBatchNorm2d: buffers
-  ``weight, bias, running_mean, running_var``, applied as ``w / sqrt(var)`` **without eps**.
-  Deformable ``conv2`` is a ``DFConv2d`` (``layers/misc.py``): ``conv2.offset`` (regular conv
-  with bias predicting 27 channels: 18 offsets then 9 mask logits) + ``conv2.conv``
-  (``ModulatedDeformConv``, ``weight`` only in the backbone).
-* FPN ``backbone.fpn.*`` (``modeling/backbone/backbone.py``, ``fpn.py``): built with
-  ``in_channels_list=[0, 512, 1024, 2048]`` and 1-based names, so the skipped res2 slot is 1 and
-  ``fpn_inner2/3/4`` + ``fpn_layer2/3/4`` belong to res3/res4/res5; ``top_blocks.p6/p7`` (P6 on
-  P5 because ``USE_C5 False``, ReLU before P7).
-* head ``rpn.head.*`` (``modeling/rpn/atss/atss.py``): ``cls_tower`` / ``bbox_tower`` are
-  ``nn.Sequential`` of [conv (bias), GroupNorm(32), ReLU] x 4 (conv at 0, 3, 6, 9; in DCN models
-  the conv at 9 is a ``DFConv2d`` with ``offset`` and a biased ``conv``); ``cls_logits``
-  (C = 80 channels, sigmoid, no background), ``bbox_pred`` (4), ``centerness`` (1, on the box
-  tower); ``scales.{0..4}.scale`` of shape (1,). ``rpn.anchor_generator.cell_anchors.*``
-  buffers are dropped (our anchor generator computes its own).
-
-``"mmdet"``: mmdetection's ATSS checkpoints (``atss_r50_fpn_1x_coco_20200209-985f7bd0.pth``, ...):
-
-* ``{"state_dict": state_dict, "meta": ...}`` (mmcv ``save_checkpoint``).
-* backbone ``backbone.*`` (``mmdet/models/backbones/resnet.py``, style "pytorch"): ``conv1`` +
-  ``bn1``; ``layer{1..4}.{i}.conv{1,2,3}`` + ``bn{1,2,3}``, ``downsample.0/1``; BatchNorm with
-  ``num_batches_tracked`` (dropped).
-* neck ``neck.*`` (``mmdet/models/necks/fpn.py``, ``start_level=1``): ``lateral_convs.{0,1,2}``
-  and ``fpn_convs.{0,1,2}`` for res3..res5, then ``fpn_convs.3`` (P6, on P5) and
-  ``fpn_convs.4`` (P7, **no ReLU** before it); each a ``ConvModule`` holding ``conv``.
-* head ``bbox_head.*`` (``mmdet/models/dense_heads/atss_head.py``): ``cls_convs.{0..3}`` /
-  ``reg_convs.{0..3}`` are ``ConvModule`` s with ``conv`` (**no bias**: mmcv drops it when a norm
-  follows) and ``gn``; ``atss_cls`` (80), ``atss_reg`` (4), ``atss_centerness`` (1),
-  ``scales.{0..4}.scale`` (0-d).
-
-Our names (Detectron2): ``backbone.bottom_up.stem.conv1`` (+ ``.norm``),
-``backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}`` / ``shortcut`` (+ ``.norm``), deformable
-``conv2`` + ``conv2_offset``; ``backbone.fpn_lateral{3,4,5}``, ``backbone.fpn_output{3,4,5}``,
-``backbone.top_block.p6/p7``; ``head.cls_subnet`` / ``head.bbox_subnet`` [conv, GN, ReLU] x 4
-(DCN: ``conv_offset`` + ``conv``), ``head.cls_score``, ``head.bbox_pred``, ``head.centerness``,
-``head.scales.{l}.scale`` (0-d).
-
-The converters only rename (and fix the few value conventions listed in the functions); they
-do not need the model. :func:`check_against_model` compares a converted state dict with a model.
-The conventions a config must mirror to *run* the converted weights (anchor offset, pixel
-mean/std, channel order, stride_in_1x1, ...) are in ``projects/ATSS/README.md``, "Using published
-weights", and in ``configs/COCO/converted/``.
+Each family is a list of renaming rules (source key pattern -> Detectron2 key, read in the code
+that wrote the checkpoints; ``tests/converters/published_layouts.py`` rebuilds those layouts),
+plus the few value conventions named in the converters (the authors' FrozenBN without eps,
+(1,)-shaped scales). No model is needed; :func:`check_against_model` compares the result with
+one. What a config must mirror to run converted weights (anchor offset, pixel mean/std, channel
+order, ...): docs/published_weights.md and ``configs/COCO/converted/``. ``"detectron2"``: a file
+already in Detectron2's names (this project's own, a model-zoo ``.pkl``) is kept as it is, so
+that ``--allow-pickle`` rewrites any trusted checkpoint as one the safe readers load.
 """
 
 import logging
 import os
+import pickle
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from atss.engine.checkpoint import model_zoo_checkpoint
+from atss.fileio import UnsafeFileError, load_pickle_file, load_torch_file
+
 __all__ = [
     "AUTHORS",
+    "DETECTRON2",
     "MMDET",
     "FORMATS",
     "read_checkpoint",
@@ -71,14 +38,17 @@ __all__ = [
     "convert_state_dict",
     "convert_checkpoint",
     "check_against_model",
-    "format_report",
 ]
 
 logger = logging.getLogger(__name__)
 
 AUTHORS = "authors"
 MMDET = "mmdet"
-FORMATS = (AUTHORS, MMDET)
+DETECTRON2 = "detectron2"  # already our names: kept as they are
+FORMATS = (AUTHORS, MMDET, DETECTRON2)
+# What Detectron2's checkpointer reads beside a model-zoo file's arrays (name matching, and the
+# Caffe2 conversion when "__author__" is "Caffe2"): kept when such a file is rewritten.
+_MODEL_ZOO_MARKS = ("__author__", "matching_heuristics")
 
 # Detectron2's FrozenBatchNorm2d computes w / sqrt(var + eps) with this eps.
 _D2_FROZEN_BN_EPS = 1e-5
@@ -218,35 +188,52 @@ _MMDET_TOWER = {"cls": "cls_subnet", "reg": "bbox_subnet"}
 _MMDET_IGNORED = [re.compile(r".*\.num_batches_tracked")]
 
 
-def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Tensor]:
-    """
-    Load a published checkpoint file and return its model state dict.
+def _unpickle_trusted(path: str) -> Any:
+    """The object in ``path``, fully unpickled: whatever the file names runs. The one place in
+    the project that does so (``--allow-pickle``), for a file its owner trusts."""
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # as Detectron2 reads model-zoo files
+    return torch.load(path, map_location="cpu", weights_only=False)
 
-    Unwraps ``{"model": ...}`` (maskrcnn-benchmark) and ``{"state_dict": ...}`` (mmcv) and strips
-    the ``module.`` prefix of DDP-wrapped models.
+
+def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
+    """
+    Load a checkpoint file: ``{"model": state dict}``, with a model-zoo ``.pkl``'s
+    ``"__author__"`` and ``"matching_heuristics"`` beside it.
+
+    Unwraps ``{"model": ...}`` (maskrcnn-benchmark, Detectron2) and ``{"state_dict": ...}``
+    (mmcv), strips the ``module.`` prefix of DDP-wrapped models and makes NumPy arrays (a
+    ``.pkl`` of Detectron2's or Caffe2's model zoo, read as Detectron2 reads it) tensors.
 
     Args:
-        path: a ``.pth`` file.
-        allow_pickle: load with ``torch.load(weights_only=False)``. A ``.pth`` file is a pickle
-            and may run code when loaded: only enable this for files you trust, when the safe
-            loader rejects an object stored beside the weights.
+        path: a ``.pth`` (any file ``torch.save`` wrote) or a ``.pkl`` file.
+        allow_pickle: unpickle the file fully (``torch.load(weights_only=False)``,
+            ``pickle.load``), which runs whatever it names: only for a file you trust, which the
+            safe readers (:mod:`atss.fileio`) refuse because it holds Python objects beside the
+            weights. Its checkpoint, rewritten by ``tools/convert_checkpoint.py``, then loads
+            safely.
 
-    Returns:
-        dict name -> Tensor.
+    Raises:
+        UnsafeFileError: without ``allow_pickle``, for a file holding more than data.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # the unpickler raises several types (UnpicklingError, RuntimeError)
-        hint = (
-            ""
-            if allow_pickle
-            else " If the file is trusted and holds Python objects beside the weights, "
-            "retry with allow_pickle=True (CLI: --allow-pickle)."
-        )
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({e}).{hint}") from e
-    return _unwrap_state_dict(obj, path)
+        if allow_pickle:
+            obj = _unpickle_trusted(path)
+        else:
+            obj = load_pickle_file(path) if path.endswith(".pkl") else load_torch_file(path)
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # the unpicklers raise several types (UnpicklingError, RuntimeError)
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({e})") from e
+    if not isinstance(obj, Mapping):
+        return {"model": _unwrap_state_dict(obj, path)}  # which says what it got instead
+    if path.endswith(".pkl"):
+        obj = model_zoo_checkpoint(obj)
+    marks = {k: obj[k] for k in _MODEL_ZOO_MARKS if k in obj}
+    return {"model": _unwrap_state_dict(obj, path), **marks}
 
 
 def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
@@ -260,6 +247,7 @@ def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
             f"{source}: expected a state dict, or a dict with a 'model' or 'state_dict' entry, "
             f"got {type(obj).__name__}"
         )
+    obj = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in obj.items()}
     not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise ValueError(
@@ -274,16 +262,19 @@ def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
 
 def detect_format(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> str:
     """
-    Tell the two published layouts apart by their top-level module names.
+    Tell the two published layouts apart by their top-level module names; a state dict in
+    neither is taken to be in Detectron2's names already.
 
     Returns:
-        ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``) or ``MMDET`` (``neck.*`` /
-        ``bbox_head.*``).
+        ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``), ``MMDET`` (``neck.*`` /
+        ``bbox_head.*``), or ``DETECTRON2`` for neither (kept as it is).
     """
     keys = [k[len("module.") :] if k.startswith("module.") else k for k in state_dict]
     is_authors = any(k.startswith(("backbone.body.", "rpn.head.")) for k in keys)
     is_mmdet = any(k.startswith(("bbox_head.", "neck.")) for k in keys)
-    if is_authors == is_mmdet:
+    if not is_authors and not is_mmdet:
+        return DETECTRON2
+    if is_authors and is_mmdet:
         raise ValueError(
             f"{source}: cannot tell whether this is an authors' (maskrcnn-benchmark: "
             f"'backbone.body.*', 'rpn.head.*') or an mmdetection ('neck.*', 'bbox_head.*') ATSS "
@@ -402,12 +393,14 @@ def convert_state_dict(
     state_dict: Mapping[str, Tensor], fmt: str = "auto", source: str = "<state dict>"
 ) -> Dict[str, Tensor]:
     """
-    Convert a published ATSS state dict of format ``fmt`` (``"authors"``, ``"mmdet"``, or
-    ``"auto"`` to detect it with :func:`detect_format`).
+    Convert a published ATSS state dict of format ``fmt`` (``"authors"``, ``"mmdet"``,
+    ``"detectron2"`` (kept as it is), or ``"auto"`` to detect it with :func:`detect_format`).
     """
     state_dict = _unwrap_state_dict(state_dict, source)
     if fmt == "auto":
         fmt = detect_format(state_dict, source)
+    if fmt == DETECTRON2:
+        return state_dict
     if fmt == AUTHORS:
         return convert_authors_state_dict(state_dict, source)
     if fmt == MMDET:
@@ -417,18 +410,23 @@ def convert_state_dict(
 
 def convert_checkpoint(
     path: str, fmt: str = "auto", allow_pickle: bool = False
-) -> Tuple[str, Dict[str, Tensor]]:
+) -> Tuple[str, Dict[str, Any]]:
     """
-    Read a published checkpoint file and convert it.
+    Read a checkpoint file (:func:`read_checkpoint`) and convert it.
 
     Returns:
-        (the format, our state dict). Save it as ``torch.save({"model": state_dict}, out)``
-        and load it with ``train.init_checkpoint=out`` (Detectron2's ``DetectionCheckpointer``).
+        (the format, our checkpoint): ``{"model": our state dict, "__converted_from__": the
+        format}``, with a model-zoo file's marks for Detectron2's name matching kept in the
+        ``"detectron2"`` format. Save it with ``torch.save(checkpoint, out)`` and load it
+        with ``train.init_checkpoint=out``.
     """
-    state_dict = read_checkpoint(path, allow_pickle=allow_pickle)
+    checkpoint = read_checkpoint(path, allow_pickle=allow_pickle)
+    state_dict = checkpoint.pop("model")
     if fmt == "auto":
         fmt = detect_format(state_dict, path)
-    return fmt, convert_state_dict(state_dict, fmt, source=path)
+    marks = checkpoint if fmt == DETECTRON2 else {}
+    converted = convert_state_dict(state_dict, fmt, source=path)
+    return fmt, {"model": converted, "__converted_from__": fmt, **marks}
 
 
 def check_against_model(
@@ -451,15 +449,3 @@ def check_against_model(
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch}
-
-
-def format_report(report: Dict[str, list], limit: Optional[int] = 10) -> str:
-    """A readable summary of :func:`check_against_model`'s result."""
-    lines = []
-    for name in ("missing", "unexpected", "shape_mismatch"):
-        items = report[name]
-        if items:
-            shown = items if limit is None else items[:limit]
-            more = "" if len(shown) == len(items) else f" (+{len(items) - len(shown)} more)"
-            lines.append(f"{len(items)} {name}{more}: {shown}")
-    return "\n".join(lines) if lines else "all keys and shapes match"

@@ -1,18 +1,13 @@
 """The project's named datasets (``shapes_*``, ``treecrowns_*``), registered when first asked for.
 
-Detectron2 registers its builtin datasets when ``detectron2.data`` is imported; this project
-registers its own only when something asks for one of these names, so that importing ``atss``
-or loading a config registers nothing and writes no file (a config that trains on COCO never
-builds the shapes or the tree crowns). The checked loader the configs name
-(:func:`atss.data.get_checked_detection_dataset_dicts`) calls :func:`register_builtin_dataset`
-for a name that is not registered yet, so a config works under any tool that instantiates it
-(Detectron2's ``tools/lazyconfig_train_net.py``, a notebook), not only under our entry points.
-
-Registering writes nothing either: the files of a dataset are generated into the cache
-(:mod:`atss.data.cache`) by its loader, the first time ``DatasetCatalog.get`` reads it. The
-metadata (``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``json_file``) is set at
-registration, so COCOEvaluator, built after the test loader as Detectron2's tools build it, finds
-the ground truth and the category ids.
+Detectron2 registers its builtin datasets when ``detectron2.data`` is imported; these are
+registered only when something asks for one of the names, so importing ``atss`` or loading a
+config registers nothing and writes no file. The checked loader the configs name
+(:func:`atss.data.get_checked_detection_dataset_dicts`) registers such a name on first use, so
+a config works under any tool that instantiates it, not only under our entry points. The
+metadata (``thing_classes``, the category id map, ``json_file``) is set at registration, so
+COCOEvaluator built after the test loader (as Detectron2's tools build it) finds the ground
+truth; the files themselves are generated into the cache (:mod:`.cache`) when first read.
 """
 
 from typing import Tuple

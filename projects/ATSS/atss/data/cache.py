@@ -1,19 +1,12 @@
 """Where generated datasets live on disk, and how they are published atomically.
 
-Generated datasets (tree-crown tiles, synthetic shapes) are written under one cache root:
-
-* ``$ATSS_CACHE`` when that environment variable is set, else
-* ``$XDG_CACHE_HOME/atss`` (the user's cache directory), ``~/.cache/atss`` when that is unset:
-  never inside the checkout, whose files a run does not read.
-
-A dataset's files are written there when the dataset is first read, not when it is registered
-or a config is loaded (:mod:`atss.data.builtin`).
-
-Each dataset family uses a subfolder (``treecrowns/``, ``shapes/``) holding one folder per
-*content key*: a hash of everything the output depends on (source files, parameters, format
-version). A folder is built under a temporary name and renamed into place when complete, so a
-reader never sees a half-written dataset, and concurrent builders (e.g. several data-loader
-processes) cannot corrupt each other: the first rename wins, later ones discard their copy.
+The cache root is ``$ATSS_CACHE``, else ``$XDG_CACHE_HOME/atss`` (``~/.cache/atss``): never
+inside the checkout, whose files a run does not read. Each dataset family has a subfolder
+(``treecrowns/``, ``shapes/``) of folders named by a *content key*, a hash of everything the
+output depends on (source files, parameters, format version), written when the dataset is first
+read. A folder is built under a temporary name and renamed into place when complete, so a reader
+never sees a half-written dataset and concurrent builders (several data-loader processes) cannot
+corrupt each other: the first rename wins, the others discard their copy.
 """
 
 import hashlib

@@ -1,14 +1,17 @@
 """Cutting large annotated images into the crops of a training set (the tree-crown tiles): tile
-origins along an axis, the tiles of a region, and the boxes that fall in a window.
+origins along an axis, the tiles of a region, the boxes that fall in a window, and the crops
+written as PNGs with their COCO records.
 
 :func:`tile_starts` is the one tile-origin rule: tiled inference
 (:func:`atss.inference.tiled_detector.tile_grid`) uses it too, with ``cover_edges``."""
 
-from typing import List, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
-__all__ = ["tile_starts", "region_tiles", "boxes_in_window"]
+__all__ = ["tile_starts", "region_tiles", "boxes_in_window", "crops_to_coco"]
 
 
 def tile_starts(length: int, tile_size: int, stride: int, cover_edges: bool = False) -> List[int]:
@@ -64,3 +67,66 @@ def region_tiles(
         for y in ys
         for x in xs
     ]
+
+
+def crops_to_coco(
+    crops: Sequence[Tuple[object, Tuple[int, int, int, int]]],
+    image_dir: Path,
+    min_visible: float,
+    category_id: int = 1,
+    pixels: Optional[Dict[str, np.ndarray]] = None,
+) -> Tuple[List[dict], List[dict]]:
+    """Write each crop as a PNG (once: a file of that name is not rewritten) and return the COCO
+    ``images`` and ``annotations`` of the crops, ids from 1 in the order of ``crops``.
+
+    Args:
+        crops: ``(image, (x0, y0, x1, y1))`` pairs; ``image`` has ``name``, ``image_path``,
+            ``boxes`` (N, 4) XYXY_ABS and N ``labels`` (:class:`~.voc.AnnotatedImage`).
+        image_dir: folder of the PNGs, named ``<name>_x<x0>_y<y0>_w<w>_h<h>.png``.
+        min_visible: a box belongs to a crop when more than this fraction of its area is inside
+            (:func:`boxes_in_window`); it is clipped to the crop.
+        category_id: the category of every box; its label is kept as ``source_label``.
+        pixels: decoded source images by name, filled as they are read (share it between
+            calls that cut the same images).
+
+    Returns:
+        COCO image records (with ``source_image`` and ``window_xyxy``) and annotations.
+    """
+    pixels = {} if pixels is None else pixels
+    images, annotations = [], []
+    for image_id, (img, window) in enumerate(crops, start=1):
+        x0, y0, x1, y1 = (int(v) for v in window)
+        file_name = f"{img.name}_x{x0}_y{y0}_w{x1 - x0}_h{y1 - y0}.png"
+        if not (image_dir / file_name).exists():
+            if img.name not in pixels:
+                with Image.open(img.image_path) as im:
+                    pixels[img.name] = np.asarray(im.convert("RGB"))
+            # compress_level=1: much faster than the default, for slightly larger files.
+            Image.fromarray(pixels[img.name][y0:y1, x0:x1]).save(
+                image_dir / file_name, compress_level=1
+            )
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": x1 - x0,
+                "height": y1 - y0,
+                "source_image": img.image_path.name,
+                "window_xyxy": [x0, y0, x1, y1],
+            }
+        )
+        boxes, idx = boxes_in_window(img.boxes, window, min_visible)
+        for box, j in zip(boxes.tolist(), idx.tolist()):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "source_label": img.labels[j],
+                }
+            )
+    return images, annotations

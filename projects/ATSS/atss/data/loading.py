@@ -15,7 +15,8 @@ from detectron2.data.build import (
 from detectron2.data.detection_utils import check_metadata_consistency
 
 from .builtin import builtin_dataset_names, ensure_registered
-from .validation import DatasetError, check_coco_json, log_report, validate_dataset_dicts
+from .coco_json import check_coco_json
+from .validation import DatasetError, log_report, validate_dataset_dicts
 
 __all__ = ["get_checked_detection_dataset_dicts"]
 

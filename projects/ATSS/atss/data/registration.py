@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .validation import read_coco_categories
+from .coco_json import read_coco_categories
 
 __all__ = ["register_dataset", "register_coco_json"]
 

@@ -1,28 +1,20 @@
-"""A small generated detection dataset for fast tests: coloured shapes on noisy backgrounds.
+"""The one synthetic detection dataset: coloured shapes on noisy backgrounds, for the Shapes
+config, the tests and the example COCO folder of ``tools/make_coco_example.py``.
 
-Each image (side lengths drawn in ``image_size``) has a smooth random background (a bilinear
-gradient between random dark corner colours) plus Gaussian noise, and 1 to ``max_shapes``
-non-overlapping bright shapes of three classes: ``rectangle``, ``ellipse``, ``triangle``.
-Shapes are drawn without anti-aliasing, one mask per shape, and each box is the tight box of its
-mask (``XYXY_ABS``, x1/y1 one past the last pixel), so boxes are exact. Shapes never touch
-(a 2-pixel gap), so no box is occluded.
-
-Everything is a function of the seed: image ``i`` uses ``numpy.random.default_rng([seed, i])``
-(so the first images do not change when ``num_images`` grows), and the same parameters give
-byte-identical COCO JSON and PNG files. The files are written under
-``<cache root>/shapes/<key>/`` (see :mod:`atss.data.cache`), ``key`` hashing the parameters.
-
-Usage::
-
-    from atss.data import register_all_shapes, register_shapes
-    register_all_shapes()                      # "shapes_train" (64 images), "shapes_val" (16)
-    register_shapes("shapes_tiny", num_images=4, seed=3, image_size=(128, 160))
+Each image has a dark gradient background with noise and 1 to ``max_shapes`` bright,
+non-touching shapes (``rectangle``, ``ellipse``, ``triangle``), drawn without anti-aliasing, so
+each box is the exact tight box of its shape. Everything is a function of the seed: image ``i``
+uses ``numpy.random.default_rng([seed, i])``, so the first images do not change when more are
+asked for, and equal arguments give byte-identical files. :func:`write_shapes_coco` writes a
+COCO folder; the named datasets ``shapes_train`` / ``shapes_val`` are generated into the cache
+(:mod:`.cache`) when first read.
 """
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -35,10 +27,10 @@ from .registration import register_dataset
 __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_DATASETS",
-    "generate_shapes_image",
     "build_shapes_cache",
+    "generate_shapes_image",
     "register_shapes",
-    "register_all_shapes",
+    "write_shapes_coco",
 ]
 
 
@@ -94,6 +86,7 @@ def generate_shapes_image(
     width: int,
     max_shapes: int = 4,
     min_size: int = 16,
+    classes: Sequence[int] = (0, 1, 2),
 ) -> dict:
     """Render one image.
 
@@ -102,6 +95,7 @@ def generate_shapes_image(
         height, width: image size.
         max_shapes: at most this many shapes (at least 1; fewer when they do not fit).
         min_size: smallest side of a shape's square, in pixels.
+        classes: the classes drawn, indices into :data:`SHAPES_CLASSES`.
 
     Returns:
         dict with "image" uint8 (H, W, 3) RGB, "boxes" float64 (N, 4) XYXY_ABS exact tight
@@ -109,7 +103,7 @@ def generate_shapes_image(
     """
     max_size = max(min_size, int(0.45 * min(height, width)))
     image = _background(rng, height, width)
-    boxes, classes, masks = [], [], []
+    boxes, labels, masks = [], [], []
     num = int(rng.integers(1, max_shapes + 1))
     for _ in range(num):
         for _attempt in range(20):  # rejection sampling for non-overlapping shapes
@@ -126,27 +120,109 @@ def generate_shapes_image(
                 break
         else:
             continue
-        cls = int(rng.integers(0, len(SHAPES_CLASSES)))
+        cls = classes[int(rng.integers(0, len(classes)))]
         color = rng.uniform(150, 255, size=3).astype(np.float32)
         mask = _draw_mask(rng, cls, height, width, size, x, y).astype(bool)
         ys, xs = np.nonzero(mask)
         image[mask] = color
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        classes.append(cls)
+        labels.append(cls)
         masks.append(mask)
     image += rng.normal(0, 8, size=image.shape).astype(np.float32)
     return {
         "image": np.clip(np.rint(image), 0, 255).astype(np.uint8),
         "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
-        "classes": np.asarray(classes, np.int64),
+        "classes": np.asarray(labels, np.int64),
         "masks": np.asarray(masks, bool).reshape(-1, height, width),
     }
 
 
-def _params(num_images, seed, image_size, max_shapes) -> dict:
+def _check_size(image_size) -> Tuple[int, int]:
     lo, hi = (int(v) for v in image_size)
     if not (32 <= lo <= hi):
         raise ValueError(f"image_size must be (min, max) with 32 <= min <= max, got {image_size}")
+    return lo, hi
+
+
+def write_shapes_coco(
+    folder,
+    splits: Sequence[Tuple[str, int]],
+    seed: int,
+    image_size: Tuple[int, int] = (128, 256),
+    max_shapes: int = 4,
+    categories: Optional[Mapping[str, int]] = None,
+    grey_every: int = 0,
+    info: Optional[dict] = None,
+) -> Dict[str, str]:
+    """Write a COCO-format folder of shapes: ``images/NNNNNN.png`` and one JSON per split.
+
+    Args:
+        folder: output folder (created).
+        splits: ``(name, number of images)``: ``<name>.json`` holds the next that many images
+            (numbered on across the splits, image ids from 1).
+        seed: everything is a function of it.
+        image_size: (smallest, largest) image side in pixels; each side is drawn in it.
+        max_shapes: at most this many shapes per image.
+        categories: ``{class name: COCO category id}`` of the classes drawn, names from
+            :data:`SHAPES_CLASSES`; default all of them, ids 1, 2, 3.
+        grey_every: write every n-th image (the n-th, 2n-th, ...) as an 8-bit grey PNG; 0: none.
+        info: the JSON files' ``info``.
+
+    Returns:
+        ``{name: JSON path for each split, "image_root": the images folder}``.
+    """
+    lo, hi = _check_size(image_size)
+    if categories is None:
+        categories = {name: i + 1 for i, name in enumerate(SHAPES_CLASSES)}
+    unknown = sorted(set(categories) - set(SHAPES_CLASSES))
+    if unknown:
+        raise ValueError(f"categories: {unknown} are not shapes; choose from {SHAPES_CLASSES}")
+    classes = sorted(SHAPES_CLASSES.index(name) for name in categories)
+    coco_categories = [
+        {"id": cid, "name": name, "supercategory": "shape"}
+        for name, cid in sorted(categories.items(), key=lambda item: item[1])
+    ]
+    image_root = os.path.join(folder, "images")
+    os.makedirs(image_root, exist_ok=True)
+    paths, start = {"image_root": image_root}, 0
+    for split, count in splits:
+        images, anns = [], []
+        for i in range(start, start + count):
+            rng = np.random.default_rng([seed, i])
+            height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+            out = generate_shapes_image(rng, height, width, max_shapes, classes=classes)
+            pixels = out["image"]
+            if grey_every and (i + 1) % grey_every == 0:
+                pixels = pixels.mean(axis=2).astype(np.uint8)
+            file_name = f"{i:06d}.png"
+            Image.fromarray(pixels).save(os.path.join(image_root, file_name), compress_level=1)
+            images.append({"id": i + 1, "file_name": file_name, "height": height, "width": width})
+            for box, cls in zip(out["boxes"].tolist(), out["classes"].tolist()):
+                w, h = box[2] - box[0], box[3] - box[1]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": categories[SHAPES_CLASSES[cls]],
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
+        start += count
+        coco = {
+            "info": info or {"description": "synthetic shapes, atss.data.shapes"},
+            "images": images,
+            "annotations": anns,
+            "categories": coco_categories,
+        }
+        paths[split] = os.path.join(folder, f"{split}.json")
+        write_json_atomically(coco, paths[split])
+    return paths
+
+
+def _params(num_images, seed, image_size, max_shapes) -> dict:
+    lo, hi = _check_size(image_size)
     if num_images < 1 or max_shapes < 1:
         raise ValueError(f"num_images and max_shapes must be >= 1, got {num_images}, {max_shapes}")
     return {
@@ -176,41 +252,14 @@ def build_shapes_cache(
         Path: the cache folder (``root`` or ``<cache root>/shapes``, then a parameter hash).
     """
     params = _params(num_images, seed, image_size, max_shapes)
-    lo, hi = params["image_size"]
 
     def build(tmp_dir: Path) -> dict:
-        (tmp_dir / "images").mkdir()
-        images, anns = [], []
-        for i in range(num_images):
-            rng = np.random.default_rng([params["seed"], i])
-            height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-            out = generate_shapes_image(rng, height, width, max_shapes)
-            file_name = f"{i:06d}.png"
-            Image.fromarray(out["image"]).save(tmp_dir / "images" / file_name, compress_level=1)
-            images.append({"id": i + 1, "file_name": file_name, "height": height, "width": width})
-            for box, cls in zip(out["boxes"].tolist(), out["classes"].tolist()):
-                w, h = box[2] - box[0], box[3] - box[1]
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": i + 1,
-                        "category_id": cls + 1,
-                        "bbox": [box[0], box[1], w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
-        coco = {
-            "info": {"description": "synthetic shapes, atss.data.shapes", "params": params},
-            "images": images,
-            "annotations": anns,
-            "categories": [
-                {"id": i + 1, "name": n, "supercategory": "shape"}
-                for i, n in enumerate(SHAPES_CLASSES)
-            ],
-        }
-        write_json_atomically(coco, tmp_dir / "annotations.json")
-        return {"params": params, "images": len(images), "boxes": len(anns)}
+        info = {"description": "synthetic shapes, atss.data.shapes", "params": params}
+        splits = [("annotations", params["num_images"])]
+        paths = write_shapes_coco(tmp_dir, splits, seed, image_size, max_shapes, info=info)
+        with open(paths["annotations"]) as f:
+            coco = json.load(f)
+        return {"params": params, "images": len(coco["images"]), "boxes": len(coco["annotations"])}
 
     return build_dir_atomically(_cache_dir(root, params), build)
 
@@ -233,7 +282,7 @@ def register_shapes(
     no-op; with different arguments the name is re-registered.
 
     Args:
-        build: write the files now (~10 ms per image), so that ``metadata.json_file`` exists
+        build: write the files now, so that ``metadata.json_file`` exists
             before the dataset is read; False: write nothing until ``DatasetCatalog.get``.
 
     Returns:
@@ -259,13 +308,3 @@ def register_shapes(
         image_root=image_root,
     )
     return name
-
-
-def register_all_shapes(root: Optional[str] = None) -> List[str]:
-    """Register and build ``shapes_train`` (64 images, seed 0) and ``shapes_val`` (16 images,
-    seed 1), 128-256 px. Idempotent. (The configs need not call it: the checked loader registers
-    these names on first use, :mod:`atss.data.builtin`.)"""
-    return [
-        register_shapes(name, num_images=num_images, seed=seed, root=root)
-        for name, (num_images, seed) in SHAPES_DATASETS.items()
-    ]

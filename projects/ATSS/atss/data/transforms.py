@@ -1,21 +1,13 @@
-"""
-The authors' test resize, for evaluating their published weights exactly as they did.
+"""The authors' test resize, for evaluating their published weights exactly as they did.
 
-maskrcnn-benchmark's ``transforms.Resize.get_size`` (sfzhang15/ATSS,
-``atss_core/data/transforms/transforms.py``) differs from Detectron2's
-:class:`~detectron2.data.transforms.ResizeShortestEdge` in two roundings:
-
-* the longer side is **truncated** (``int(size * long / short)``) where Detectron2 rounds it
-  (``int(x + 0.5)``): a 640 x 480 image at shorter side 800 becomes 1066 px wide there and
-  1067 px here;
-* when the longer side would exceed ``max_size``, the shorter side becomes
-  ``int(round(max_size * short / long))`` (Python's round: halves to even) and the longer side is
-  again truncated from it, where Detectron2 scales both sides by ``max_size / long`` and rounds
-  each: a 1000 x 400 image gives 1332 x 533 there, 1333 x 533 here; 1000 x 500 gives
-  1332 x 666 there, 1333 x 667 here.
-
-mmdetection (``mmcv.rescale_size``: ``int(side * scale + 0.5)`` with
-``scale = min(1333 / long, 800 / short)``) rounds like Detectron2.
+maskrcnn-benchmark's ``transforms.Resize.get_size`` (sfzhang15/ATSS) differs from Detectron2's
+:class:`~detectron2.data.transforms.ResizeShortestEdge` in two roundings: the longer side is
+**truncated** (``int(size * long / short)``) where Detectron2 rounds it, and when the longer
+side would exceed ``max_size`` the shorter side becomes ``int(round(max_size * short / long))``
+(halves to even) and the longer one is truncated from it, where Detectron2 scales both sides by
+``max_size / long`` and rounds each (a 640 x 480 image at 800: 1066 px wide for the authors,
+1067 for Detectron2). mmdetection rounds like Detectron2. Used by
+``configs/COCO/converted/*_authors.py``.
 """
 
 from typing import Tuple

@@ -1,54 +1,17 @@
 """Tree-crown detection data shipped offline by the ``deepforest`` wheel, as Detectron2 datasets.
 
-Source
-    ``deepforest==2.1.0`` ships, in its ``data/`` folder, aerial RGB images of NEON sites with
-    tree-crown boxes as Pascal VOC XML: two large YELL (Yellowstone) crops and two 400x400
-    tiles, OSBS_029 (Ordway-Swisher, Florida) and SOAP_061 (Soaproot Saddle, California) —
-    4 annotated images, 951 boxes. The package is located by path with
-    ``importlib.util.find_spec`` and never imported (its dependencies are not installed).
-    Labels ("Tree", and "Dead"/"Alive" in SOAP_061) are all folded into one class, ``"tree"``:
-    the task is crown detection, and 37 boxes are too few to learn a health attribute. The
-    original label is kept per annotation as ``"source_label"`` in the COCO JSON.
+The source is deepforest's ``data/`` folder (found with ``importlib.util.find_spec``, never
+imported): aerial RGB images of NEON sites with tree-crown boxes as Pascal VOC XML. All labels
+become one class, ``"tree"`` (the label stays in the JSON as ``source_label``). Two splits:
 
-Box convention
-    VOC corner values are used as-is as continuous ``XYXY_ABS`` pixel coordinates (as deepforest
-    itself does); boxes reaching past the image are clipped.
+* ``treecrowns_train`` / ``treecrowns_val``, spatial: the right ``val_fraction`` of every image
+  is its validation crop, the rest is cut into training tiles (:mod:`.crops`), so every site
+  is in both sets and no pixel in both;
+* ``treecrowns_xsite_train`` / ``treecrowns_xsite_val``, cross-site: train on the YELL images,
+  validate on the whole OSBS_029 and SOAP_061 images, forests never seen in training.
 
-Splits (registered names)
-    ``treecrowns_train`` / ``treecrowns_val``: a *spatial* split, so that every site is in both
-    sets and no pixel is in both. The right ``val_fraction`` (a quarter) of every annotated image
-    is one validation crop; the rest is cut into ``tile_size`` tiles at ``stride`` (overlapping
-    when stride < tile). Only whole tiles are cut (a strip narrower than a stride at the right /
-    bottom end of the training region stays unused, unless ``cover_edges``); a region smaller
-    than a tile gives one tile clipped to the region. A box belongs to a tile or crop when
-    more than ``min_visible`` of its area lies inside, and is clipped to it. With the defaults
-    (320 / 240 / 0.25 / 0.5): 65 training tiles with 730 boxes (boxes in tile overlaps count
-    once per tile; 8 tiles have no box) and 4 validation crops with 293 boxes.
-
-    ``treecrowns_xsite_train`` / ``treecrowns_xsite_val``: cross-site hold-out. Train on the YELL
-    images (whole images, tiled the same way), validate on the whole OSBS_029 and SOAP_061
-    images — different forests, never seen in training.
-
-Evaluation
-    Crops are dense (up to 208 trees in one validation crop), so evaluate with
-    ``COCOEvaluator(..., max_dets_per_image=TREECROWNS_MAX_DETS_PER_IMAGE)`` (300) and let the
-    model keep as many detections per image; COCO's default of 100 caps AP at ~63 even for
-    perfect predictions.
-
-Cache
-    The COCO JSON files and the tile / crop PNGs are written at run time under
-    ``<cache root>/treecrowns/<key>/`` (see :mod:`atss.data.cache`; default ``$ATSS_CACHE`` or
-    ``~/.cache/atss``). ``key`` hashes the contents of the source XML and image files, the
-    split parameters and a format version, so the cache is rebuilt whenever any of them
-    changes. Building takes about a second; later calls only hash the sources.
-
-Usage::
-
-    # in a LazyConfig (the checked loader registers the name and builds the cache on first use):
-    dataloader.train.dataset.names = "treecrowns_train"
-    # or explicitly:
-    from atss.data import register_all_treecrowns
-    register_all_treecrowns()          # idempotent; builds the cache if needed
+Crops are dense: evaluate with ``max_dets_per_image=TREECROWNS_MAX_DETS_PER_IMAGE``. The COCO
+JSON and PNG files are written into the cache (:mod:`.cache`) when first read.
 """
 
 import hashlib
@@ -57,39 +20,26 @@ import json
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 from detectron2.data.datasets import load_coco_json
-from PIL import Image
 
-from .cache import (
-    build_dir_atomically,
-    hash_file,
-    is_complete,
-    resolve_root,
-    write_json_atomically,
-)
-from .crops import boxes_in_window, region_tiles
+from .cache import build_dir_atomically, hash_file, is_complete, resolve_root, write_json_atomically
+from .crops import crops_to_coco, region_tiles
 from .registration import register_dataset
-from .validation import repair_xyxy_boxes
-from .voc import parse_voc_xml
+from .voc import AnnotatedImage, read_voc_folder
 
 __all__ = [
     "TREECROWNS_CLASSES",
     "TREECROWNS_SPLITS",
     "TREECROWNS_MAX_DETS_PER_IMAGE",
     "TreeCrownSplitParams",
-    "SourceImage",
     "deepforest_data_dir",
-    "find_annotated_images",
     "plan_treecrown_splits",
-    "treecrowns_cache_dir",
     "build_treecrowns_cache",
     "register_all_treecrowns",
-    "tree_crown_mosaic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,9 +52,8 @@ TREECROWNS_SPLITS = (
     "treecrowns_xsite_val",
 )
 # The densest validation crop (YELL, right quarter) has 208 trees: evaluation must keep more
-# than COCO's default 100 detections per image (COCOEvaluator(max_dets_per_image=...)), and the
-# model's test-time detections_per_image must be at least as large, or AP is capped (~63 AP for
-# a perfect detector at 100).
+# than COCO's default 100 detections per image (COCOEvaluator(max_dets_per_image=...)), and so
+# must the model (max_detections_per_image), or even a perfect detector's AP is capped.
 TREECROWNS_MAX_DETS_PER_IMAGE = 300
 # Bump when the conversion changes in a way that alters the output, to invalidate old caches.
 _FORMAT_VERSION = 1
@@ -150,29 +99,6 @@ class TreeCrownSplitParams:
         object.__setattr__(self, "xsite_val_images", tuple(self.xsite_val_images))
 
 
-@dataclass
-class SourceImage:
-    """One annotated source image.
-
-    Attributes:
-        name: file stem of the XML, e.g. "OSBS_029".
-        site: 4-letter NEON site code parsed from the name ("" when the name has none).
-        xml_path, image_path: source files.
-        width, height: image size in pixels.
-        boxes: float64 array (N, 4), XYXY_ABS, finite, clipped to the image, positive size.
-        labels: N original class names ("Tree", "Dead", ...).
-    """
-
-    name: str
-    site: str
-    xml_path: Path
-    image_path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: List[str] = field(default_factory=list)
-
-
 def deepforest_data_dir() -> Path:
     """Return the ``data/`` folder of the installed ``deepforest`` package, without importing it.
 
@@ -196,56 +122,9 @@ def _site_of(name: str) -> str:
     return m.group(1) if m else ""
 
 
-def find_annotated_images(source_dir=None) -> List[SourceImage]:
-    """Read every ``*.xml`` in ``source_dir`` (default: deepforest's data folder) with its image.
-
-    The image is the XML's ``<filename>`` in the same folder. Image sizes are read from the
-    image headers (no pixels decoded) and must match the XML ``<size>``.
-
-    Returns:
-        list[SourceImage] sorted by name.
-
-    Raises:
-        FileNotFoundError: an XML names an image that does not exist.
-        ValueError: malformed XML, size mismatch, non-finite box.
-    """
-    source_dir = Path(source_dir) if source_dir is not None else deepforest_data_dir()
-    xml_paths = sorted(source_dir.glob("*.xml"))
-    if not xml_paths:
-        raise FileNotFoundError(f"No Pascal VOC *.xml annotation files in {source_dir}")
-    images = []
-    for xml_path in xml_paths:
-        ann = parse_voc_xml(xml_path)
-        if not ann["filename"]:
-            raise ValueError(f"{xml_path}: missing <filename> (the annotated image)")
-        image_path = source_dir / ann["filename"]
-        if not image_path.is_file():
-            raise FileNotFoundError(f"{xml_path}: annotated image {image_path} does not exist")
-        try:
-            with Image.open(image_path) as im:
-                width, height = im.size
-        except OSError as e:
-            raise ValueError(f"{image_path}: cannot read image ({e})") from None
-        if ann["width"] is not None and (ann["width"], ann["height"]) != (width, height):
-            raise ValueError(
-                f"{xml_path}: <size> says {ann['width']}x{ann['height']} but {image_path.name} "
-                f"is {width}x{height}"
-            )
-        boxes = ann["boxes"]
-        keep = repair_xyxy_boxes(boxes, width, height, source=str(xml_path))
-        images.append(
-            SourceImage(
-                name=xml_path.stem,
-                site=_site_of(xml_path.stem),
-                xml_path=xml_path,
-                image_path=image_path,
-                width=width,
-                height=height,
-                boxes=boxes[keep],
-                labels=[lb for lb, k in zip(ann["labels"], keep) if k],
-            )
-        )
-    return images
+def _read_sources(source_dir=None) -> List[AnnotatedImage]:
+    """The annotated images of ``source_dir`` (default: deepforest's data folder), by name."""
+    return read_voc_folder(source_dir if source_dir is not None else deepforest_data_dir())
 
 
 def _tiles(region, params: TreeCrownSplitParams) -> List[Tuple[int, int, int, int]]:
@@ -253,7 +132,7 @@ def _tiles(region, params: TreeCrownSplitParams) -> List[Tuple[int, int, int, in
 
 
 def plan_treecrown_splits(
-    images: Sequence[SourceImage], params: TreeCrownSplitParams = TreeCrownSplitParams()
+    images: Sequence[AnnotatedImage], params: TreeCrownSplitParams = TreeCrownSplitParams()
 ) -> Dict[str, List[Tuple[int, Tuple[int, int, int, int]]]]:
     """Decide which windows of which source images form each split (no pixels are read).
 
@@ -268,7 +147,7 @@ def plan_treecrown_splits(
         plan["treecrowns_train"] += [(i, t) for t in _tiles(train_region, params)]
         plan["treecrowns_val"].append((i, (split_x, 0, img.width, img.height)))
         whole = (0, 0, img.width, img.height)
-        if img.site in params.xsite_train_sites:
+        if _site_of(img.name) in params.xsite_train_sites:
             plan["treecrowns_xsite_train"] += [(i, t) for t in _tiles(whole, params)]
         if img.name in params.xsite_val_images:
             plan["treecrowns_xsite_val"].append((i, whole))
@@ -279,88 +158,15 @@ def plan_treecrown_splits(
     return plan
 
 
-def _cache_key(images: Sequence[SourceImage], params: TreeCrownSplitParams) -> str:
-    desc = {
-        "format": _FORMAT_VERSION,
-        "params": asdict(params),
-        "sources": [
-            [
-                img.xml_path.name,
-                hash_file(img.xml_path),
-                img.image_path.name,
-                hash_file(img.image_path),
-            ]
-            for img in images
-        ],
-    }
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def treecrowns_cache_dir(
-    root=None, source_dir=None, params: TreeCrownSplitParams = TreeCrownSplitParams()
-) -> Path:
-    """The cache folder for these sources and parameters (it may not exist yet).
-
-    Args:
-        root: folder holding tree-crown cache folders; default ``<cache root>/treecrowns``.
-        source_dir: folder with the VOC XMLs and images; default deepforest's data folder.
-    """
-    images = find_annotated_images(source_dir)
-    return resolve_root(root, "treecrowns") / _cache_key(images, params)
-
-
-def _window_name(img: SourceImage, window) -> str:
-    x0, y0, x1, y1 = window
-    # Named by source and window, so a tile shared by two splits is written once.
-    return f"{img.name}_x{x0}_y{y0}_w{x1 - x0}_h{y1 - y0}.png"
-
-
-def _write_split(plan, images, params, image_dir: Path, pixels: dict) -> dict:
-    """Write the PNGs of one split's windows (if not written yet) and return its COCO dict."""
-    coco_images, coco_anns = [], []
-    for image_id, (i, window) in enumerate(plan, start=1):
-        img = images[i]
-        file_name = _window_name(img, window)
-        if not (image_dir / file_name).exists():
-            if img.name not in pixels:
-                with Image.open(img.image_path) as im:
-                    pixels[img.name] = np.asarray(im.convert("RGB"))
-            x0, y0, x1, y1 = window
-            # compress_level=1: ~5x faster than the default at ~10% larger files.
-            Image.fromarray(pixels[img.name][y0:y1, x0:x1]).save(
-                image_dir / file_name, compress_level=1
-            )
-        coco_images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "width": int(window[2] - window[0]),
-                "height": int(window[3] - window[1]),
-                "source_image": img.image_path.name,
-                "site": img.site,
-                "window_xyxy": [int(v) for v in window],
-            }
-        )
-        boxes, idx = boxes_in_window(img.boxes, window, params.min_visible)
-        for box, j in zip(boxes.tolist(), idx.tolist()):
-            w, h = box[2] - box[0], box[3] - box[1]
-            coco_anns.append(
-                {
-                    "id": len(coco_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "source_label": img.labels[j],
-                }
-            )
-    return {
-        "info": {"description": "deepforest tree crowns, converted by atss.data.treecrowns"},
-        "images": coco_images,
-        "annotations": coco_anns,
-        "categories": [{"id": 1, "name": "tree", "supercategory": "plant"}],
-    }
+def _cache_dir(root, images: Sequence[AnnotatedImage], params: TreeCrownSplitParams) -> Path:
+    """``<root>/<key>``: the key hashes the source files, the parameters and the format."""
+    sources = [
+        [img.xml_path.name, hash_file(img.xml_path), img.image_path.name, hash_file(img.image_path)]
+        for img in images
+    ]
+    desc = {"format": _FORMAT_VERSION, "params": asdict(params), "sources": sources}
+    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+    return resolve_root(root, "treecrowns") / key
 
 
 def build_treecrowns_cache(
@@ -373,15 +179,15 @@ def build_treecrowns_cache(
     ``<split>.json`` for each name in :data:`TREECROWNS_SPLITS`, plus ``manifest.json``
     (written last; per-split image/box counts).
 
-    Returns:
-        Path: the cache folder.
+    Args:
+        root: folder holding tree-crown cache folders; default ``<cache root>/treecrowns``.
+        source_dir: folder with the VOC XMLs and images; default deepforest's data folder.
     """
-    images = find_annotated_images(source_dir)
-    final_dir = resolve_root(root, "treecrowns") / _cache_key(images, params)
-    return _build_cache(images, final_dir, params)
+    images = _read_sources(source_dir)
+    return _build_cache(images, _cache_dir(root, images, params), params)
 
 
-def _build_cache(images: Sequence[SourceImage], final_dir: Path, params) -> Path:
+def _build_cache(images: Sequence[AnnotatedImage], final_dir: Path, params) -> Path:
     if is_complete(final_dir):
         return final_dir
 
@@ -392,12 +198,22 @@ def _build_cache(images: Sequence[SourceImage], final_dir: Path, params) -> Path
         pixels = {}  # decoded source images, shared by the splits
         manifest = {"params": asdict(params), "splits": {}}
         for split in TREECROWNS_SPLITS:
-            coco = _write_split(plan[split], images, params, image_dir, pixels)
-            write_json_atomically(coco, tmp_dir / f"{split}.json")
-            manifest["splits"][split] = {
-                "images": len(coco["images"]),
-                "boxes": len(coco["annotations"]),
+            crops = [(images[i], window) for i, window in plan[split]]
+            coco_images, annotations = crops_to_coco(
+                crops, image_dir, params.min_visible, pixels=pixels
+            )
+            for record, (img, _) in zip(coco_images, crops):
+                record["site"] = _site_of(img.name)
+            coco = {
+                "info": {
+                    "description": "deepforest tree crowns, converted by atss.data.treecrowns"
+                },
+                "images": coco_images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "tree", "supercategory": "plant"}],
             }
+            write_json_atomically(coco, tmp_dir / f"{split}.json")
+            manifest["splits"][split] = {"images": len(coco_images), "boxes": len(annotations)}
         logger.info(f"Built tree-crown cache {final_dir}: {manifest['splits']}")
         return manifest
 
@@ -412,31 +228,24 @@ def register_all_treecrowns(
 ) -> List[str]:
     """Register the four tree-crown datasets (:data:`TREECROWNS_SPLITS`) with Detectron2.
 
-    Safe to call more than once. Call it before building data loaders, e.g. at the top of a
-    training script or config (``launch`` spawns workers, so register at import time of the
-    main module or inside the function each worker runs).
+    Idempotent. The configs need not call it: the checked loader registers these names on first
+    use (:mod:`.builtin`).
 
     Args:
-        root: folder for the cache folders; default ``<cache root>/treecrowns``
-            (:func:`atss.data.default_cache_root`).
-        source_dir: folder with VOC XMLs + images; default deepforest's ``data/``.
-        params: split parameters (part of the cache key).
-        build: build the cache now (~1 s the first time, ~0.1 s to verify later), so
-            ``metadata.json_file`` exists whenever COCOEvaluator reads it. With False the
-            cache is built by the first ``DatasetCatalog.get``; the evaluator must then be
-            created after the dataset was loaded.
+        root, source_dir, params: as for :func:`build_treecrowns_cache`.
+        build: build the cache now, so that ``metadata.json_file`` exists whenever
+            COCOEvaluator reads it; with False it is built by the first ``DatasetCatalog.get``
+            (Detectron2's tools build the evaluator after the test loader).
 
     Returns:
         list[str]: the registered names.
     """
-    images = find_annotated_images(source_dir)
-    cache_dir = resolve_root(root, "treecrowns") / _cache_key(images, params)
+    images = _read_sources(source_dir)
+    cache_dir = _cache_dir(root, images, params)
     if build:
         _build_cache(images, cache_dir, params)
 
     def make_loader(split):
-        json_file = cache_dir / f"{split}.json"
-
         def load():
             # Rebuild if the cache was deleted since registration; the key must not change,
             # or the registered metadata (json_file) would point at stale data.
@@ -448,7 +257,9 @@ def register_all_treecrowns(
                         f"(cache {cache_dir.name} -> {built.name}); call "
                         f"register_all_treecrowns() again."
                     )
-            return load_coco_json(str(json_file), str(cache_dir / "images"), split)
+            return load_coco_json(
+                str(cache_dir / f"{split}.json"), str(cache_dir / "images"), split
+            )
 
         return load
 
@@ -464,13 +275,3 @@ def register_all_treecrowns(
             image_root=str(cache_dir / "images"),
         )
     return list(TREECROWNS_SPLITS)
-
-
-def tree_crown_mosaic(size: int) -> np.ndarray:
-    """A ``size`` x ``size`` RGB uint8 (H, W, 3) image: the largest tree-crown image repeated,
-    for benchmarks of large images (an orthomosaic stand-in made from real pixels)."""
-    source = max(find_annotated_images(), key=lambda im: im.width * im.height)
-    with Image.open(source.image_path) as im:
-        pixels = np.asarray(im.convert("RGB"))
-    reps = (-(-size // pixels.shape[0]), -(-size // pixels.shape[1]), 1)
-    return np.ascontiguousarray(np.tile(pixels, reps)[:size, :size])

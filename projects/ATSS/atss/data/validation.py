@@ -1,44 +1,15 @@
-"""Validated loading of detection datasets: bad data fails early with a message that names the
-dataset, file, image id and field, or is repaired/filtered and counted in one logged summary.
+"""Validating dataset dicts (Detectron2's standard format) before training or evaluation.
 
-The rule for each problem (the README's "Bad data" section is the user-facing copy):
-
-================================================  =============================================
-problem                                           what happens
-================================================  =============================================
-dataset not registered                            error, lists the registered names
-annotation JSON missing / not JSON / malformed    error: JSON file (line and column for syntax
-(missing field, unknown category or image id)     errors; image id, annotation id and field)
-image file missing                                error: how many, the first few (file, image
-                                                  id); ``check_files=False`` skips the check
-image unreadable / corrupt / other size than      error when it is read (:class:`
-the JSON says                                     CheckedDatasetMapper`): file and image id;
-                                                  :func:`find_unreadable_images` (``tools/
-                                                  validate_dataset.py --decode``) lists all of
-                                                  them before a run
-image height/width missing or not positive        error
-annotation without bbox / bbox_mode /             error: file, image id, annotation, field
-category_id; bbox not 4 numbers; NaN/inf
-category id outside ``thing_classes``             error
-box with zero or negative width or height         dropped, counted
-box partly outside the image                      clipped to the image, counted
-box wholly outside the image                      dropped, counted
-crowd box (``iscrowd=1``)                         kept and counted: Detectron2's mapper leaves it
-                                                  out of the training targets, COCOEvaluator
-                                                  ignores detections that match it
-image with no (non-crowd) annotation              training: removed (Detectron2's
-                                                  ``filter_empty``, logged); evaluation: kept
-================================================  =============================================
-
-Why errors for some and filtering for others: a missing file, a NaN or an unknown category says
-the dataset and its description disagree (wrong image root, wrong category list, a broken
-export), and training on a silently shrunken dataset would hide it. A zero-size or out-of-image
-box is a common, harmless annotation artefact with one sensible repair (the authors' COCO loader
-clips boxes and drops empty ones too); it is repaired and counted.
+Bad data fails early with one line naming the dataset, file, image id and field, or is repaired
+and counted in one logged summary per dataset. Errors are for what says the data and its
+description disagree (a missing file, a NaN, an unknown category: a wrong image root or a broken
+export, which a silently smaller dataset would hide); repairs are for common, harmless
+annotation artefacts with one sensible fix (a zero-size box is dropped, a box reaching past the
+image is clipped, as the authors' COCO loader does). The rule for each problem: docs/own_data.md,
+"Bad data".
 """
 
 import functools
-import json
 import logging
 import math
 import numbers
@@ -48,21 +19,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.data import DatasetMapper
-from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 from detectron2.structures import BoxMode
 
 __all__ = [
     "DatasetError",
     "DatasetReport",
-    "CheckedDatasetMapper",
+    "log_report",
     "repair_box",
     "repair_xyxy_boxes",
-    "check_coco_json",
-    "find_unreadable_images",
-    "log_report",
-    "read_coco_categories",
-    "unusable_image",
     "validate_dataset_dicts",
 ]
 
@@ -116,7 +80,6 @@ class DatasetReport:
         return text + "; " + "; ".join(items) + "."
 
 
-# ------------------------------------------------------------------------- dataset dicts
 def _where(dataset: Optional[str], record: dict, index=None, ann: Optional[dict] = None) -> str:
     """ "dataset: file (image_id N) annotation i (id M)", the parts that are known."""
     text = f"{dataset}: " if dataset else ""
@@ -174,7 +137,7 @@ def _check_annotation(ann, num_classes, dataset: str, where: Callable[[], str]) 
 
 
 def repair_box(report: DatasetReport, ann: dict, width, height, where) -> Optional[dict]:
-    """The repair policy for one box (the module docstring's table): the annotation with its
+    """The repair policy for one box (docs/own_data.md, "Bad data"): the annotation with its
     box clipped to the image, or None when it is dropped; ``report`` counts what was done.
 
     Args:
@@ -273,7 +236,7 @@ def validate_dataset_dicts(
         clipped and empty or outside boxes removed, and what was repaired.
 
     Raises:
-        DatasetError: on the problems listed in the module docstring.
+        DatasetError: on the problems of docs/own_data.md, "Bad data".
     """
     report = DatasetReport(dataset_name)
     out, missing = [], []
@@ -320,142 +283,6 @@ def validate_dataset_dicts(
     return out, report
 
 
-# ------------------------------------------------------------------------------ COCO JSON
-def read_coco_categories(json_file: str, key: Optional[str] = None) -> List[Tuple[int, str]]:
-    """The ``categories`` of a COCO JSON as ``(id, name)`` pairs sorted by id (the order of
-    Detectron2's contiguous class ids): the one reader of a COCO file's categories
-    (registration, the ``configs/Custom`` datasets, the run folder's class list).
-
-    Args:
-        json_file: path of the JSON.
-        key: the config key that named it, for error messages (None: the file alone).
-
-    Raises:
-        DatasetError: naming ``key`` and the file when the JSON cannot be read or its
-            categories are missing, empty, malformed or have a repeated id.
-    """
-    where = f"{key}={json_file}" if key else json_file
-    if not os.path.isfile(json_file):
-        raise DatasetError(f"{where}: annotation file not found")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{where}: cannot be read: {e}") from e
-    categories = data.get("categories") if isinstance(data, dict) else None
-    if not isinstance(categories, list) or not categories:
-        raise DatasetError(f"{where}: needs a non-empty top-level 'categories' list")
-    pairs = []
-    for c in categories:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
-            raise DatasetError(f"{where}: category {c!r:.80} needs an integer 'id' and a 'name'")
-        pairs.append((c["id"], str(c["name"])))
-    ids = [i for i, _ in pairs]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise DatasetError(f"{where}: category ids {repeated} appear more than once")
-    return sorted(pairs)
-
-
-def check_coco_json(json_file: str) -> Optional[str]:
-    """The first problem in a COCO instances JSON that would break loading, or None.
-
-    Used on the error path of :func:`get_checked_detection_dataset_dicts` to turn a bare
-    ``KeyError``/``ValueError`` from pycocotools or Detectron2's ``load_coco_json`` into a
-    message with the image id, annotation id and field (the JSON is parsed only then).
-    """
-    if not os.path.isfile(json_file):
-        return f"{json_file}: annotation file not found"
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        return f"{json_file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-    except (OSError, UnicodeDecodeError) as e:
-        return f"{json_file}: cannot be read: {e}"
-    problem = _coco_structure_problem(json_file, data)
-    if problem:
-        return problem
-    category_ids = {c["id"] for c in data["categories"]}
-    for ann in data["annotations"]:
-        problem = _coco_annotation_problem(json_file, ann, category_ids)
-        if problem:
-            return problem
-    return None
-
-
-def _coco_structure_problem(json_file: str, data) -> Optional[str]:
-    if not isinstance(data, dict):
-        return f"{json_file}: the top level must be an object with images/annotations/categories"
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            return f"{json_file}: top-level field '{key}' is missing or not a list"
-    if not data["categories"]:
-        return f"{json_file}: 'categories' is empty"
-    for c in data["categories"]:
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            return f"{json_file}: category {c!r:.80} needs fields 'id' and 'name'"
-    for img in data["images"]:
-        for key in ("id", "file_name", "height", "width"):
-            if not isinstance(img, dict) or key not in img:
-                return f"{json_file}: image {img!r:.80}: field '{key}' is missing"
-    return None
-
-
-def _coco_annotation_problem(json_file: str, ann, category_ids: set) -> Optional[str]:
-    if not isinstance(ann, dict):
-        return f"{json_file}: annotation {ann!r:.80} is not an object"
-    where = f"{json_file}: annotation id {ann.get('id')} (image_id {ann.get('image_id')})"
-    for key in ("id", "image_id", "category_id", "bbox"):
-        if key not in ann:
-            return f"{where}: field '{key}' is missing"
-    if ann["category_id"] not in category_ids:
-        return (
-            f"{where}: field 'category_id' is {ann['category_id']}, which is not in "
-            f"'categories' (ids {sorted(category_ids)[:20]})"
-        )
-    if not _is_box(ann["bbox"]):
-        return f"{where}: field 'bbox' must be 4 numbers [x, y, w, h], got {ann['bbox']!r}"
-    if ann.get("ignore", 0):
-        return f"{where}: field 'ignore' is set; use 'iscrowd' for regions to ignore"
-    return None
-
-
-def log_report(report: "DatasetReport") -> None:
+def log_report(report: DatasetReport) -> None:
     """Log a dataset's summary: a warning when boxes were changed, else info."""
     (logger.warning if report.changed_boxes() else logger.info)(report.summary())
-
-
-# ------------------------------------------------------------------------------ mapper
-class CheckedDatasetMapper(DatasetMapper):
-    """Detectron2's :class:`DatasetMapper` whose failures to read an image (missing, corrupt,
-    truncated, not an image, other size than the annotation says) raise :class:`DatasetError`
-    naming the file and image id, instead of a bare PIL/OS error from inside a loader worker."""
-
-    def __call__(self, dataset_dict):
-        try:
-            return super().__call__(dataset_dict)
-        except (OSError, SizeMismatchError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise unusable_image(dataset_dict, e) from e
-
-
-def unusable_image(record: dict, error: Exception) -> DatasetError:
-    """The error a mapper raises for an image of ``record`` that cannot be read or used:
-    "file (image_id N): cannot be used: <error type>: <error>"."""
-    return DatasetError(f"{_where(None, record)}: cannot be used: {type(error).__name__}: {error}")
-
-
-def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:
-    """Read every image of ``dataset_dicts`` as the mapper would; one message (file, image id,
-    error) per image that cannot be used. Slow (decodes everything): for checking a dataset
-    before a long run, e.g. ``tools/validate_dataset.py --decode``."""
-    problems = []
-    for record in dataset_dicts:
-        try:
-            image = read_image(record["file_name"], format="RGB")
-            check_image_size(record, image)
-        except (OSError, SizeMismatchError) as e:
-            problems.append(f"{_where(None, record)}: {type(e).__name__}: {e}")
-    return problems

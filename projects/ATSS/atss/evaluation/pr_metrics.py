@@ -1,23 +1,14 @@
-"""
-Field metrics: precision, recall and F1 of detections at one IoU threshold, at the score
-threshold that maximises F1 and at a fixed score threshold, per class, over all classes and
-per image (what ecology / remote-sensing users report, e.g. DeepForest at IoU 0.4).
+"""Field metrics: precision, recall and F1 of detections at one IoU threshold, at the score
+threshold that maximises F1 and at a fixed one, per class, over all classes and per image (what
+ecology and remote-sensing users report); what they mean for a user: docs/large_images.md.
 
-Matching (:func:`match_detections`) is COCO's (``pycocotools.cocoeval.COCOeval.evaluateImg``
-at one IoU threshold, area range "all", no cap on detections): per image and class, detections
-in decreasing score order (stable) each take the unmatched ground-truth box of highest IoU
->= the threshold (ties: the later box); a detection that matches no regular box but overlaps
-a crowd box by intersection / detection area >= the threshold is *ignored* (neither true nor
-false positive); crowd boxes never count as ground truth.
-
-Curves (:func:`pr_curve`): all non-ignored detections, pooled over images (and over classes for
-"all"), in decreasing score order; at score threshold s the detections with score >= s count:
-``precision = TP / (TP + FP)``, ``recall = TP / #GT``, ``F1 = 2PR / (P + R)``. A set with no
-detection at the threshold has precision 0 (and F1 0).
-
-:class:`FieldMetricsEvaluator` is the Detectron2 ``DatasetEvaluator``; ``train_net.py`` runs it
-beside COCOEvaluator (:func:`atss.evaluation.build_evaluator`). Config keys:
-``test.iou_threshold`` (0.5), ``test.score_threshold`` (None).
+Matching (:func:`match_detections`) is COCO's ``evaluateImg`` at one IoU threshold (area "all",
+no cap): per image and class, detections by decreasing score each take the unmatched GT of
+highest IoU >= the threshold (ties: the later box); one that matches no regular box but covers
+a crowd box by >= the threshold of its own area is ignored. Curves (:func:`pr_curve`) pool the
+non-ignored detections in decreasing score order: precision TP / (TP + FP) (0 with no
+detection), recall TP / #GT. :class:`FieldMetricsEvaluator` runs beside COCOEvaluator
+(:func:`atss.evaluation.build_evaluator`; keys ``test.iou_threshold``, ``test.score_threshold``).
 """
 
 import copy

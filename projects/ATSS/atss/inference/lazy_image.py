@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from detectron2.data.detection_utils import SizeMismatchError, check_image_size
 
-from ..data.validation import unusable_image
+from ..data.mappers import unusable_image
 
 __all__ = [
     "NpyWindows",

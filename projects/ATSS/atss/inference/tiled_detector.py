@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.crops import tile_starts
-from ..data.validation import CheckedDatasetMapper
+from ..data.mappers import CheckedDatasetMapper
 from ..modeling.box_voting import batched_box_voting
 from .lazy_image import TiledImageMapper
 

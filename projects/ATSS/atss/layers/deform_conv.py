@@ -1,24 +1,14 @@
-"""
-Deformable convolutions (DCNv1 and modulated DCNv2) on ``torchvision.ops.deform_conv2d``.
+"""Deformable convolutions (DCNv1 and modulated DCNv2) on ``torchvision.ops.deform_conv2d``.
 
-Detectron2's ``DeformConv`` / ``ModulatedDeformConv`` are autograd Functions around its own
-CUDA kernels: on CPU the modulated op raises ``NotImplementedError`` in forward, the plain op
-raises it in backward, and neither can be saved after ``torch.jit.trace`` (a Python autograd
-Function is not exportable). The modules here compute the same thing with the torchvision
-operator, which has CPU and CUDA kernels for forward and backward and is a registered
-TorchScript op, so a traced model can be saved and reloaded.
-
-They are drop-in replacements: same constructor signatures, same parameter names and shapes,
-same initialisation, and the same offset/mask memory layout as Detectron2's kernels, so state
-dicts and offset-predicting convs are interchangeable.
-
-Offset / mask layout (identical in Detectron2's kernels and torchvision's): for a
-``kh x kw`` kernel, K = kh * kw sampling points indexed ``k = i * kw + j``, and deformable group
-``g`` (which deforms input channels ``[g * C / dg, (g + 1) * C / dg)``):
-
-* ``offset[:, g * 2K + 2k]`` is the vertical (y) and ``offset[:, g * 2K + 2k + 1]`` the
-  horizontal (x) displacement of point ``k``, in input pixels;
-* ``mask[:, g * K + k]`` multiplies the bilinearly sampled value of point ``k``.
+Detectron2's ``DeformConv`` / ``ModulatedDeformConv`` run only on its CUDA kernels (on CPU the
+modulated op fails in forward, the plain one in backward) and cannot be saved after
+``torch.jit.trace``. torchvision's operator has CPU and CUDA kernels both ways and is a
+TorchScript op. The modules here are drop-in replacements: Detectron2's constructor signatures,
+parameter names, shapes, initialisation and offset/mask layout, so state dicts and
+offset-predicting convs are interchangeable. The layout, for a ``kh x kw`` kernel with K points
+``k = i * kw + j`` and deformable group ``g``: ``offset[:, g * 2K + 2k]`` is the y and
+``offset[:, g * 2K + 2k + 1]`` the x displacement of point ``k`` in input pixels, and
+``mask[:, g * K + k]`` multiplies its bilinearly sampled value.
 """
 
 import torch

@@ -5,9 +5,8 @@ A frozen BN is a fixed per-channel affine map y = s * x + b (s = gamma / sqrt(va
 b = beta - mean * s), so conv(x, W) followed by it equals conv(x, s * W) + (s * bias + b). The
 folded weight is recomputed from W at every call, so W stays the trained parameter (same
 state dict, same gradients up to float rounding): the only change is that the activation-sized
-multiply and add of the BN (and their backward) disappear. Profiled on the tree-crown
-MobileNetV2 training step, that pair cost about as much as a fifth of the step
-(docs/profile_train_step.md).
+multiply and add of the BN (and their backward) disappear, a large share of the tree-crown
+MobileNetV2 training step (docs/benchmarks.md).
 """
 
 import torch.nn.functional as F

@@ -1,23 +1,13 @@
-"""
-The label-assignment strategies compared in the ATSS paper, behind one switch.
+"""The label-assignment strategies compared in the ATSS paper, behind one switch.
 
-``AnchorAssigner(mode=...)`` with mode
-
-* ``"ATSS"`` (default): adaptive training sample selection, :func:`atss.atss_match`;
-* ``"IoU"``: RetinaNet's rule, IoU >= 0.5 positive, < 0.4 negative, in between ignored, plus
-  each GT's highest-IoU anchors; positives whose centre is outside their GT are ignored
-  (the authors' ``POSITIVE_TYPE 'IoU'``);
-* ``"SSC"``: FCOS's spatial and scale constraint: the anchor centre inside the GT (by more than
-  0.01, as the authors) and the GT's largest centre-to-side distance within the level's range;
-  the smallest GT wins;
-* ``"TOPK"``: the k anchors with the highest IoU over all levels, kept when their centre is
-  inside the GT (the authors' ablation without the adaptive threshold).
-
-Every mode returns, per anchor, the matched GT index, ``BACKGROUND`` (-1) or ``IGNORE`` (-2).
-All modes share the matcher's geometry (:mod:`atss.modeling.matcher`: the centre test with its
-0.01 margin, the chunk budget, the conflict rule) and Detectron2's ``pairwise_iou``.
-Like :func:`atss_match`, none of them materialises an anchors x GTs matrix: the dense modes
-walk over chunks of GTs with a bounded element budget.
+``AnchorAssigner(mode=...)``: ``"ATSS"`` (default, :func:`atss.atss_match`); ``"IoU"``
+(RetinaNet's 0.5 / 0.4 rule with each GT's highest-IoU anchors, centres outside the GT ignored:
+the authors' ``POSITIVE_TYPE 'IoU'``); ``"SSC"`` (FCOS's spatial and scale constraint, the
+smallest GT wins); ``"TOPK"`` (the k highest-IoU anchors over all levels with their centre in
+the GT: ATSS without the adaptive threshold). Every mode returns per anchor the matched GT
+index, ``BACKGROUND`` (-1) or ``IGNORE`` (-2), shares the matcher's geometry
+(:mod:`atss.modeling.matcher`: centre test, chunk budget, conflict rule) and, like
+:func:`atss_match`, never materialises an anchors x GTs matrix.
 """
 
 import math

@@ -1,43 +1,15 @@
-"""
-Test-time augmentation (TTA) for ATSS, as the authors ran it for their best COCO result
-(ATSS_dcnv2_X_101_64x4d_FPN_2x + multi-scale test, 50.7 AP on test-dev).
+"""Test-time augmentation (TTA) for ATSS, as the authors ran it for their best COCO result.
 
-:class:`ATSSWithTTA` wraps a trained detector (any Detectron2 dense detector whose ``forward``
-takes a list of dataset dicts) and, per image:
-
-1. runs it on the test scale (shorter side 800, longer side at most 1333) and on its
-   horizontal flip, without any box filter;
-2. runs it on each extra shorter side in ``min_sizes`` (default 400 ... 1800), and on each
-   one's flip, with the longer side capped at ``max_size`` (3000), or at the test maximum (1333)
-   for scales smaller than the test scale; each of these runs keeps only boxes whose area, in
-   that run's input pixels, lies strictly between min² and max² of its ``size_ranges`` entry;
-3. maps every box back to the original image (un-flip, rescale, clip);
-4. merges all runs per class with score-weighted box voting
-   (:func:`atss.modeling.box_voting.batched_box_voting`):
-   repeatedly take the highest-scoring remaining box; every remaining box of its class with
-   IoU >= 0.66 joins its cluster; a cluster of one box is kept as it is, a larger cluster becomes
-   one box, the score-weighted mean of its members, with the highest member score; with
-   ``merge_type="soft-vote"`` each member of a merged cluster is also kept as it was, with score
-   score·(1 - IoU with the cluster's top box), when that is >= 0.05;
-5. keeps the ``max_detections_per_image`` highest scores (1000, the authors' cap; COCO's
-   evaluation then takes at most 100 per image and category).
-
-Each run uses the wrapped model's own inference (class-wise NMS, its per-image cap), as the
-authors' code does when voting is enabled.
-
-Deviations from the authors' code, all in line with Detectron2's continuous box convention:
-areas and IoUs use widths x2 - x1 (the authors add 1 pixel), and the final cap is an exact
-top-k (the authors keep ties at the k-th score).
-
-Images: the runs are resized from the image in the input dict to sizes computed from the
-*original* size (``height``, ``width``). Detectron2's test loader hands over an image already
-resized to 800: the 800 runs then reuse it exactly, the other scales are resampled from it.
-For the authors' protocol (every scale resized from the original image) build the test loader
-without resizing (``dataloader.test.mapper.augmentations=[]``), as
-``configs/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta.py`` does.
-
-Switch: ``test.aug.enabled=True`` in a config that imports ``configs/common/test.py`` (all COCO
-configs do); a training script calls :func:`build_tta_model` on the model it evaluates.
+:class:`ATSSWithTTA` wraps a trained dense detector and, per image, runs it at the test scale,
+at each extra shorter side of ``min_sizes`` (keeping only boxes in that scale's area range of
+``size_ranges``) and on each run's horizontal flip, maps every box back to the image, merges
+all runs per class with score-weighted box voting (:mod:`.box_voting`) and keeps the
+``max_detections_per_image`` best. Each run uses the model's own inference, as the authors' code
+does. Areas and IoUs follow Detectron2's continuous boxes (the authors add 1 pixel). The scales
+are resized from the image in the input dict, at sizes computed from the original ``height`` /
+``width``: for the authors' protocol, give it unresized images
+(``configs/COCO/atss_dcnv2_X_101_64x4d_FPN_2x_ms_tta.py``). Switch: ``test.aug.enabled=True``
+(projects/ATSS/README.md, switches).
 """
 
 import logging

