@@ -101,6 +101,8 @@ def test_one_training_step_runs_the_network_in_the_chosen_precision(dtype):
     assert any(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
 
 
+# Built here without CUDA, torch's GradScaler warns that it disables itself: expected.
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA:UserWarning")
 def test_fp16_trains_with_a_gradient_scaler_that_resumes_any_checkpoint():
     """fp16 goes to Detectron2's AMPTrainer (autocast and a gradient scaler: CUDA; its steps run
     in the `cuda` tests), which resumes the trainer state of an fp32 or bf16 run, where no
