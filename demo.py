@@ -13,7 +13,9 @@ Run an ATSS model on images or a video and write the detections drawn on them.
   is refused.
 * ``--run RUN`` (a training run's folder) stands for ``--config-file RUN/config.yaml
   train.init_checkpoint=RUN/model_final.pth``: the folder alone, without the training data.
-* Runs on ``train.device`` when it is available, else on the CPU. Class names:
+* Runs on ``train.device`` when it is available, else on the CPU; ``train.amp.enabled=True``
+  runs the network in mixed precision (bf16 on a CPU that has it, fp16 on CUDA:
+  :func:`atss.engine.device.autocast_dtype`; ``--runtime onnxruntime`` stays fp32). Class names:
   :func:`atss.engine.predictor.model_classes` (the run's ``classes.json``, else the config's
   datasets).
 * Large images: ``--tile-size`` runs the model on tiles; a ``.npy`` input (an (H, W, 3) uint8

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run the tests marked `cuda` (matcher, AMP training, inference, TorchScript / ONNX export,
-# 2-GPU NCCL training: CUDA against the CPU and eager) on a GPU machine, then print a table of
-# test, outcome, seconds and detail (time, memory). Exit status: pytest's, non-zero if a test
-# failed. Without CUDA it says so and exits 0, having run nothing.
+# Run the tests marked `cuda` (matcher, AMP training and evaluation, inference, TorchScript /
+# ONNX export, 2-GPU NCCL training: CUDA against the CPU and eager) on a GPU machine, then print
+# a table of test, outcome, seconds and detail (time, memory). Exit status: pytest's, non-zero
+# if a test failed. Without CUDA it says so and exits 0, having run nothing.
 #   scripts/gpu_check.sh                      # every `cuda` test
 #   scripts/gpu_check.sh -k matcher -x        # pytest arguments select and stop as usual
 #   ATSS_CUDA_TESTS_DEVICE=cpu scripts/gpu_check.sh   # the same tests against the CPU

@@ -95,6 +95,31 @@ def fitted_tiny_model(use_dcn=False):
     return fit_briefly(model, make_inputs([FIT_SIZE, FIT_SIZE], [FIT_BOXES] * 2))
 
 
+def record_head_dtypes(model):
+    """A list that receives, at each forward of ``model.head``, the set of its output dtypes:
+    {torch.bfloat16} where the network ran under bf16 autocast, {torch.float32} where not."""
+    seen = []
+    model.head.register_forward_hook(
+        lambda module, args, out: seen.append({t.dtype for level in out for t in level})
+    )
+    return seen
+
+
+def assert_detections_agree(reference, other, min_iou, max_score_diff, min_score=0.3):
+    """Each detection of ``reference`` (Instances) scoring >= ``min_score`` has one of its class
+    in ``other`` with IoU >= ``min_iou`` and a score within ``max_score_diff``. Returns how many
+    were compared (> 0)."""
+    confident = reference[reference.scores >= min_score]
+    assert len(confident) > 0 and len(other) > 0
+    iou = pairwise_iou(confident.pred_boxes, other.pred_boxes)
+    iou[confident.pred_classes[:, None] != other.pred_classes[None, :]] = -1.0
+    best_iou, best = iou.max(dim=1)
+    assert bool((best_iou >= min_iou).all()), best_iou
+    score_diff = (confident.scores - other.scores[best]).abs().max()
+    assert float(score_diff) <= max_score_diff, score_diff
+    return len(confident)
+
+
 def run_python(code, *argv, env=None, timeout=900):
     """``python -c code *argv`` in a fresh process at the repository root (``env``: its whole
     environment, default this one's); returns the completed process, output captured as text."""

@@ -16,7 +16,7 @@ import torch.utils.cpp_extension  # noqa: F401
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the tests marked `cuda` run (scripts/gpu_check.sh): CUDA, where they are skipped when it
 # is absent; ATSS_CUDA_TESTS_DEVICE=cpu runs them against the CPU (the CPU compared with itself,
-# without AMP or NCCL), so that their code runs on a machine without a GPU too.
+# AMP as bf16 autocast, without NCCL), so that their code runs on a machine without a GPU too.
 CUDA_TESTS_DEVICE = os.environ.get("ATSS_CUDA_TESTS_DEVICE", "cuda")
 
 

@@ -4,10 +4,13 @@ The repository's layout rules, read from the source with ``ast`` (README "Layout
 * the library and the tools apart: nothing outside ``tests/`` imports the test suite, the
   package imports nothing from ``tools/``, and no file edits ``sys.path``;
 * one home for loading a config and building a model: ``LazyConfig.load`` is called only in
-  ``atss/engine/config.py`` (``load_config``), ``atss/config.py`` (Detectron2's bundled
-  configs) and ``atss/model_zoo`` (the packaged configs); a model is instantiated from a config
-  (``instantiate(<cfg>.model)``) and a checkpointer made only in ``atss.engine``
-  (``build_model``, the train loop, the weights rule);
+  ``atss/fileio.py`` (the ``.py`` configs of ``load_config_file``), ``atss/config.py``
+  (Detectron2's bundled configs) and ``atss/model_zoo`` (the packaged configs); a model is
+  instantiated from a config (``instantiate(<cfg>.model)``) and a checkpointer made only in
+  ``atss.engine`` (``build_model``, the train loop, the weights rule);
+* files are read without running code: ``torch.load``, ``pickle.load`` / ``Unpickler`` and
+  ``yaml.load`` / ``unsafe_load`` appear only in ``atss/fileio.py`` and in the converter's
+  ``--allow-pickle`` branch (``_unpickle_trusted``);
 * the package's modules import each other without cycles (function-level imports counted).
 
 Each rule is a function of one file's syntax tree; the first test feeds each rule a snippet
@@ -24,11 +27,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join("projects", "ATSS", "atss")
 SKIP_DIRS = {".git", ".venv", ".cache", "output", "__pycache__", ".hypothesis", ".pytest_cache"}
 
+FILEIO = "projects/ATSS/atss/fileio.py"
 CONFIG_READERS = {
-    "projects/ATSS/atss/engine/config.py",
+    FILEIO,
     "projects/ATSS/atss/config.py",
     "projects/ATSS/atss/model_zoo/__init__.py",
 }
+# The converter's opt-in: (file, function) where a trusted file is fully unpickled.
+TRUSTING_READER = ("projects/ATSS/atss/converters/convert.py", "_unpickle_trusted")
 MODEL_BUILDERS = {"projects/ATSS/atss/engine/config.py"}
 CHECKPOINTER_USERS = "projects/ATSS/atss/engine/"
 
@@ -133,6 +139,43 @@ def makes_a_checkpointer(tree: ast.AST) -> List[str]:
     ]
 
 
+# Readers that build whatever a file names: pickle's, torch's (a pickle) and YAML's full ones.
+CODE_RUNNING_READERS = {
+    "torch.load",
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "yaml.load",
+    "yaml.load_all",
+    "yaml.unsafe_load",
+    "yaml.unsafe_load_all",
+    "yaml.full_load",
+}
+
+
+def reads_files_as_code(tree: ast.AST) -> List[str]:
+    """Calls of :data:`CODE_RUNNING_READERS` and classes deriving from one, each named with the
+    function it is in (``in <module>`` at the top level)."""
+    found = []
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, child.name)
+                continue
+            named = []
+            if isinstance(child, ast.Call):
+                named = [child.func]
+            elif isinstance(child, ast.ClassDef):
+                named = child.bases
+            for name in filter(CODE_RUNNING_READERS.__contains__, map(_dotted, named)):
+                found.append(f"line {child.lineno}: {name} in {function}")
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return found
+
+
 RULES: Dict[str, Callable[[ast.AST], List[str]]] = {
     "imports_the_test_suite": imports_the_test_suite,
     "imports_tools": imports_tools,
@@ -140,6 +183,7 @@ RULES: Dict[str, Callable[[ast.AST], List[str]]] = {
     "calls_lazyconfig_load": calls_lazyconfig_load,
     "builds_a_model": builds_a_model,
     "makes_a_checkpointer": makes_a_checkpointer,
+    "reads_files_as_code": reads_files_as_code,
 }
 
 BROKEN = {
@@ -149,22 +193,30 @@ BROKEN = {
     "calls_lazyconfig_load": "cfg = LazyConfig.load('a.py')",
     "builds_a_model": "model = instantiate(cfg.model).eval()",
     "makes_a_checkpointer": "DetectionCheckpointer(model).load(path)",
+    "reads_files_as_code": (
+        "def f(p):\n    return torch.load(p, weights_only=True)\n"
+        "class U(pickle.Unpickler):\n    pass\n"
+        "cfg = yaml.unsafe_load(open(p))\n"
+    ),
 }
+FOUND = {"edits_sys_path": 2, "reads_files_as_code": 3}  # else 1
 FINE = (
     "import sys\nprint(sys.path)\n"
     "class C(DetectionCheckpointer):\n    pass\n"
     "g = instantiate(cfg.model.anchor_generator)\n"
     "from atss.utils.testing import tiny_model\n"
+    "cfg = yaml.safe_load(s)\nstate = load_torch_file(p)\nself._torch_load(p)\n"
 )
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_each_rule_finds_what_breaks_it_and_nothing_else(rule):
-    """A snippet that breaks the rule is found (twice for the two sys.path edits); a snippet
-    of legitimate look-alikes (reading sys.path, subclassing the checkpointer, instantiating a
-    config node below ``model``, importing atss.utils.testing) is not."""
+    """A snippet that breaks the rule is found (as many times as it breaks it); a snippet of
+    legitimate look-alikes (reading sys.path, subclassing the checkpointer, instantiating a
+    config node below ``model``, importing atss.utils.testing, YAML's safe loader and the
+    project's safe readers) is not."""
     found = RULES[rule](ast.parse(BROKEN[rule]))
-    assert len(found) == (2 if rule == "edits_sys_path" else 1), found
+    assert len(found) == FOUND.get(rule, 1), found
     assert RULES[rule](ast.parse(FINE)) == []
 
 
@@ -212,6 +264,17 @@ def test_models_are_built_and_checkpoints_loaded_only_in_their_homes():
     assert (
         _violations("makes_a_checkpointer", files, lambda p: p.startswith(CHECKPOINTER_USERS)) == []
     )
+
+
+def test_files_are_unpickled_only_by_the_safe_readers_and_the_converters_opt_in():
+    """torch.load, pickle's and YAML's full loaders only in atss/fileio.py and, for a file its
+    owner trusts, the converter's --allow-pickle branch: every other reader goes through
+    atss.fileio, which refuses a file that would run code."""
+    converter, opt_in = TRUSTING_READER
+    found = RULES["reads_files_as_code"](_tree(converter))
+    assert found and all(f.endswith(f" in {opt_in}") for f in found), found
+    files = _python_files(*OUTSIDE_TESTS)
+    assert _violations("reads_files_as_code", files, lambda p: p in (FILEIO, converter)) == []
 
 
 # ------------------------------------------------------------------------------ import cycles

@@ -24,6 +24,7 @@ from detectron2.engine import SimpleTrainer, hooks, launch
 import train_net
 from atss.data import register_shapes
 from atss.engine import AtomicDetectionCheckpointer, resolve_device, train_loop
+from atss.modeling import ATSS
 from atss.modeling.losses import loss_normalizers
 from tests.atss_testing import (
     EXAMPLE_CONFIG,
@@ -365,6 +366,10 @@ def _train_in_two_processes(out, *opts):
     args = run(out, *schedule, *opts, num_gpus=2)
     launch(train_net.main, 2, dist_url="auto", args=(args,))
     assert os.path.exists(os.path.join(out, "model_final.pth"))
+    _assert_finite_losses_and_ap(out)
+
+
+def _assert_finite_losses_and_ap(out):
     with open(os.path.join(out, "metrics.json")) as f:
         losses = [
             m["total_loss"] for m in map(json.loads, filter(str.strip, f)) if "total_loss" in m
@@ -383,15 +388,83 @@ def test_two_gpus_with_nccl_and_amp_train_and_evaluate(cuda_device, tmp_path):
     _train_in_two_processes(str(tmp_path), "train.device=cuda", "train.amp.enabled=True")
 
 
-def test_device_resolution_and_amp_on_cpu():
+def _network_dtypes(monkeypatch):
+    """A list that receives the dtypes of the head's outputs at each forward of an ATSS model,
+    training and evaluation alike."""
+    seen, boundary = [], ATSS.fp32_predictions
+
+    def spy(self, predictions):
+        seen.append({p.dtype for level in predictions for p in level})
+        return boundary(self, predictions)
+
+    monkeypatch.setattr(ATSS, "fp32_predictions", spy)
+    return seen
+
+
+def _fp32_weights(path):
+    return all(
+        v.dtype == torch.float32 for v in model_state(path).values() if v.is_floating_point()
+    )
+
+
+# bf16 on any CPU: without native bf16 the switch alone would run fp32.
+BF16 = ["train.amp.enabled=True", "train.amp.precision=bf16"]
+
+
+def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_precision(
+    tmp_path, monkeypatch
+):
+    """train.amp in bf16: training and its evaluation run the network in bf16 and the
+    checkpoint holds the fp32 parameters; --resume with the switch off continues it in fp32;
+    --eval-only with the switch on evaluates in bf16. Fails if training or evaluation ignores
+    the switch, if a checkpoint holds bf16 weights (a model cast to bf16 instead of autocast),
+    or if a run cannot resume in another precision."""
+    out, seen = str(tmp_path), _network_dtypes(monkeypatch)
+    schedule = ["train.checkpointer.period=2", "train.eval_period=2"]
+    train_net.main(run(out, "train.max_iter=2", *schedule, *BF16))
+    assert len(seen) > 2 and all(dtypes == {torch.bfloat16} for dtypes in seen), seen
+    final = os.path.join(out, "model_final.pth")
+    assert _fp32_weights(final)
+
+    seen.clear()
+    train_net.main(run(out, "train.max_iter=3", *schedule, resume=True))
+    assert torch.load(final, map_location="cpu")["iteration"] == 2 and _fp32_weights(final)
+    assert seen and all(dtypes == {torch.float32} for dtypes in seen), seen
+
+    seen.clear()
+    results = train_net.main(run(out, f"train.init_checkpoint={final}", *BF16, eval_only=True))
+    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen), seen
+    assert math.isfinite(results["bbox"]["AP"])
+
+
+@pytest.mark.cuda
+def test_amp_trains_and_evaluates_on_the_device(cuda_device, tmp_path, monkeypatch):
+    """train.amp.enabled=True on the device through our train loop: fp16 with the gradient
+    scaler on CUDA (bf16 where the `cuda` tests run against the CPU), 2 steps with finite
+    losses, a periodic and an --eval-only evaluation in the same precision, fp32 checkpoints
+    carrying the scaler's state. Fails on what only this path meets: the trainer choice, the
+    scaler's state in the checkpoint, the evaluation's autocast on the device."""
+    on_cuda = cuda_device.type == "cuda"
+    amp = [f"train.device={cuda_device}", *(["train.amp.enabled=True"] if on_cuda else BF16)]
+    out, seen = str(tmp_path), _network_dtypes(monkeypatch)
+    schedule = ["train.max_iter=2", "train.checkpointer.period=2", "train.eval_period=2"]
+    train_net.main(run(out, *schedule, *amp))
+    _assert_finite_losses_and_ap(out)
+    final = os.path.join(out, "model_final.pth")
+    assert _fp32_weights(final)
+    trainer_state = torch.load(final, map_location="cpu")["trainer"]
+    assert ("grad_scaler" in trainer_state) == on_cuda
+    results = train_net.main(run(out, f"train.init_checkpoint={final}", *amp, eval_only=True))
+    assert math.isfinite(results["bbox"]["AP"])
+    expected = torch.float16 if on_cuda else torch.bfloat16
+    assert len(seen) > 2 and all(dtypes == {expected} for dtypes in seen), seen
+
+
+def test_device_resolution():
     cfg = LazyConfig.load(CONFIG)
     cfg.train.device = "cuda"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device(cfg) == expected
-    if not torch.cuda.is_available():
-        cfg.train.amp.enabled = True
-        with pytest.raises(ValueError, match="AMPTrainer"):
-            resolve_device(cfg)
 
 
 CASES = [  # (positives per rank, centerness-target sums per rank, local loss sums)

@@ -3,7 +3,8 @@
 Benchmark a LazyConfig (data loading, a training step, evaluation, inference) or the matcher.
 
     .venv/bin/python tools/benchmark.py --config-file FILE --task data|train|eval|infer \
-        [--runtime eager torchscript onnxruntime] [--size H W] [--batch N] \
+        [--runtime eager torchscript onnxruntime] [--precision fp32 bf16 fp16] \
+        [--size H W] [--batch N] \
         [--tile-size S --image-size N] [--threads T] [--iters K] [--warmup W] [--json out.json] \
         [key=value ...]
     .venv/bin/python tools/benchmark.py --task matcher [--gts 10 100 1000 5000] [--iters K]
@@ -11,7 +12,8 @@ Benchmark a LazyConfig (data loading, a training step, evaluation, inference) or
 Tasks, timed as Detectron2's ``tools/benchmark.py`` times them:
 
 * ``data``: seconds per batch of the training loader (decode, augment, batch);
-* ``train``: one step of Detectron2's ``SimpleTrainer`` on batches loaded beforehand;
+* ``train``: one step of the trainer ``train_net.py`` uses (:func:`atss.engine.train_loop.
+  build_trainer`) on batches loaded beforehand;
 * ``eval``: the test loader and the model together;
 * ``infer``: the model alone on test images loaded beforehand, or with ``--tile-size`` the
   tiled predictor (``demo.py --tile-size``) on an ``--image-size`` square mosaic of the first
@@ -20,8 +22,12 @@ Tasks, timed as Detectron2's ``tools/benchmark.py`` times them:
   each (form, GT count) in a fresh process so that its peak memory is its own.
 
 Several ``--runtime`` values (eager, traced TorchScript, ONNX Runtime on the export of
-:mod:`atss.export`) are timed in turns, one iteration each, so that they share the machine's
-load; each reports its ratio to the first. ``eval`` and ``infer`` time the model of
+:mod:`atss.export`) and ``--precision`` values (the eager network in fp32, bf16 or fp16 under
+autocast; the exports stay fp32) are timed in turns, one iteration each, so that they share the
+machine's load; each reports its ratio to the first. A variant is named by its runtime, with
+``-bf16`` / ``-fp16`` in mixed precision. Without ``--precision`` the config's switch decides
+(``train.amp.enabled=True``: :func:`atss.engine.device.autocast_dtype`); an explicit ``bf16``
+runs bf16 even on a CPU without native bf16 (emulated). ``eval`` and ``infer`` time the model of
 ``train.init_checkpoint=PATH``, or with ``--random-weights`` an untrained one.
 
 Reports the settings, the machine, seconds per iteration (median, min, max), images/s, peak
@@ -49,7 +55,6 @@ from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
-from detectron2.engine import SimpleTrainer
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 from torch import nn
@@ -57,7 +62,8 @@ from torch import nn
 from atss.engine.cli import add_weights_arguments, config_and_overrides, exit_on_usage_errors
 from atss.engine.cli import parse_args as parse_overrides_last
 from atss.engine.config import NO_WEIGHTS, RANDOM, START, TRAINED, build_model, load_config
-from atss.engine.device import available_device
+from atss.engine.device import PRECISIONS, autocast, autocast_dtype, available_device
+from atss.engine.train_loop import build_trainer
 
 TASKS = ("data", "train", "eval", "infer", "matcher")
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
@@ -231,42 +237,68 @@ def configure(cfg, size: Optional[Sequence[int]] = None, batch: Optional[int] = 
 
 
 # ------------------------------------------------------------------------------ tasks
-def _only_eager(runtimes, task):
-    if list(runtimes) != ["eager"]:
-        raise ValueError(f"--runtime {' '.join(runtimes)} applies to --task infer, not {task}")
+def timed_variants(runtimes: Sequence[str], dtypes: Dict[str, Optional[torch.dtype]]):
+    """(name, runtime, autocast dtype) of each timed variant: the eager runtime in each
+    precision of ``dtypes`` (name -> dtype), the exported ones in fp32 (their graphs are fp32);
+    named by the runtime, with ``-<precision>`` in mixed precision."""
+    out = {}
+    for runtime in runtimes:
+        for precision, dtype in dtypes.items() if runtime == "eager" else [("fp32", None)]:
+            name = runtime if precision == "fp32" else f"{runtime}-{precision}"
+            out[name] = (name, runtime, dtype)
+    return list(out.values())
 
 
-def _bench_data(cfg, runtimes, **_):
-    _only_eager(runtimes, "data")
+def _only_eager(variants, task):
+    if {runtime for _, runtime, _ in variants} != {"eager"}:
+        raise ValueError(f"--runtime applies to --task infer, not {task}")
+
+
+def _bench_data(cfg, variants, **_):
+    if [name for name, _, _ in variants] != ["eager"]:
+        raise ValueError("--runtime and --precision apply to train, eval and infer, not data")
     loader = iter(instantiate(cfg.dataloader.train))
     return {"eager": lambda _: next(loader)}, int(cfg.dataloader.train.total_batch_size), {}
 
 
-def _bench_train(cfg, runtimes, device, random_weights, stack, **_):
-    _only_eager(runtimes, "train")
-    model = build_model(cfg, NO_WEIGHTS if random_weights else START, device)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+def _bench_train(cfg, variants, device, random_weights, stack, **_):
+    _only_eager(variants, "train")
     batches = list(itertools.islice(instantiate(cfg.dataloader.train), MAX_CACHED_BATCHES))
-    trainer = SimpleTrainer(model, itertools.cycle(batches), optimizer)
-    storage = stack.enter_context(EventStorage(0))  # SimpleTrainer writes its metrics here
+    storage = stack.enter_context(EventStorage(0))  # the trainers write their metrics here
+    steps = {}
+    for name, _, dtype in variants:  # one model each, the same at the start
+        torch.manual_seed(0)
+        model = build_model(cfg, NO_WEIGHTS if random_weights else START, device)
+        cfg.optimizer.params.model = model
+        trainer = build_trainer(
+            model, itertools.cycle(batches), instantiate(cfg.optimizer), device, dtype
+        )
 
-    def step(i):
-        trainer.iter = storage.iter = i
-        trainer.run_step()
+        def step(i, trainer=trainer):
+            trainer.iter = storage.iter = i
+            trainer.run_step()
 
+        steps[name] = step
     gflop = dense_forward_flops(model, batches[0])
     extra = {"input_shapes": [tuple(d["image"].shape) for d in batches[0]], "gflop_forward": gflop}
-    return {"eager": step}, len(batches[0]), {**extra, "gflop_step": 3 * gflop}
+    return steps, len(batches[0]), {**extra, "gflop_step": 3 * gflop}
 
 
-def _bench_eval(cfg, runtimes, device, random_weights, **_):
-    _only_eager(runtimes, "eval")
+def _bench_eval(cfg, variants, device, random_weights, **_):
+    _only_eager(variants, "eval")
     model = build_model(cfg, RANDOM if random_weights else TRAINED, device, what="benchmark")
     loader = instantiate(cfg.dataloader.test)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # start it again
-    step = torch.no_grad()(lambda _: model(next(batches)))
-    return {"eager": step}, int(cfg.dataloader.test.get("batch_size", 1)), {}
+    steps = {}
+    for name, _, dtype in variants:
+
+        @torch.no_grad()
+        def step(_, dtype=dtype):
+            with autocast(device, dtype):
+                return model(next(batches))
+
+        steps[name] = step
+    return steps, int(cfg.dataloader.test.get("batch_size", 1)), {}
 
 
 def build_runtime(model, runtime: str, sample: List[torch.Tensor], workdir: str, threads=None):
@@ -288,9 +320,9 @@ def build_runtime(model, runtime: str, sample: List[torch.Tensor], workdir: str,
     return lambda images: session.run(None, {n: x.cpu().numpy() for n, x in zip(names, images)})
 
 
-def _bench_infer(cfg, runtimes, device, random_weights, threads, stack, iters, tile=None):
+def _bench_infer(cfg, variants, device, random_weights, threads, stack, iters, tile=None):
     if tile:
-        return _bench_tiled(cfg, runtimes, random_weights, threads, **tile)
+        return _bench_tiled(cfg, variants, random_weights, threads, **tile)
     model = build_model(cfg, RANDOM if random_weights else TRAINED, device, what="benchmark")
     batch_size = int(cfg.dataloader.test.get("batch_size", 1))
     num_batches = min(iters, MAX_CACHED_BATCHES)
@@ -302,9 +334,15 @@ def _bench_infer(cfg, runtimes, device, random_weights, threads, stack, iters, t
     batches = [[next(cycled) for _ in range(batch_size)] for _ in range(num_batches)]
     workdir = stack.enter_context(tempfile.TemporaryDirectory())
     steps = {}
-    for runtime in runtimes:
+    for name, runtime, dtype in variants:
         run = build_runtime(model, runtime, batches[0], workdir, threads)
-        steps[runtime] = torch.no_grad()(lambda i, run=run: run(batches[i % len(batches)]))
+
+        @torch.no_grad()
+        def step(i, run=run, dtype=dtype):
+            with autocast(device, dtype):
+                return run(batches[i % len(batches)])
+
+        steps[name] = step
     extra = {
         "input_shapes": [tuple(x.shape) for x in batches[0]],
         "gflop_forward": dense_forward_flops(model, [{"image": x} for x in batches[0]]),
@@ -312,24 +350,25 @@ def _bench_infer(cfg, runtimes, device, random_weights, threads, stack, iters, t
     return steps, batch_size, extra
 
 
-def _bench_tiled(cfg, runtimes, random_weights, threads, size, overlap, image_size):
+def _bench_tiled(cfg, variants, random_weights, threads, size, overlap, image_size):
     """The tiled predictor of each runtime on an ``image_size`` square mosaic of the first
     test image, read in the model's channel order, as ``demo.py --tile-size`` runs it."""
     from atss.engine.predictor import ATSSPredictor
     from atss.inference.onnx_runtime import OnnxPredictor
 
-    if "torchscript" in runtimes:
+    if "torchscript" in [runtime for _, runtime, _ in variants]:
         raise ValueError("--tile-size times the runtimes of demo.py: eager and onnxruntime")
     predictors = {}
-    for runtime in runtimes:
+    for name, runtime, dtype in variants:
         torch.manual_seed(0)  # random weights: the same model on every runtime
         if runtime == "eager":
-            predictors[runtime] = ATSSPredictor(cfg, random_weights=random_weights)
+            predictors[name] = ATSSPredictor(cfg, random_weights=random_weights)
+            predictors[name].autocast_dtype = dtype
         else:
-            predictors[runtime] = OnnxPredictor(cfg, threads=threads, random_weights=random_weights)
-        predictors[runtime].tile(size, overlap)
+            predictors[name] = OnnxPredictor(cfg, threads=threads, random_weights=random_weights)
+        predictors[name].tile(size, overlap)
     first = instantiate(cfg.dataloader.test.dataset)[0]["file_name"]
-    pixels = detection_utils.read_image(first, format=predictors[runtimes[0]].input_format)
+    pixels = detection_utils.read_image(first, format=next(iter(predictors.values())).input_format)
     reps = (-(-image_size // pixels.shape[0]), -(-image_size // pixels.shape[1]), 1)
     mosaic = np.ascontiguousarray(np.tile(pixels, reps)[:image_size, :image_size])
     steps = {name: lambda _, p=p: p(mosaic) for name, p in predictors.items()}
@@ -354,18 +393,21 @@ def run_benchmark(
     peaks: bool = True,
     random_weights: bool = False,
     tile: Optional[Dict[str, int]] = None,
+    precisions: Optional[Sequence[str]] = None,
 ) -> Dict[str, object]:
     """
-    Time one task of a configured LazyConfig (:func:`configure`), each runtime in turn.
-    ``eval`` and ``infer`` time the trained model of ``train.init_checkpoint`` (a
-    :class:`atss.engine.config.WeightsError` without one), or with ``random_weights`` an
-    untrained one. ``tile``: ``{"size", "overlap", "image_size"}`` for tiled inference.
+    Time one task of a configured LazyConfig (:func:`configure`), each variant in turn: each
+    runtime, the eager one in each of ``precisions`` (:func:`timed_variants`; default: the
+    precision of the config's ``train.amp``). ``eval`` and ``infer`` time the trained model of
+    ``train.init_checkpoint`` (a :class:`atss.engine.config.WeightsError` without one), or with
+    ``random_weights`` an untrained one. ``tile``: ``{"size", "overlap", "image_size"}`` for
+    tiled inference.
 
     Returns:
         ``settings``, ``machine``, the FLOP figures of train/infer, peak memory and ``runs``:
-        per runtime :func:`summarize`'s figures, ``achieved_gflops`` where FLOPs are counted,
-        ``megapixels_per_s`` when tiled, and ``ratio_to_<first runtime>``, the median of the
-        per-iteration ratios of the first runtime's time to this one's.
+        per variant :func:`summarize`'s figures, ``achieved_gflops`` where FLOPs are counted,
+        ``megapixels_per_s`` when tiled, and ``ratio_to_<first variant>``, the median of the
+        per-iteration ratios of the first variant's time to this one's.
     """
     if task not in BENCHMARKS:
         raise ValueError(f"unknown task {task!r}; choose one of {tuple(BENCHMARKS)}")
@@ -375,10 +417,15 @@ def run_benchmark(
     if threads:
         torch.set_num_threads(int(threads))
     device = cfg.train.device = available_device(cfg.train.get("device"))
+    if not precisions:
+        dtype = autocast_dtype(device, cfg.train.get("amp", {}))
+        precisions = [name for name, d in PRECISIONS.items() if d == dtype]
+    # The device's rule for each: ValueError for fp16 on the CPU, bf16 on a GPU without it.
+    dtypes = {p: autocast_dtype(device, dict(enabled=p != "fp32", precision=p)) for p in precisions}
     with contextlib.ExitStack() as stack:  # what the timed steps need until they are done
         steps, images, extra = BENCHMARKS[task](
             cfg,
-            runtimes=list(runtimes),
+            variants=timed_variants(runtimes, dtypes),
             device=device,
             random_weights=random_weights,
             threads=threads,
@@ -388,7 +435,7 @@ def run_benchmark(
         )
         reset_cuda_peak(device)
         seconds = time_round_robin(steps, iters, warmup, device)
-    first = runtimes[0]
+    first = next(iter(seconds))
     runs = {}
     for name, times in seconds.items():
         runs[name] = summarize(times, images)
@@ -404,6 +451,7 @@ def run_benchmark(
         "settings": {
             "task": task,
             "runtimes": list(runtimes),
+            "precisions": list(precisions),
             "iters": iters,
             "warmup": warmup,
             "train_batch": int(cfg.dataloader.train.total_batch_size),
@@ -542,6 +590,12 @@ def parse_args(argv=None):
     p.add_argument("--config-file", metavar="FILE", help="required except for --task matcher")
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--runtime", choices=RUNTIMES, nargs="+", default=["eager"], help="infer")
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        nargs="+",
+        help="train, eval, infer: the eager network's (default: train.amp's)",
+    )
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize inputs to H x W")
     p.add_argument("--batch", type=int, help="images per iteration (train and test loaders)")
     p.add_argument("--tile-size", type=int, help="infer: time the tiled predictor on tiles of S")
@@ -587,6 +641,7 @@ def main(argv=None):
                 peaks=not args.no_peaks,
                 random_weights=args.random_weights,
                 tile=tile,
+                precisions=args.precision,
             )
         result["settings"].update(
             config_file=args.config_file, size=args.size, threads=args.threads, overrides=args.opts

@@ -9,7 +9,15 @@ into a Detectron2 checkpoint of this project's model.
 Then run it with ``train.init_checkpoint=output/converted/ATSS_R_50_FPN_1x.pth`` (``demo.py``,
 ``train_net.py --eval-only``). With ``--config-file`` the converted weights are checked against
 the model the config builds (names and shapes, as a strict load would); the exit status is 1 when
-they do not match. The format is detected from the key names unless ``--format`` is given.
+they do not match. The format is detected from the key names unless ``--format`` is given; a
+checkpoint in neither published format is kept as it is (``detectron2``).
+
+A file that holds Python objects beside the weights is refused, as everywhere in the project,
+because unpickling them can run code. ``--allow-pickle`` unpickles it fully: the one place in
+the project that does, for a file you trust. The file it writes holds the weights only, and
+loads without it (docs/published_weights.md):
+
+    python tools/convert_checkpoint.py --allow-pickle TRUSTED.pth OUT.pth
 """
 
 import argparse
@@ -39,9 +47,14 @@ def format_report(report: Dict[str, list], limit: Optional[int] = 10) -> str:
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="published checkpoint (.pth)")
+    parser.add_argument("input", help="checkpoint to convert (.pth, or a model-zoo .pkl)")
     parser.add_argument("output", help="converted checkpoint to write (.pth)")
-    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto",) + FORMATS,
+        help="auto: the authors' or mmdetection's from the key names, else detectron2 (kept)",
+    )
     parser.add_argument(
         "--config-file",
         default="",
@@ -50,7 +63,8 @@ def get_parser():
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="load with torch.load(weights_only=False): only for trusted files",
+        help="unpickle the input fully, running whatever it names (the one place in the "
+        "project that does): only for a file you trust; the output then loads safely",
     )
     return parser
 
@@ -66,10 +80,11 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        fmt, state_dict = convert_checkpoint(args.input, args.format, args.allow_pickle)
+        fmt, checkpoint = convert_checkpoint(args.input, args.format, args.allow_pickle)
     except (OSError, ValueError) as e:
         logger.error("error: %s", e)
         return 2
+    state_dict = checkpoint["model"]
     logger.info("%s: %s checkpoint, %d tensors converted", args.input, fmt, len(state_dict))
     status = 0
     if args.config_file:
@@ -77,7 +92,7 @@ def main(argv=None):
         logger.info("check against %s: %s", args.config_file, format_report(report))
         status = 1 if any(report.values()) else 0
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save({"model": state_dict, "__converted_from__": fmt}, args.output)
+    torch.save(checkpoint, args.output)
     logger.info("wrote %s", args.output)
     return status
 

@@ -29,6 +29,7 @@ from detectron2.data.detection_utils import SizeMismatchError, check_image_size,
 from atss.data import DatasetError, get_checked_detection_dataset_dicts, register_coco_json
 from atss.engine.cli import parse_args
 from atss.engine.config import ConfigError, config_dataset_names, load_config
+from atss.fileio import UnsafeFileError
 
 
 def find_unreadable_images(dataset_dicts: Sequence[dict]) -> List[str]:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     try:
         # Registers the project's datasets (as in training) and those the config is given.
         cfg = load_config(args.config_file, overrides) if args.config_file else None
-    except (DatasetError, ConfigError) as e:  # also a missing config file, an unknown key
+    except (DatasetError, ConfigError, UnsafeFileError) as e:  # also a missing config, a bad key
         print(f"ERROR {e}")
         print("FAILED")
         return 1

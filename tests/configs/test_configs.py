@@ -410,14 +410,17 @@ def test_ablations_train_and_infer_with_a_small_backbone(name):
 
 @pytest.mark.cuda
 def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
-    """Steps of the R-50 config with Detectron2's AMPTrainer (``train.amp.enabled``, as
-    train_net.py runs it; random init, two synthetic ~620x780 images with 8 boxes each; one
-    step without AMP on images of half the size when the `cuda` tests run against the CPU):
-    every loss finite. Fails on a
-    layer that breaks under autocast (a dtype mismatch, a float16 overflow in the losses)."""
-    from detectron2.engine import AMPTrainer, SimpleTrainer
+    """Steps of the R-50 config with our train loop's trainer for ``train.amp.enabled=True``
+    (:func:`atss.engine.train_loop.build_trainer`: fp16 and a gradient scaler on CUDA; one bf16
+    step on images of half the size when the `cuda` tests run against the CPU), random init,
+    two synthetic ~620x780 images with 8 boxes each: every loss finite. Fails on a layer that
+    breaks under autocast (a dtype mismatch, a float16 overflow in the losses)."""
+    from atss.engine.device import autocast_dtype
+    from atss.engine.train_loop import build_trainer
 
     on_cuda = cuda_device.type == "cuda"
+    amp = {"enabled": True, "precision": None if on_cuda else "bf16"}
+    dtype = autocast_dtype(str(cuda_device), amp)
     cfg = copy.deepcopy(_cfg("configs/COCO/atss_R_50_FPN_1x.py"))
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(cuda_device).train()
@@ -426,9 +429,8 @@ def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
     sizes = [(608, 800), (640, 768)] if on_cuda else [(304, 400), (320, 384)]
     boxes = [random_boxes(8, h, w, g, min_size=16, max_size=min(h, w) / 2) for h, w in sizes]
     batch = make_inputs(sizes, boxes, num_classes=cfg.model.num_classes)
-    trainer = (AMPTrainer if on_cuda else SimpleTrainer)(
-        model, itertools.repeat(batch), instantiate(cfg.optimizer)
-    )
+    optimizer = instantiate(cfg.optimizer)
+    trainer = build_trainer(model, itertools.repeat(batch), optimizer, str(cuda_device), dtype)
     steps = 5 if on_cuda else 1
     with EventStorage(0) as storage:
         for i in range(steps):  # the trainer raises FloatingPointError on a non-finite loss
@@ -438,7 +440,7 @@ def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
     assert len(losses) == steps and all(map(np.isfinite, losses)), losses
     if on_cuda:
         peak = torch.cuda.max_memory_allocated(cuda_device) / 2**30
-        record_property("detail", f"{steps} AMP steps, peak {peak:.2f} GiB allocated")
+        record_property("detail", f"{steps} {dtype} steps, peak {peak:.2f} GiB allocated")
 
 
 # --- facts asserted where they live (the values below are typed from the papers/codebases, not

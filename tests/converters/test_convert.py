@@ -1,6 +1,9 @@
-"""Converters from the published ATSS checkpoints (authors', mmdetection) to our model."""
+"""Converters from the published ATSS checkpoints (authors', mmdetection) to our model, and the
+rewriting of a trusted checkpoint the safe readers refuse (--allow-pickle)."""
 
+import argparse
 import logging
+import pickle
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from atss.converters import (
     AUTHORS,
+    DETECTRON2,
     MMDET,
     check_against_model,
     convert_authors_state_dict,
@@ -19,6 +23,9 @@ from atss.converters import (
     detect_format,
     read_checkpoint,
 )
+from atss.engine import AtomicDetectionCheckpointer
+from atss.fileio import load_torch_file
+from tests.atss_testing import load_script
 from tests.converters.published_layouts import authors_layout, mmdet_layout, synthetic_state_dict
 
 AUTHORS_R50 = "configs/COCO/converted/atss_R_50_FPN_1x_authors.py"
@@ -149,10 +156,11 @@ def test_checkpoint_file_round_trip_and_detectron2_load(tmp_path):
     source = synthetic_state_dict(mmdet_layout(depth=50), distinct=MMDET_R50_PLACES)
     path = tmp_path / "atss_r50_fpn_1x_coco.pth"
     torch.save({"state_dict": source, "meta": {"epoch": 12}}, path)
-    fmt, converted = convert_checkpoint(str(path))
-    assert fmt == MMDET
+    fmt, checkpoint = convert_checkpoint(str(path))
+    assert fmt == MMDET and checkpoint["__converted_from__"] == MMDET
+    converted = checkpoint["model"]
     out = tmp_path / "converted.pth"
-    torch.save({"model": converted}, out)
+    torch.save(checkpoint, out)
     model = _model(MMDET_R50)
     assert not any(check_against_model(converted, model).values())
     DetectionCheckpointer(model).load(str(out))
@@ -162,8 +170,6 @@ def test_checkpoint_file_round_trip_and_detectron2_load(tmp_path):
 
 def test_cli_converts_and_checks_against_a_config(tmp_path, caplog):
     """tools/convert_checkpoint.py: converts, checks against the config's model, writes."""
-    from tests.atss_testing import load_script
-
     main = load_script("tools/convert_checkpoint.py").main
 
     caplog.set_level(logging.INFO)
@@ -203,9 +209,56 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="list.pth.*expected a state dict"):
         read_checkpoint(str(listed))
-    other = tmp_path / "other.pth"
-    torch.save({"model": {"fc.weight": torch.zeros(2)}}, other)
-    with pytest.raises(ValueError, match="other.pth.*cannot tell"):
-        convert_checkpoint(str(other))
+    both = {"backbone.body.stem.conv1.weight": torch.zeros(1), "neck.x.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="both.pth.*cannot tell"):
+        detect_format(both, "both.pth")
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         convert_state_dict({"fc.weight": torch.zeros(2)}, "caffe")
+
+
+def _small_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+
+def _trusted_file(path):
+    """A checkpoint of :func:`_small_model`'s weights holding, beside them, a harmless Python
+    object the safe readers refuse (the argparse.Namespace training scripts save): this
+    project's .pth format, or a Detectron2 model-zoo .pkl of NumPy arrays."""
+    state = {k: v + 1 for k, v in _small_model().state_dict().items()}
+    args = argparse.Namespace(lr=0.01)
+    if path.suffix == ".pth":
+        torch.save({"model": state, "args": args, "iteration": 9}, path)
+        return state
+    arrays = {k: v.numpy() for k, v in state.items()}
+    content = {"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    with open(path, "wb") as f:
+        pickle.dump({**content, "args": args}, f, protocol=2)
+    return state
+
+
+@pytest.mark.parametrize("name", ["model_final.pth", "model_zoo.pkl"])
+def test_allow_pickle_rewrites_any_trusted_checkpoint_as_one_that_loads_safely(
+    tmp_path, caplog, name
+):
+    """The refusal's fix holds for every file kind it names: without --allow-pickle the tool
+    refuses the file (exit 2, naming the opt-in); with it, a file in neither published format
+    (this project's own .pth, a Detectron2 model-zoo .pkl) is kept as it is, and the output
+    loads through the safe reader and fills a model as Detectron2's trusting checkpointer fills
+    it from the original. Fails if the converter knows only the published formats, or drops a
+    model-zoo file's name-matching marks."""
+    main = load_script("tools/convert_checkpoint.py").main
+    path, out = tmp_path / name, tmp_path / "out.pth"
+    state = _trusted_file(path)
+    assert main([str(path), str(out)]) == 2
+    assert "refused to unpickle argparse.Namespace" in caplog.text and not out.exists()
+    assert f"--allow-pickle {path} OUT.pth" in caplog.text
+    assert main(["--allow-pickle", str(path), str(out)]) == 0
+    rewritten = load_torch_file(str(out))
+    assert rewritten["__converted_from__"] == DETECTRON2
+    assert rewritten.get("matching_heuristics") is (True if name.endswith(".pkl") else None)
+    ours, theirs = _small_model(), _small_model()
+    AtomicDetectionCheckpointer(ours).load(str(out))
+    DetectionCheckpointer(theirs).load(str(path))
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value) and torch.equal(value, state[key]), key

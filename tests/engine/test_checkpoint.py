@@ -1,23 +1,34 @@
 """atss.engine.checkpoint: AtomicDetectionCheckpointer on local and remote paths (and the
-atomic write it shares with the dataset cache), the config identity a checkpoint
-records and the --resume check on hand-written run folders, and the one line a resume under
-another LR schedule logs (the train loop end to end: tests/test_train_net.py)."""
+atomic write it shares with the dataset cache), every weights file kind read as Detectron2 reads
+it but through the safe readers, the one-line summary of weights that do not fit, the config
+identity a checkpoint records and the --resume check on hand-written run folders, and the one
+line a resume under another LR schedule logs (the train loop end to end:
+tests/test_train_net.py; planted files given to every entry point: tests/test_planted_files.py).
+"""
 
 import logging
 import os
+import pickle
+import random
 
+import numpy as np
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
+from fvcore.common.checkpoint import _IncompatibleKeys
 from iopath.common.file_io import PathHandler, PathManager
 
 from atss.engine.checkpoint import (
     AtomicDetectionCheckpointer,
+    RNGState,
     ScheduleRecord,
     check_resume,
     config_identity,
+    incompatible_keys_message,
 )
 from atss.fileio import atomic_write
+from tests.atss_testing import tiny_model
 
 TREECROWNS = "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py"
 
@@ -185,3 +196,109 @@ def test_resuming_under_another_schedule_says_what_the_lr_does_in_one_line():
         "milestones [800, 1000] -> [500, 1000]): the LR at iteration 600 goes from 0.0025 to "
         "0.00025"
     )
+
+
+# ------------------------------------------------------------------------------ reading weights
+def _model_zoo_files(folder, state):
+    """``state`` (a model's state dict) written as each file kind Detectron2's checkpointer
+    reads by its extension: a Detectron2 model-zoo .pkl, a Caffe2 detection .pkl (arrays under
+    "blobs", with the solver's momentum), a Caffe2 ImageNet .pkl (arrays at the top) and a
+    pycls .pyth (tensors under "model_state", with BatchNorm's step counter)."""
+    arrays = {k: v.numpy() for k, v in state.items()}
+    momentum = {f"{k}_momentum": np.zeros(1, np.float32) for k in list(arrays)[:2]}
+    contents = {
+        "detectron2.pkl": {"model": arrays, "__author__": "Detectron2 Model Zoo"},
+        "caffe2_detection.pkl": {"blobs": {**arrays, **momentum}, "cfg": "TRAIN: ..."},
+        "caffe2_imagenet.pkl": {**arrays, **momentum},
+    }
+    paths = []
+    for name, content in contents.items():
+        paths.append(folder / name)
+        with open(paths[-1], "wb") as f:
+            pickle.dump(content, f, protocol=2)
+    paths.append(folder / "pycls.pyth")
+    torch.save({"model_state": {**state, "bn.num_batches_tracked": torch.tensor(3)}}, paths[-1])
+    return paths
+
+
+def test_every_model_zoo_file_kind_reads_as_detectron2_reads_it(tmp_path):
+    """The checkpointer's reading of .pkl (Detectron2's and Caffe2's model zoos) and .pyth
+    files gives what Detectron2's own (trusting) reading gives. Fails if the reshaping copied
+    from DetectionCheckpointer._load_file drifts from it (the "blobs" unwrapping, the dropped
+    *_momentum arrays and num_batches_tracked, the Caffe2 and name-matching marks)."""
+    model = torch.nn.Linear(3, 2)
+    for path in _model_zoo_files(tmp_path, model.state_dict()):
+        ours = AtomicDetectionCheckpointer(model)._load_file(str(path))
+        theirs = DetectionCheckpointer(model)._load_file(str(path))
+        assert ours.keys() == theirs.keys() and ours["model"].keys() == theirs["model"].keys()
+        for key, value in theirs["model"].items():
+            assert np.array_equal(np.asarray(ours["model"][key]), np.asarray(value)), key
+        assert {k: v for k, v in ours.items() if k != "model"} == {
+            k: v for k, v in theirs.items() if k != "model"
+        }, path.name
+
+
+def test_a_model_zoo_pickle_loads_into_a_model_through_the_checkpointer(tmp_path):
+    """A Detectron2 model-zoo .pkl of NumPy arrays (the tiny model's weights) fills every tensor
+    of a fresh model, through Detectron2's name matching. Fails if .pkl files are refused or
+    their arrays do not reach the model."""
+    trained = tiny_model()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    path = _model_zoo_files(tmp_path, trained.state_dict())[0]
+    model = tiny_model()
+    AtomicDetectionCheckpointer(model).load(str(path))
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_an_old_checkpoint_with_numpys_rng_state_tuple_resumes(tmp_path):
+    """A checkpoint written before RNGState stored tensors (NumPy's state as the tuple with a
+    uint32 ndarray that np.random.get_state() returns, which torch's weights-only load refuses)
+    passes the --resume check and restores NumPy's generator when resumed. Fails if the
+    checkpointer or the resume check reads .pth files with torch.load(weights_only=True) alone
+    (the default from torch 2.6)."""
+    model = torch.nn.Linear(3, 2)
+    np.random.seed(7)
+    expected = np.random.get_state()
+    rng = {"python": random.getstate(), "numpy": expected, "torch": torch.get_rng_state()}
+    torch.save(
+        {"model": model.state_dict(), "rng": rng, "config_file": "configs/x.py"},
+        tmp_path / "model_0000009.pth",
+    )
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    check_resume(str(tmp_path), "configs/x.py")
+    np.random.seed(0)
+    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path), rng=RNGState())
+    checkpointer.resume_or_load("", resume=True)
+    state = np.random.get_state()
+    assert state[0] == expected[0] and np.array_equal(state[1], expected[1])
+    assert state[2:] == expected[2:]
+
+
+def test_weights_that_do_not_fit_are_counted_by_module_in_one_line():
+    """Each reason counted by module, the module named by the longest path its tensors share
+    (the classifier's two tensors as head.cls_score, two backbone stages as
+    backbone.bottom_up), a tensor of another shape counted once (fvcore reports it missing as
+    well), no tensor named. Fails if keys are listed, grouped at a fixed depth, or counted
+    twice."""
+    incompatible = _IncompatibleKeys(
+        missing_keys=[
+            "backbone.bottom_up.res2.0.conv1.weight",
+            "backbone.bottom_up.res3.0.conv1.weight",
+            "head.cls_score.weight",
+            "head.cls_score.bias",
+        ],
+        unexpected_keys=["roi_heads.box_predictor.cls_score.weight", "pixel_mean"],
+        incorrect_shapes=[
+            ("head.cls_score.weight", (81, 8, 3, 3), (3, 8, 3, 3)),
+            ("head.cls_score.bias", (81,), (3,)),
+        ],
+    )
+    assert incompatible_keys_message(incompatible, [f"k{i}" for i in range(10)]) == (
+        "Loaded 6 of 10 model tensors (4 keep their initialisation): "
+        "head.cls_score: 2 of another shape, backbone.bottom_up: 2 missing, "
+        "pixel_mean: 1 unexpected, roi_heads.box_predictor.cls_score: 1 unexpected"
+    )
+    assert incompatible_keys_message(_IncompatibleKeys([], [], []), ["k"]) == ""

@@ -1,15 +1,24 @@
 """atss.engine.predictor's class list: model_classes, the one answer to "which ids and names do the
-model's outputs stand for" (the demo, classes.json, model.json), and write_run_classes."""
+model's outputs stand for" (the demo, classes.json, model.json), and write_run_classes; the
+predictor's precision."""
 
 import json
 
+import numpy as np
+import pytest
+import torch
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from omegaconf import OmegaConf
 
 from atss.engine.config import load_config
-from atss.engine.predictor import model_classes, write_run_classes
-from tests.atss_testing import coco_json_overrides, write_coco_example
+from atss.engine.predictor import ATSSPredictor, model_classes, write_run_classes
+from tests.atss_testing import (
+    coco_json_overrides,
+    record_head_dtypes,
+    write_coco_example,
+    write_tiny_config,
+)
 
 CUSTOM_CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 
@@ -64,3 +73,22 @@ def test_the_run_comes_first_then_a_dataset_of_the_models_class_count(tmp_path):
     assert model_classes(cfg, str(tmp_path / "config.yaml")) == [(5, "elm")]
     cfg.model.num_classes = 4
     assert model_classes(cfg) is None
+
+
+@pytest.mark.parametrize("amp", [[], ["train.amp.enabled=True", "train.amp.precision=bf16"]])
+def test_the_predictor_follows_the_precision_switch_on_whole_images_and_tiles(tmp_path, amp):
+    """ATSSPredictor (demo.py's) runs the network in the precision of train.amp, on a whole
+    image and on each of its tiles, and answers fp32 boxes and scores. Fails if the switch is
+    ignored at inference, or lost when the predictor is tiled."""
+    config = write_tiny_config(tmp_path / "tiny.py", 160, 1333, "model.test_score_thresh = 0.001")
+    predictor = ATSSPredictor(load_config(str(config), amp), random_weights=True)
+    head = record_head_dtypes(predictor.model)
+    image = np.random.default_rng(0).integers(0, 256, (136, 168, 3), dtype=np.uint8)
+    whole = predictor(image)
+    predictor.tile(96, 16)
+    tiled = predictor(image)
+    expected = torch.bfloat16 if amp else torch.float32
+    assert len(head) > 2 and all(dtypes == {expected} for dtypes in head), head
+    for instances in (whole, tiled):
+        assert len(instances) > 0
+        assert instances.scores.dtype == instances.pred_boxes.tensor.dtype == torch.float32

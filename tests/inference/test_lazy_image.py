@@ -106,6 +106,7 @@ def test_predictor_materialises_one_tile_at_a_time(fitted, tmp_path):
     predictor = ATSSPredictor.__new__(ATSSPredictor)  # the fitted model, no config needed
     predictor.model, predictor.device, predictor.input_format = model, "cpu", "BGR"
     predictor.augmentations, predictor.tiled = T.AugmentationList([]), False
+    predictor.autocast_dtype = None  # fp32
     predictor.tile(150, 40, max_detections_per_image=1000)
     image = RecordingImage(mosaic.permute(1, 2, 0).numpy())
     got = predictor(image)

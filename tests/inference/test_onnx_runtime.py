@@ -4,6 +4,7 @@ config and the weights' bytes (tiled: tests/test_run_folder.py)."""
 
 import copy
 import os
+import shutil
 import types
 
 import cv2
@@ -49,13 +50,20 @@ def _eager_oracle(cfg, image):
 
 
 @pytest.mark.slow
-def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(example_run):
+@pytest.mark.parametrize(
+    "amp", [["train.amp.enabled=True", "train.amp.precision=bf16"], []], ids=["amp", "fp32"]
+)
+def test_onnx_predictor_gives_the_eager_detections_in_image_coordinates(example_run, amp, tmp_path):
     """
     Boxes and scores within the export tolerance, identical classes, in the coordinates of the
-    original (not the resized) image. Fails if the ONNX outputs are not scaled back from the
-    resized input, if the channel order or the resize differ from eager, or if the graph is wrong.
+    original (not the resized) image; the export is fp32 with the precision switch on too.
+    Fails if the ONNX outputs are not scaled back from the resized input, if the channel order
+    or the resize differ from eager, if the graph is wrong, or if it is traced under autocast.
     """
-    cfg, image = _cfg(example_run), _image(example_run)
+    weights = example_run.weights
+    if amp:  # weights where no export is cached: this one is made under the switch
+        weights = shutil.copy(weights, tmp_path)
+    cfg, image = _cfg(example_run, f"train.init_checkpoint={weights}", *amp), _image(example_run)
     expected = _eager_oracle(cfg, image)
     got = OnnxPredictor(cfg)(image)
     assert len(expected) > 0 and len(got) == len(expected)

@@ -205,3 +205,53 @@ def test_matcher_task_times_both_forms_and_sees_the_dense_matrix(tmp_path, capsy
     assert rows[-1].split("|")[0].strip() == "1000" and "yes" in rows[-1].split("|")[-1]
     (row,) = json.loads(out.read_text())["rows"]
     assert row["dense"]["extra_mib"] > 85 > row["sparse"]["extra_mib"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, runtimes, tile",
+    [
+        ("train", ["eager"], None),
+        ("infer", ["eager", "onnxruntime"], None),
+        ("infer", ["eager"], dict(size=96, overlap=16, image_size=192)),
+    ],
+)
+def test_precisions_are_timed_in_turns_with_their_ratio_to_the_first(
+    monkeypatch, task, runtimes, tile
+):
+    """--precision fp32 bf16 times the eager network in both (ONNX Runtime once, in fp32) in one
+    run, each variant reporting its ratio to the first, in training, inference and tiled
+    inference. Fails if a precision is ignored (the network would run fp32 twice: the dtypes
+    the head gives are recorded) or a variant lacks its ratio."""
+    from atss.modeling import ATSS
+
+    seen, boundary = set(), ATSS.fp32_predictions
+    monkeypatch.setattr(
+        ATSS,
+        "fp32_predictions",
+        lambda self, p: seen.update(x.dtype for level in p for x in level) or boundary(self, p),
+    )
+    result = benchmark.run_benchmark(
+        _tiny_cfg(batch=1),
+        task,
+        runtimes,
+        iters=1,
+        warmup=0,
+        peaks=False,
+        random_weights=True,
+        tile=tile,
+        precisions=["fp32", "bf16"],
+    )
+    names = ["eager", "eager-bf16", *runtimes[1:]]
+    assert list(result["runs"]) == names and result["settings"]["precisions"] == ["fp32", "bf16"]
+    assert seen == {torch.float32, torch.bfloat16}
+    assert all(result["runs"][name]["ratio_to_eager"] > 0 for name in names)
+
+
+def test_precisions_are_refused_where_they_would_be_ignored_or_cannot_run():
+    """--precision with --task data (no network) and fp16 on the CPU (CUDA's gradient scaler):
+    refused before any model is built."""
+    with pytest.raises(ValueError, match="not data"):
+        benchmark.run_benchmark(_tiny_cfg(), "data", precisions=["bf16"], iters=1)
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        benchmark.run_benchmark(_tiny_cfg(), "infer", precisions=["fp32", "fp16"], iters=1)

@@ -89,8 +89,9 @@ def test_the_table_shows_each_outcome_and_a_failure_makes_the_status_non_zero(tm
 
 def test_every_cuda_test_passes_against_the_cpu(tmp_path):
     """The `cuda` tests with ATSS_CUDA_TESTS_DEVICE=cpu: each runs its code (the CPU compared
-    with itself, no AMP, no NCCL) and passes, the 2-GPU one is skipped. Catches a broken call
-    in a test that otherwise only runs on a GPU machine, and a `cuda` test that goes missing."""
+    with itself, AMP as bf16 autocast, no NCCL) and passes, the 2-GPU one is skipped. Catches a
+    broken call in a test that otherwise only runs on a GPU machine, and a `cuda` test that goes
+    missing."""
     proc = _run(tmp_path, device="cpu")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outcomes = {name: outcome for name, (outcome, _) in _table(proc.stdout).items()}
@@ -100,6 +101,8 @@ def test_every_cuda_test_passes_against_the_cpu(tmp_path):
         "test_matcher::test_cuda_equals_cpu_with_thousands_of_gts[5000]": "passed",
         "test_configs::test_r50_config_trains_with_amp_on_cuda": "passed",
         "test_meta_arch::test_detections_on_cuda_equal_those_on_the_cpu": "passed",
+        "test_meta_arch::test_amp_on_the_device_finds_the_fp32_detections": "passed",
         "test_export::test_exports_made_on_cuda_match_eager": "passed",
         "test_train_net::test_two_gpus_with_nccl_and_amp_train_and_evaluate": "skipped",
+        "test_train_net::test_amp_trains_and_evaluates_on_the_device": "passed",
     }

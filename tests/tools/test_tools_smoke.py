@@ -9,6 +9,7 @@ import os
 import pytest
 from detectron2.config import LazyConfig
 
+from atss.engine import device
 from tests.atss_testing import load_script
 
 compare_detectors = load_script("tools/compare_detectors.py")
@@ -20,12 +21,15 @@ def _config_yaml(folder):
 
 
 @pytest.mark.slow
-def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
+def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys, monkeypatch):
     """tools/train_treecrowns_demo.py (what `make demo` runs) with its real config, shortened
     to 4 iterations and evaluated on the 2 small cross-site images: it trains with
     train.max_iter=4 and the config's own schedule otherwise (which Detectron2 rescales:
-    tests/engine/test_train_loop.py), evaluates, writes the PNG and demo_results.json, and
-    prints the AP line. Catches a broken import or argument path and a missing output."""
+    tests/engine/test_train_loop.py), in bf16 on a CPU with native bf16 (the precision switch
+    on unless told otherwise), evaluates, writes the PNG and demo_results.json, and prints the
+    AP line. Catches a broken import or argument path, a missing output, and a demo left in
+    fp32 where the CPU has bf16."""
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     main = load_script("tools/train_treecrowns_demo.py").main
 
     out = tmp_path / "demo"
@@ -42,12 +46,14 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys):
     )
     cfg = _config_yaml(out)
     assert cfg.train.max_iter == 4 and cfg.train.checkpointer.period == 1
+    assert cfg.train.amp.enabled and cfg.train.device == "cpu"
     assert list(cfg.lr_multiplier.scheduler.milestones) == [800, 1000]
     assert (out / "model_final.pth").is_file() and (out / "val_detections_vs_gt.png").is_file()
     summary = json.loads((out / "demo_results.json").read_text())
     assert summary["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
     assert math.isfinite(summary["bbox"]["AP"]) and summary["s_per_iter"] > 0
     assert isinstance(summary["drawn_detections"], int)
+    assert summary["precision"] == "torch.bfloat16"
     printed = capsys.readouterr().out
     assert "==== ATSS tree-crown demo ====" in printed and "AP=" in printed
 

@@ -1,7 +1,9 @@
-"""atss.converters: converters from the published ATSS checkpoints (authors', mmdetection)."""
+"""atss.converters: converters from the published ATSS checkpoints (authors', mmdetection), and
+the rewriting of a trusted checkpoint that the safe readers refuse."""
 
 from .convert import (
     AUTHORS,
+    DETECTRON2,
     FORMATS,
     MMDET,
     check_against_model,

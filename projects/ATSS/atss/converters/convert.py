@@ -8,19 +8,27 @@ that wrote the checkpoints; ``tests/converters/published_layouts.py`` rebuilds t
 plus the few value conventions named in the converters (the authors' FrozenBN without eps,
 (1,)-shaped scales). No model is needed; :func:`check_against_model` compares the result with
 one. What a config must mirror to run converted weights (anchor offset, pixel mean/std, channel
-order, ...): docs/published_weights.md and ``configs/COCO/converted/``.
+order, ...): docs/published_weights.md and ``configs/COCO/converted/``. ``"detectron2"``: a file
+already in Detectron2's names (this project's own, a model-zoo ``.pkl``) is kept as it is, so
+that ``--allow-pickle`` rewrites any trusted checkpoint as one the safe readers load.
 """
 
 import logging
 import os
+import pickle
 import re
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from atss.engine.checkpoint import model_zoo_checkpoint
+from atss.fileio import UnsafeFileError, load_pickle_file, load_torch_file
+
 __all__ = [
     "AUTHORS",
+    "DETECTRON2",
     "MMDET",
     "FORMATS",
     "read_checkpoint",
@@ -36,7 +44,11 @@ logger = logging.getLogger(__name__)
 
 AUTHORS = "authors"
 MMDET = "mmdet"
-FORMATS = (AUTHORS, MMDET)
+DETECTRON2 = "detectron2"  # already our names: kept as they are
+FORMATS = (AUTHORS, MMDET, DETECTRON2)
+# What Detectron2's checkpointer reads beside a model-zoo file's arrays (name matching, and the
+# Caffe2 conversion when "__author__" is "Caffe2"): kept when such a file is rewritten.
+_MODEL_ZOO_MARKS = ("__author__", "matching_heuristics")
 
 # Detectron2's FrozenBatchNorm2d computes w / sqrt(var + eps) with this eps.
 _D2_FROZEN_BN_EPS = 1e-5
@@ -176,35 +188,52 @@ _MMDET_TOWER = {"cls": "cls_subnet", "reg": "bbox_subnet"}
 _MMDET_IGNORED = [re.compile(r".*\.num_batches_tracked")]
 
 
-def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Tensor]:
-    """
-    Load a published checkpoint file and return its model state dict.
+def _unpickle_trusted(path: str) -> Any:
+    """The object in ``path``, fully unpickled: whatever the file names runs. The one place in
+    the project that does so (``--allow-pickle``), for a file its owner trusts."""
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # as Detectron2 reads model-zoo files
+    return torch.load(path, map_location="cpu", weights_only=False)
 
-    Unwraps ``{"model": ...}`` (maskrcnn-benchmark) and ``{"state_dict": ...}`` (mmcv) and strips
-    the ``module.`` prefix of DDP-wrapped models.
+
+def read_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
+    """
+    Load a checkpoint file: ``{"model": state dict}``, with a model-zoo ``.pkl``'s
+    ``"__author__"`` and ``"matching_heuristics"`` beside it.
+
+    Unwraps ``{"model": ...}`` (maskrcnn-benchmark, Detectron2) and ``{"state_dict": ...}``
+    (mmcv), strips the ``module.`` prefix of DDP-wrapped models and makes NumPy arrays (a
+    ``.pkl`` of Detectron2's or Caffe2's model zoo, read as Detectron2 reads it) tensors.
 
     Args:
-        path: a ``.pth`` file.
-        allow_pickle: load with ``torch.load(weights_only=False)``. A ``.pth`` file is a pickle
-            and may run code when loaded: only enable this for files you trust, when the safe
-            loader rejects an object stored beside the weights.
+        path: a ``.pth`` (any file ``torch.save`` wrote) or a ``.pkl`` file.
+        allow_pickle: unpickle the file fully (``torch.load(weights_only=False)``,
+            ``pickle.load``), which runs whatever it names: only for a file you trust, which the
+            safe readers (:mod:`atss.fileio`) refuse because it holds Python objects beside the
+            weights. Its checkpoint, rewritten by ``tools/convert_checkpoint.py``, then loads
+            safely.
 
-    Returns:
-        dict name -> Tensor.
+    Raises:
+        UnsafeFileError: without ``allow_pickle``, for a file holding more than data.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # the unpickler raises several types (UnpicklingError, RuntimeError)
-        hint = (
-            ""
-            if allow_pickle
-            else " If the file is trusted and holds Python objects beside the weights, "
-            "retry with allow_pickle=True (CLI: --allow-pickle)."
-        )
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({e}).{hint}") from e
-    return _unwrap_state_dict(obj, path)
+        if allow_pickle:
+            obj = _unpickle_trusted(path)
+        else:
+            obj = load_pickle_file(path) if path.endswith(".pkl") else load_torch_file(path)
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # the unpicklers raise several types (UnpicklingError, RuntimeError)
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({e})") from e
+    if not isinstance(obj, Mapping):
+        return {"model": _unwrap_state_dict(obj, path)}  # which says what it got instead
+    if path.endswith(".pkl"):
+        obj = model_zoo_checkpoint(obj)
+    marks = {k: obj[k] for k in _MODEL_ZOO_MARKS if k in obj}
+    return {"model": _unwrap_state_dict(obj, path), **marks}
 
 
 def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
@@ -218,6 +247,7 @@ def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
             f"{source}: expected a state dict, or a dict with a 'model' or 'state_dict' entry, "
             f"got {type(obj).__name__}"
         )
+    obj = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in obj.items()}
     not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise ValueError(
@@ -232,16 +262,19 @@ def _unwrap_state_dict(obj, source: str) -> Dict[str, Tensor]:
 
 def detect_format(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> str:
     """
-    Tell the two published layouts apart by their top-level module names.
+    Tell the two published layouts apart by their top-level module names; a state dict in
+    neither is taken to be in Detectron2's names already.
 
     Returns:
-        ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``) or ``MMDET`` (``neck.*`` /
-        ``bbox_head.*``).
+        ``AUTHORS`` (``backbone.body.*`` / ``rpn.head.*``), ``MMDET`` (``neck.*`` /
+        ``bbox_head.*``), or ``DETECTRON2`` for neither (kept as it is).
     """
     keys = [k[len("module.") :] if k.startswith("module.") else k for k in state_dict]
     is_authors = any(k.startswith(("backbone.body.", "rpn.head.")) for k in keys)
     is_mmdet = any(k.startswith(("bbox_head.", "neck.")) for k in keys)
-    if is_authors == is_mmdet:
+    if not is_authors and not is_mmdet:
+        return DETECTRON2
+    if is_authors and is_mmdet:
         raise ValueError(
             f"{source}: cannot tell whether this is an authors' (maskrcnn-benchmark: "
             f"'backbone.body.*', 'rpn.head.*') or an mmdetection ('neck.*', 'bbox_head.*') ATSS "
@@ -360,12 +393,14 @@ def convert_state_dict(
     state_dict: Mapping[str, Tensor], fmt: str = "auto", source: str = "<state dict>"
 ) -> Dict[str, Tensor]:
     """
-    Convert a published ATSS state dict of format ``fmt`` (``"authors"``, ``"mmdet"``, or
-    ``"auto"`` to detect it with :func:`detect_format`).
+    Convert a published ATSS state dict of format ``fmt`` (``"authors"``, ``"mmdet"``,
+    ``"detectron2"`` (kept as it is), or ``"auto"`` to detect it with :func:`detect_format`).
     """
     state_dict = _unwrap_state_dict(state_dict, source)
     if fmt == "auto":
         fmt = detect_format(state_dict, source)
+    if fmt == DETECTRON2:
+        return state_dict
     if fmt == AUTHORS:
         return convert_authors_state_dict(state_dict, source)
     if fmt == MMDET:
@@ -375,18 +410,23 @@ def convert_state_dict(
 
 def convert_checkpoint(
     path: str, fmt: str = "auto", allow_pickle: bool = False
-) -> Tuple[str, Dict[str, Tensor]]:
+) -> Tuple[str, Dict[str, Any]]:
     """
-    Read a published checkpoint file and convert it.
+    Read a checkpoint file (:func:`read_checkpoint`) and convert it.
 
     Returns:
-        (the format, our state dict). Save it as ``torch.save({"model": state_dict}, out)``
-        and load it with ``train.init_checkpoint=out`` (Detectron2's ``DetectionCheckpointer``).
+        (the format, our checkpoint): ``{"model": our state dict, "__converted_from__": the
+        format}``, with a model-zoo file's marks for Detectron2's name matching kept in the
+        ``"detectron2"`` format. Save it with ``torch.save(checkpoint, out)`` and load it
+        with ``train.init_checkpoint=out``.
     """
-    state_dict = read_checkpoint(path, allow_pickle=allow_pickle)
+    checkpoint = read_checkpoint(path, allow_pickle=allow_pickle)
+    state_dict = checkpoint.pop("model")
     if fmt == "auto":
         fmt = detect_format(state_dict, path)
-    return fmt, convert_state_dict(state_dict, fmt, source=path)
+    marks = checkpoint if fmt == DETECTRON2 else {}
+    converted = convert_state_dict(state_dict, fmt, source=path)
+    return fmt, {"model": converted, "__converted_from__": fmt, **marks}
 
 
 def check_against_model(

@@ -8,7 +8,7 @@
   that lets ``--resume`` continue the data stream.
 * :mod:`.checkpoint` — atomic checkpoints, the RNG states, the ``--resume`` checks.
 * :mod:`.predictor` — a trained model on single images, and the model's class list.
-* :mod:`.device` — which device a run uses.
+* :mod:`.device` — which device a run uses, and in which precision (``train.amp``).
 """
 
 from .checkpoint import AtomicDetectionCheckpointer, RNGState, check_resume, config_identity

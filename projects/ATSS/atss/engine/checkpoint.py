@@ -7,13 +7,17 @@ checkpoint holds the RNG states (:class:`RNGState`: a resumed run draws the same
 augmentations), the config it was written under (``--resume`` refuses another config's
 checkpoint: :func:`check_resume`) and its LR schedule (:class:`ScheduleRecord`: a resumed run
 under another schedule says what changes). Resuming and clusters: docs/clusters.md.
+
+Every weights file is read through :mod:`atss.fileio`'s safe readers, which refuse a file that
+would run code (docs/published_weights.md); weights that do not fit the model are counted by
+module in one line (:func:`incompatible_keys_message`), each tensor named in the log.
 """
 
-import contextlib
 import logging
 import os
 import random
-from typing import Dict, Optional
+from collections import defaultdict
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 import torch
@@ -26,7 +30,7 @@ from fvcore.common.checkpoint import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, load_pickle_file, load_torch_file
 
 __all__ = [
     "AtomicDetectionCheckpointer",
@@ -35,6 +39,7 @@ __all__ = [
     "check_resume",
     "config_identity",
     "incompatible_keys_message",
+    "model_zoo_checkpoint",
 ]
 
 logger = logging.getLogger("detectron2")
@@ -82,28 +87,36 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self._write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _load_file(self, filename: str) -> dict:
+        """Detectron2's reading of a weights file, through :mod:`atss.fileio`'s safe readers
+        (:class:`~atss.fileio.UnsafeFileError` for a file that would run code): a ``.pkl`` of
+        Detectron2's or Caffe2's model zoo (:func:`model_zoo_checkpoint`), a pycls ``.pyth``,
+        anything else as ``torch.save``'s format (:meth:`_torch_load`)."""
+        if filename.endswith(".pkl"):
+            return model_zoo_checkpoint(load_pickle_file(filename))
+        if filename.endswith(".pyth"):  # pycls: its model under "model_state"
+            state = load_torch_file(filename)["model_state"]
+            model = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+            return {"model": model, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
     def _torch_load(self, f: str):
-        """Detectron2's ``torch.load`` of a ``.pth`` file, with the running torch's default
-        ``weights_only`` (True from torch 2.6), which a checkpoint of this project written before
-        :class:`RNGState` stored tensors fails: it holds NumPy's RNG state with an ``ndarray``.
-        The three NumPy globals of such a state (and nothing else) are allowed here, so those
-        checkpoints still resume."""
-        with _legacy_rng_state_globals():
-            return super()._torch_load(f)
+        """``torch.save``'s format, read by :func:`atss.fileio.load_torch_file` (checkpoints of
+        this project written before :class:`RNGState` stored tensors included)."""
+        return load_torch_file(f)
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
-        """One warning line for the tensors not loaded (fvcore logs one line per tensor plus
-        multi-line lists): typically the classifier's output layer when fine-tuning a COCO
-        model to another class count, which then keeps its fresh (prior-probability) init."""
+        """One warning line summing up the tensors not loaded by module
+        (:func:`incompatible_keys_message`; fvcore logs one line per tensor plus multi-line
+        lists), typically the classifier's output layer when fine-tuning a COCO model to
+        another class count, which then keeps its fresh (prior-probability) init; every tensor
+        by name on an info line (the run's ``log.txt``)."""
         missing = _filter_reused_missing_keys(self.model, incompatible.missing_keys)
-        incompatible = _IncompatibleKeys(
-            missing_keys=missing,
-            unexpected_keys=incompatible.unexpected_keys,
-            incorrect_shapes=incompatible.incorrect_shapes,
-        )
+        incompatible = incompatible._replace(missing_keys=missing)
         message = incompatible_keys_message(incompatible, self.model.state_dict().keys())
         if message:
             self.logger.warning(message)
+            self.logger.info("Tensors not loaded: " + _incompatible_keys_listing(incompatible))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -119,21 +132,63 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             write(f)
 
 
-def _legacy_rng_state_globals():
-    """A context allowing, in ``weights_only`` loads, what ``np.random.get_state()`` pickles to:
-    a uint32 ``ndarray`` (its ``dtype`` and dtype class) rebuilt by ``_reconstruct``, under the
-    name NumPy 1 wrote (``numpy.core.multiarray``) and the one NumPy 2 writes (``numpy._core``)."""
-    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 6):
-        return contextlib.nullcontext()  # weights_only is opt-in before torch 2.6
-    reconstruct = np.ndarray((0,)).__reduce__()[0]
-    return torch.serialization.safe_globals(
-        [
-            np.ndarray,
-            np.dtype,
-            type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType (NumPy >= 1.25)
-            reconstruct,  # by its own name: a file that NumPy 2 wrote
-            (reconstruct, "numpy.core.multiarray._reconstruct"),  # one that NumPy 1 wrote
+def model_zoo_checkpoint(data: dict) -> dict:
+    """The checkpoint of a model-zoo ``.pkl`` file's content, as Detectron2's
+    ``DetectionCheckpointer._load_file`` makes it: a Detectron2 model-zoo file (``"model"`` and
+    ``"__author__"``) as it is; a Caffe2 / Detectron1 one (detection models' arrays under
+    ``"blobs"``, ImageNet models' at the top) without the solver's ``*_momentum`` arrays, marked
+    for Detectron2's name matching and Caffe2 conversion."""
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)
+    model = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _by_module(keys: Iterable[str]) -> Dict[str, int]:
+    """``{module: count}`` of ``keys``: grouped by their first name, each group named by the
+    longest module path all its keys share (``head.cls_score`` for its weight and bias)."""
+    groups = defaultdict(list)
+    for key in keys:
+        groups[key.split(".")[0]].append(key.split(".")[:-1])
+    return {
+        ".".join(os.path.commonprefix(paths)) or first: len(paths)
+        for first, paths in sorted(groups.items())
+    }
+
+
+def _other_shape_and_missing(incompatible: _IncompatibleKeys):
+    # fvcore drops the tensors of another shape before load_state_dict, which then reports
+    # them as missing too: count each once, under its reason.
+    other_shape = [k for k, _, _ in incompatible.incorrect_shapes]
+    return other_shape, [k for k in incompatible.missing_keys if k not in set(other_shape)]
+
+
+def incompatible_keys_message(incompatible: _IncompatibleKeys, model_keys) -> str:
+    """One short line saying how many model tensors were loaded and, by module, how many were
+    missing, of another shape or unexpected (``head: 22 missing``); "" if all fit.
+
+    Args:
+        incompatible: what fvcore's ``_load_model`` reports (``incorrect_shapes`` as
+            ``(key, checkpoint shape, model shape)``, ``missing_keys``, ``unexpected_keys``).
+        model_keys: the keys of the model's state dict (for the count of loaded tensors).
+    """
+    other_shape, missing = _other_shape_and_missing(incompatible)
+    counts = [
+        f"{module}: {n} {reason}"
+        for reason, keys in [
+            ("of another shape", other_shape),
+            ("missing", missing),
+            ("unexpected", incompatible.unexpected_keys),
         ]
+        for module, n in _by_module(keys).items()
+    ]
+    if not counts:
+        return ""
+    not_loaded = len(other_shape) + len(missing)
+    return (
+        f"Loaded {len(model_keys) - not_loaded} of {len(model_keys)} model tensors "
+        f"({not_loaded} keep their initialisation): {', '.join(counts)}"
     )
 
 
@@ -142,41 +197,20 @@ def _grouped(keys) -> str:
     return ", ".join(sorted(k + _group_to_str(v) for k, v in _group_checkpoint_keys(keys).items()))
 
 
-def incompatible_keys_message(incompatible: _IncompatibleKeys, model_keys) -> str:
-    """One line saying which model tensors were not loaded and why, or "" if all were.
-
-    Args:
-        incompatible: what fvcore's ``_load_model`` reports (``incorrect_shapes`` as
-            ``(key, checkpoint shape, model shape)``, ``missing_keys``, ``unexpected_keys``).
-        model_keys: the keys of the model's state dict (for the count of loaded tensors).
-    """
-    # fvcore drops the tensors of another shape before load_state_dict, which then reports
-    # them as missing too: count each once, under its reason.
-    other_shape = {k for k, _, _ in incompatible.incorrect_shapes}
-    missing = [k for k in incompatible.missing_keys if k not in other_shape]
-    parts = []
-    if incompatible.incorrect_shapes:
-        shapes = [
-            f"{k} {tuple(ckpt)} in the checkpoint vs {tuple(model)} in the model"
-            for k, ckpt, model in incompatible.incorrect_shapes
-        ]
-        parts.append("shape differs (e.g. another class count): " + ", ".join(shapes))
-    if missing:
-        parts.append("not in the checkpoint: " + _grouped(missing))
-    if not parts and not incompatible.unexpected_keys:
-        return ""
-    not_loaded = len(other_shape) + len(missing)
-    message = (
-        f"Loaded {len(model_keys) - not_loaded} of {len(model_keys)} model tensors; "
-        f"{not_loaded} keep their initialisation"
-    )
-    if parts:
-        message += ": " + "; ".join(parts)
-    if incompatible.unexpected_keys:
-        message += "; checkpoint tensors the model has no place for: " + _grouped(
-            incompatible.unexpected_keys
-        )
-    return message
+def _incompatible_keys_listing(incompatible: _IncompatibleKeys) -> str:
+    """Every tensor :func:`incompatible_keys_message` counts, by name (grouped as fvcore does:
+    ``head.cls_score.{bias, weight}``), with both shapes of those of another shape."""
+    other_shape, missing = _other_shape_and_missing(incompatible)
+    shapes = [
+        f"{k} {tuple(ckpt)} in the checkpoint vs {tuple(model)} in the model"
+        for k, ckpt, model in incompatible.incorrect_shapes
+    ]
+    parts = [
+        ("of another shape (e.g. another class count)", ", ".join(shapes)),
+        ("missing from the checkpoint", _grouped(missing)),
+        ("unexpected (the model has no place for them)", _grouped(incompatible.unexpected_keys)),
+    ]
+    return "; ".join(f"{reason}: {names}" for reason, names in parts if names)
 
 
 class RNGState:
@@ -188,7 +222,7 @@ class RNGState:
     ``torch.load(weights_only=True)`` (the default from torch 2.6): NumPy's state, a tuple with
     an ``ndarray``, is stored as a dict with its 624 MT19937 keys in an int64 tensor. A state
     written before that change (NumPy's tuple as is) still loads: see
-    :meth:`AtomicDetectionCheckpointer._torch_load`.
+    :func:`atss.fileio.load_torch_file`.
     """
 
     def state_dict(self) -> dict:
@@ -241,11 +275,7 @@ def config_identity(config_file: str) -> str:
 def _recorded_config(path: str) -> Optional[str]:
     """The config identity recorded in the checkpoint file ``path``; None when it records none
     (written by another tool). Tensors are memory-mapped, not read, where the file allows it."""
-    with _legacy_rng_state_globals():
-        try:
-            data = torch.load(path, map_location="cpu", mmap=True)
-        except RuntimeError:  # not a zip-format file: mmap is not possible
-            data = torch.load(path, map_location="cpu")
+    data = load_torch_file(path, mmap=True)
     return data.get(CONFIG_KEY) if isinstance(data, dict) else None
 
 

@@ -22,6 +22,7 @@ from detectron2.engine.launch import DEFAULT_TIMEOUT, launch
 from torch.multiprocessing import ProcessRaisedException
 
 from atss.data import DatasetError
+from atss.fileio import UnsafeFileError
 
 from .config import (
     CLASSES_FILE,
@@ -101,11 +102,12 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
 @contextlib.contextmanager
 def exit_on_usage_errors(prog: Optional[str] = None):
     """Turn a :class:`~.config.ConfigError` or :class:`~.config.WeightsError` (and a
-    ``DatasetError``) raised in the block into ``prog: error: <one line>`` on stderr and exit
-    status 2."""
+    ``DatasetError``, and an :class:`~atss.fileio.UnsafeFileError` for a weights file or a
+    ``.yaml`` config that would run code) raised in the block into ``prog: error: <one line>``
+    on stderr and exit status 2."""
     try:
         yield
-    except (ConfigError, WeightsError, DatasetError) as e:
+    except (ConfigError, WeightsError, DatasetError, UnsafeFileError) as e:
         prog = prog or os.path.basename(sys.argv[0]) or "the script"
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e

@@ -24,6 +24,7 @@ from torch import nn
 
 from atss.data.builtin import ensure_registered
 from atss.data.config_datasets import register_datasets_from_config
+from atss.fileio import load_config_file
 
 from .checkpoint import AtomicDetectionCheckpointer, incompatible_keys_message
 from .device import available_device
@@ -58,6 +59,7 @@ RANDOM_WEIGHTS_FLAG = "--random-weights"
 OPTIONAL_KEYS = {
     "train.seed": "detectron2.engine.default_setup and the training sampler",
     "train.cudnn_benchmark": "detectron2.engine.default_setup",
+    "train.amp.precision": "atss.engine.device.autocast_dtype",
 }
 # What build_model loads into the model (its ``weights`` argument).
 TRAINED = "trained"  # cfg.train.init_checkpoint, a whole trained model, or WeightsError
@@ -219,8 +221,9 @@ def apply_checked_overrides(cfg, overrides: Sequence[str]):
 
 
 def load_checked_config(config_file: Optional[str], overrides: Sequence[str] = ()):
-    """Load a LazyConfig file (:func:`check_config_file`) and apply checked overrides."""
-    return apply_checked_overrides(LazyConfig.load(check_config_file(config_file)), overrides)
+    """Load a LazyConfig file (:func:`check_config_file`; a ``.yaml`` one as data, refusing a
+    Python tag: :func:`atss.fileio.load_config_file`) and apply checked overrides."""
+    return apply_checked_overrides(load_config_file(check_config_file(config_file)), overrides)
 
 
 def read_run_classes(folder: str) -> Optional[List[Tuple[int, str]]]:
@@ -336,8 +339,9 @@ def load_trained_weights(model, cfg, random_weights: bool = False, what: str = "
     """Load ``cfg.train.init_checkpoint`` into ``model`` (not wrapped in DDP), all of it, or
     raise :class:`WeightsError`: no weights given, no such file, or a checkpoint that leaves
     model tensors at their initialisation (a training init such as an ImageNet backbone, or a
-    model of another class count), named in the message. With ``random_weights`` nothing is
-    loaded. Returns the path loaded ("" with ``random_weights``)."""
+    model of another class count), counted by module in the message and named in the log.
+    With ``random_weights`` nothing is loaded. Returns the path loaded ("" with
+    ``random_weights``). A file that would run code: :class:`~atss.fileio.UnsafeFileError`."""
     if random_weights:
         logger.warning(f"{RANDOM_WEIGHTS_FLAG}: the model keeps its random initialisation")
         return ""
@@ -362,7 +366,7 @@ def load_trained_weights(model, cfg, random_weights: bool = False, what: str = "
             model.state_dict().keys(),
         )
         raise WeightsError(
-            f"train.init_checkpoint={path} is not a trained model of this config ({detail}), "
-            f"e.g. a backbone's pretrained weights; {fix}, or pass {RANDOM_WEIGHTS_FLAG}"
+            f"train.init_checkpoint={path} is not a trained model of this config ({detail}; "
+            f"the log names each tensor): {fix}, or pass {RANDOM_WEIGHTS_FLAG}"
         )
     return path

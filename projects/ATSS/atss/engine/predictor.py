@@ -35,7 +35,7 @@ from .config import (
     config_dataset_names,
     read_run_classes,
 )
-from .device import available_device
+from .device import autocast, autocast_dtype, available_device
 
 __all__ = ["ATSSPredictor", "model_classes", "write_run_classes"]
 
@@ -48,11 +48,14 @@ class ATSSPredictor:
     ``cfg.train.init_checkpoint`` (:func:`~.config.load_trained_weights`: a whole trained model,
     else :class:`~.config.WeightsError`; nothing with ``random_weights``), and resize each
     image like the test loader (``cfg.dataloader.test.mapper.augmentations``; none when the
-    config has no test loader).
+    config has no test loader). The network runs in the precision of ``cfg.train.amp``
+    (:func:`~.device.autocast_dtype`; ``train.amp.enabled=True``: bf16 on a CPU that has it,
+    fp16 on CUDA), on tiles too.
 
     Attributes:
         model: the detector, in eval mode.
         device: where it runs.
+        autocast_dtype: the dtype the network runs in under autocast, None for fp32.
         input_format: channel order the images must be in ("RGB" or "BGR"), the model's.
         weights: the checkpoint loaded ("" with ``random_weights``).
     """
@@ -63,6 +66,7 @@ class ATSSPredictor:
             cfg, RANDOM if random_weights else TRAINED, self.device, what="predict with"
         )
         self.weights = "" if random_weights else str(cfg.train.init_checkpoint)
+        self.autocast_dtype = autocast_dtype(self.device, cfg.train.get("amp", {}))
         try:
             augmentations = instantiate(cfg.dataloader.test.mapper.augmentations)
         except (AttributeError, KeyError):  # no test loader in the config: no resizing
@@ -84,10 +88,11 @@ class ATSSPredictor:
             the detections, in the coordinates of ``image`` (on :attr:`device`).
         """
         height, width = image.shape[:2]
-        if self.tiled:  # the tiled model cuts and resizes each tile itself
-            return self.model([{"image": image, "height": height, "width": width}])[0]["instances"]
-        tensor = torch.as_tensor(self.preprocess(np.asarray(image)))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+        if not self.tiled:  # else the tiled model cuts and resizes each tile itself
+            image = torch.as_tensor(self.preprocess(np.asarray(image)))
+        with autocast(self.device, self.autocast_dtype):
+            outputs = self.model([{"image": image, "height": height, "width": width}])
+        return outputs[0]["instances"]
 
     def tile(self, size: int, overlap: int = 0, **kwargs) -> None:
         """From now on run on overlapping ``size`` x ``size`` tiles cut from the image as read,

@@ -1,19 +1,23 @@
 """Training and evaluation from a LazyConfig: the body of ``train_net.py`` (Detectron2's
 ``lazyconfig_train_net`` contract), importable by the tools.
 
-What it adds to Detectron2's script: ``train.device`` resolved at run time (:mod:`.device`);
-atomic checkpoints carrying the RNG states, the config and the LR schedule, and a ``--resume``
-that continues the data stream where it stopped (:class:`ResumableTrainingSampler`), refuses
-another config's checkpoint and says what another schedule changes (:mod:`.checkpoint`); a
-non-finite loss stops training naming the last good checkpoint; evaluation with the
-test-time augmentation, on tiles, or in ONNX Runtime; and ``classes.json`` in the run folder,
-so the folder alone serves inference (docs/own_data.md).
+What it adds to Detectron2's script: ``train.device`` resolved at run time, and mixed precision
+on every device from Detectron2's one switch, ``train.amp.enabled``, for training and evaluation
+alike (:func:`~.device.autocast_dtype`: fp16 with a gradient scaler on CUDA, bf16 on a CPU that
+has it); atomic checkpoints carrying the RNG states, the config and the LR schedule, and a
+``--resume`` that continues the data stream where it stopped
+(:class:`ResumableTrainingSampler`), refuses another config's checkpoint and says what another
+schedule changes (:mod:`.checkpoint`); a non-finite loss stops training naming the last good
+checkpoint; evaluation with the test-time augmentation, on tiles, or in ONNX Runtime; and
+``classes.json`` in the run folder, so the folder alone serves inference (docs/own_data.md).
 """
 
 import itertools
 import logging
 import os
+from typing import Optional
 
+import torch
 from detectron2.config import instantiate
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
@@ -21,6 +25,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
+from torch import nn
 
 from atss.evaluation import build_evaluator
 from atss.inference import build_tiled_evaluation
@@ -34,10 +39,19 @@ from .checkpoint import (
     config_identity,
 )
 from .config import NO_WEIGHTS, RANDOM, TRAINED, build_model, load_config, read_run_classes
-from .device import resolve_device
+from .device import autocast, autocast_dtype, resolve_device
 from .predictor import write_run_classes
 
-__all__ = ["ResumableTrainingSampler", "build_train_loader", "do_test", "do_train", "main"]
+__all__ = [
+    "AutocastForward",
+    "ResumableAMPTrainer",
+    "ResumableTrainingSampler",
+    "build_train_loader",
+    "build_trainer",
+    "do_test",
+    "do_train",
+    "main",
+]
 
 logger = logging.getLogger("detectron2")
 
@@ -63,15 +77,55 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
 
 
+class AutocastForward(nn.Module):
+    """``module`` whose forward runs under ``torch.autocast(device, dtype)``: for a detector in
+    training, the network and the losses, as Detectron2's ``AMPTrainer`` wraps them; the
+    backward pass and the optimizer step stay outside."""
+
+    def __init__(self, module: nn.Module, device: str, dtype: torch.dtype):
+        super().__init__()
+        self.module = module
+        self.device, self.dtype = device, dtype
+
+    def forward(self, *args, **kwargs):
+        with autocast(self.device, self.dtype):
+            return self.module(*args, **kwargs)
+
+
+class ResumableAMPTrainer(AMPTrainer):
+    """Detectron2's :class:`AMPTrainer` (autocast in fp16 and a gradient scaler, CUDA) that also
+    resumes a checkpoint without a scaler state, one written in fp32 or bf16: the scaler then
+    starts afresh, as at the start of a run."""
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict({"grad_scaler": self.grad_scaler.state_dict(), **state_dict})
+
+
+def build_trainer(model, data_loader, optimizer, device: str, dtype: Optional[torch.dtype]):
+    """The trainer of the autocast ``dtype`` on ``device`` (:func:`~.device.autocast_dtype`):
+    for float16, :class:`ResumableAMPTrainer`; for bfloat16, Detectron2's
+    :class:`SimpleTrainer` on the model's :class:`AutocastForward` (bf16 has fp32's exponent
+    range: gradients need no scaling); for None (fp32), :class:`SimpleTrainer`. The model's
+    parameters stay fp32 in all three, so a run resumes in any precision."""
+    if dtype == torch.float16:
+        return ResumableAMPTrainer(model, data_loader, optimizer)
+    if dtype is not None:
+        model = AutocastForward(model, device, dtype)
+    return SimpleTrainer(model, data_loader, optimizer)
+
+
 def do_test(cfg, model) -> dict:
     """Evaluate ``model`` (already wrapped for TTA if wanted) on ``cfg.dataloader.test`` with
     ``cfg.dataloader.evaluator`` and the field metrics (:func:`atss.evaluation.build_evaluator`),
-    on tiles when ``test.tile.size`` is set (:func:`atss.inference.build_tiled_evaluation`); {} when
-    the config has no evaluator."""
+    on tiles when ``test.tile.size`` is set (:func:`atss.inference.build_tiled_evaluation`), in
+    the precision of ``cfg.train.amp`` (:func:`~.device.autocast_dtype`); {} when the config has
+    no evaluator."""
     if "evaluator" not in cfg.dataloader:
         return {}
     model, loader = build_tiled_evaluation(cfg, model)
-    results = inference_on_dataset(model, loader, build_evaluator(cfg))
+    device = cfg.train.device
+    with autocast(device, autocast_dtype(device, cfg.train.get("amp", {}))):
+        results = inference_on_dataset(model, loader, build_evaluator(cfg))
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -111,8 +165,9 @@ def do_train(args, cfg):
     train_loader, sampler = build_train_loader(cfg)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
-    trainer = trainer_cls(model, train_loader, optimizer)
+    device = cfg.train.device
+    dtype = autocast_dtype(device, cfg.train.get("amp", {}))
+    trainer = build_trainer(model, train_loader, optimizer, device, dtype)
     multiplier = instantiate(cfg.lr_multiplier)
     schedule = ScheduleRecord(cfg, multiplier, trainer)
     checkpointer = AtomicDetectionCheckpointer(

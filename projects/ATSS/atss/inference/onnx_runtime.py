@@ -161,6 +161,8 @@ class OnnxPredictor(ATSSPredictor):
     (H, W, 3) uint8 image in :attr:`input_format` order); the network runs as the cached ONNX
     export of the eager model.
 
+    The export, and so the model, is fp32 whatever ``cfg.train.amp`` says.
+
     Attributes:
         model: an :class:`OnnxDetector` on the export (the eager model's ``num_classes`` and
             ``input_format``); wrap it in a ``TiledDetector`` for tiles, as the eager one.
@@ -174,3 +176,4 @@ class OnnxPredictor(ATSSPredictor):
         self.onnx_path = export_cached(self.model, cfg.model, self.weights)
         self.session = onnx_session(self.onnx_path, str(self.device), threads)
         self.model = OnnxDetector(self.session, self.eager_model)
+        self.autocast_dtype = None

@@ -163,10 +163,23 @@ class ATSS(DenseDetector):
             inputs.append(x)
         return super().preprocess_image(inputs)
 
+    def fp32_predictions(self, predictions: List[List[Tensor]]) -> List[List[Tensor]]:
+        """
+        The head's (logits, box deltas, centerness) as per level (N, R_l, K) tensors, K = C, 4,
+        1, in float32: the boundary between the network and the mathematics after it. Under
+        mixed precision (``train.amp``, :func:`atss.engine.device.autocast_dtype`) the backbone
+        and the head run in bf16 or fp16; the matcher's distances and areas, the losses (focal,
+        GIoU, centerness BCE), the box decoding and the NMS scores stay in float32, where bf16's
+        8-bit mantissa would round a 1000 px coordinate to a multiple of 4 px and a probability
+        near 1 to steps of 1/256. Anchors and ground-truth boxes are Detectron2 ``Boxes``, float32
+        always, and none of these steps calls an op that autocast lowers (convolutions, matrix
+        products), so autocast may stay on around them.
+        """
+        per_kind = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        return [[x.float() for x in levels] for levels in per_kind]
+
     def forward_training(self, images, features, predictions, gt_instances):
-        logits, deltas, ctr = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1]
-        )
+        logits, deltas, ctr = self.fp32_predictions(predictions)
         anchors = self.anchor_generator(features)
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances, grid_sizes)
@@ -233,10 +246,10 @@ class ATSS(DenseDetector):
         ctr_logits = torch.cat(pred_centerness, dim=1).squeeze(2)  # (N, R)
         anchors = Boxes.cat(anchors).tensor  # (R, 4)
 
-        # Positives only: decode, then GIoU and centerness on absolute boxes (fp32).
-        pos_anchors = anchors[None].expand(num_images, -1, -1)[pos].float()
+        # Positives only: decode, then GIoU and centerness on absolute boxes.
+        pos_anchors = anchors[None].expand(num_images, -1, -1)[pos]
         target_boxes = torch.stack(gt_boxes)[pos]
-        pred_boxes = self.box2box_transform.apply_deltas(deltas[pos].float(), pos_anchors)
+        pred_boxes = self.box2box_transform.apply_deltas(deltas[pos], pos_anchors)
         ctr_targets = centerness_targets(Boxes(pos_anchors).get_centers(), target_boxes)
 
         num_pos, ctr_sum = loss_normalizers(pos.sum(), ctr_targets.sum())
@@ -261,9 +274,7 @@ class ATSS(DenseDetector):
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ):
-        logits, deltas, ctr = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1]
-        )
+        logits, deltas, ctr = self.fp32_predictions(predictions)
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
@@ -308,11 +319,11 @@ class ATSS(DenseDetector):
         return pred[keep[: self.max_detections_per_image]]
 
     def _decode_level(self, anchors, logits, deltas, centerness, image_size):
-        probs = logits.float().sigmoid()  # (R_l, C)
+        probs = logits.sigmoid()  # (R_l, C)
         keep = probs > self.test_score_thresh
         idx = torch.nonzero(keep)  # (K, 2): anchor, class; row-major, the order of probs[keep]
         # p·c only for the kept pairs (not all R_l x C of them)
-        scores = probs[keep] * centerness[idx[:, 0], 0].float().sigmoid()
+        scores = probs[keep] * centerness[idx[:, 0], 0].sigmoid()
         num = idx.shape[0]
         # A tensor while tracing: clamp keeps k data-dependent in the exported graph.
         if isinstance(num, Tensor):
@@ -321,9 +332,7 @@ class ATSS(DenseDetector):
             num_topk = min(num, self.test_topk_candidates)
         scores, order = scores.topk(num_topk)
         anchor_idx, classes = idx[order].unbind(dim=1)
-        boxes = self.box2box_transform.apply_deltas(
-            deltas[anchor_idx].float(), anchors.tensor[anchor_idx]
-        )
+        boxes = self.box2box_transform.apply_deltas(deltas[anchor_idx], anchors.tensor[anchor_idx])
         # A diverged model can decode inf/NaN boxes: drop them rather than fail later.
         finite = torch.isfinite(boxes).all(dim=1)
         boxes, scores, classes = boxes[finite], scores[finite], classes[finite]

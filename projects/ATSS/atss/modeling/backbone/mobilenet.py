@@ -23,6 +23,7 @@ from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
+from ...fileio import load_torch_file
 from ...layers.frozen_bn import fold_frozen_batchnorm
 
 __all__ = [
@@ -87,8 +88,7 @@ def load_mobilenet_v2_imagenet(model: nn.Module, path=None):
         logged. Loading into the full torchvision model, both are empty for this checkpoint.
     """
     path = Path(path) if path is not None else mobilenet_v2_checkpoint_path()
-    # weights_only: the file is a plain state dict; refuse to unpickle arbitrary objects.
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = load_torch_file(str(path))  # a plain state dict: nothing else is built
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
     result = model.load_state_dict(state_dict, strict=False)
