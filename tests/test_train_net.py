@@ -59,9 +59,10 @@ TTA = [
 ]
 
 
-def run(output_dir, *opts, eval_only=False, num_gpus=1):
+def run(output_dir, *opts, eval_only=False, resume=False, num_gpus=1):
     argv = ["--config-file", CONFIG]
     argv += ["--eval-only"] if eval_only else []
+    argv += ["--resume"] if resume else []
     argv += ["--num-gpus", str(num_gpus), *COMMON, f"train.output_dir={output_dir}"]
     if num_gpus == 1:
         argv.append(f"dataloader.test.dataset.names={VAL}")
@@ -411,6 +412,7 @@ def _fp32_weights(path):
 BF16 = ["train.amp.enabled=True", "train.amp.precision=bf16"]
 
 
+@pytest.mark.slow
 def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_precision(
     tmp_path, monkeypatch
 ):
@@ -437,6 +439,7 @@ def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_prec
     assert math.isfinite(results["bbox"]["AP"])
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 def test_amp_trains_and_evaluates_on_the_device(cuda_device, tmp_path, monkeypatch):
     """train.amp.enabled=True on the device through our train loop: fp16 with the gradient
