@@ -1,13 +1,11 @@
 """Own data end to end: a COCO-format folder (JSON + PNG, two classes with ids 3 and 7, grey and
 colour images) given on the command line to configs/Custom/atss_MNV2_FPN_coco_json.py, through
 every entry point: validate, train + evaluate (the example run of tests/conftest.py),
---eval-only, demo, export, and training in 2 processes."""
+--eval-only, demo, export (in 2 processes: tests/test_multi_machine.py)."""
 
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,9 +14,7 @@ import train_net
 from atss.export import OUTPUT_NAMES
 from tests.atss_testing import (
     EXAMPLE_CONFIG,
-    ROOT,
     coco_json_overrides,
-    free_port,
     load_script,
     run_script,
     train_net_args,
@@ -117,24 +113,3 @@ def test_export_builds_the_data_class_count(example_run, tmp_path, capsys):
     boxes, classes, scores, image_size = outputs
     assert len(outputs) == len(OUTPUT_NAMES) and boxes.shape[1] == 4
     assert len(boxes) == len(classes) == len(scores) > 0 and image_size.tolist() == [80, 112]
-
-
-@pytest.mark.slow
-def test_two_processes_each_register_the_datasets_from_the_command_line(example_run, tmp_path):
-    """`train_net.py --num-gpus 2` (gloo on the CPU) with the dataset overrides: every spawned
-    process starts with an empty DatasetCatalog, so each must register custom_train/custom_test
-    itself from the overrides; it trains and evaluates in the JSON's category ids. With
-    tests/test_multi_machine.py, the one run of 2 processes: fails if the datasets are
-    registered only in the launching process (KeyError in the workers), or if DDP is given
-    device ids on the CPU."""
-    run = subprocess.run(
-        [sys.executable, "train_net.py", "--num-gpus", "2",
-         "--dist-url", f"tcp://127.0.0.1:{free_port()}", "--config-file", EXAMPLE_CONFIG,
-         *example_run.training("train.max_iter=2", f"train.output_dir={tmp_path}")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert os.path.isfile(tmp_path / "model_final.pth")
-    with open(tmp_path / "inference" / "coco_instances_results.json") as f:
-        detections = json.load(f)
-    assert detections and {d["category_id"] for d in detections} <= {3, 7}

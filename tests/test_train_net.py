@@ -311,6 +311,11 @@ def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(example
         torch.testing.assert_close(resumed["model"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+# Forked from this process; Python >= 3.12 warns that torch's threads make fork() risky
+# (DeprecationWarning), which the newest-stack check would print.
+FORKED = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
 def _save_forever(folder, marker):
     model = torch.nn.Linear(2048, 2048)  # 16 MB per checkpoint
     ckpt = AtomicDetectionCheckpointer(model, str(folder))
@@ -323,6 +328,7 @@ def _save_forever(folder, marker):
 
 
 @pytest.mark.slow
+@FORKED
 def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
     """Processes that do nothing but save checkpoints (forked from this one) are killed with
     SIGKILL at varying moments, 6 times and then until a kill has interrupted a write (at most
@@ -495,13 +501,14 @@ def _normalizer_worker(rank, world, port, out):
 
 
 @pytest.mark.slow
+@FORKED
 def test_all_reduced_normalisers_match_one_process_on_the_same_global_batch(tmp_path):
     """Each of W processes divides its local loss sum by all-reduce-sum(x) / W; DDP then
     averages the gradients over the W processes. So mean_r(L_r / N_r) must equal the one-process
     value (sum_r L_r) / N for the same global batch, and every rank must get the same N_r."""
     world, out = 2, str(tmp_path / "norm")
     mp.start_processes(
-        _normalizer_worker, args=(world, free_port(), out), nprocs=world, start_method="spawn"
+        _normalizer_worker, args=(world, free_port(), out), nprocs=world, start_method="fork"
     )
     per_rank = [torch.load(f"{out}.{r}") for r in range(world)]
     for i, (pos, ctr, losses) in enumerate(CASES):

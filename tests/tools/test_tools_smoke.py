@@ -5,12 +5,13 @@ comparison's reading of a run's metrics.json."""
 import json
 import math
 import os
+import sys
 
 import pytest
 from detectron2.config import LazyConfig
 
 from atss.engine import device
-from tests.atss_testing import load_script
+from tests.atss_testing import ROOT, load_script, run_script
 
 compare_detectors = load_script("tools/compare_detectors.py")
 
@@ -59,11 +60,17 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.slow
-def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
-    """tools/compare_detectors.py train (in this process; it runs train_net.py in a process) for
-    one detector, one seed, the small cross-site split, 4 iterations: the train_net.py run
-    gets train.max_iter=4 and the trailing overrides, and the table, the per-run JSON (read
-    from metrics.json) and the plot are written."""
+def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path, monkeypatch):
+    """tools/compare_detectors.py train for one detector, one seed, the small cross-site split,
+    4 iterations: the train_net.py command it runs (here in this process) gets
+    train.max_iter=4 and the trailing overrides, and the table, the per-run JSON (read from
+    metrics.json) and the plot are written."""
+
+    def run_in_this_process(cmd, check, **kwargs):
+        assert cmd[:2] == [sys.executable, os.path.join(ROOT, "train_net.py")] and check
+        assert run_script("train_net.py", *cmd[2:]) == 0
+
+    monkeypatch.setattr(compare_detectors.subprocess, "run", run_in_this_process)
     argv = [
         "train",
         "--seeds",
