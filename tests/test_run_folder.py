@@ -57,7 +57,7 @@ def test_demo_runs_tiled_from_the_run_folder_alone(example_run, tmp_path):
     result = subprocess.run(
         [sys.executable, "demo.py", "--run", example_run.folder, "--input", tmp_path / "mosaic.png",
          "--output", tmp_path / "demo", "--tile-size", str(TILE), "--tile-overlap", str(OVERLAP),
-         "--confidence-threshold", "0.01"],
+         "--confidence-threshold", "0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
