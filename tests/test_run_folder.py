@@ -156,13 +156,13 @@ def _tiled_evaluation(example_run, data, out, *flags):
 def test_tiled_evaluation_on_onnx_runtime_gives_the_eager_evaluation(
     example_run, tmp_path, monkeypatch
 ):
-    """train_net.py --eval-only --runtime onnxruntime with test.tile.*: the ONNX model runs
-    (OnnxDetector under TiledDetector) and gives the eager tiled evaluation's detections (per
-    image, in score order: the same classes, scores within 1e-4, boxes within 1e-3 pixels,
-    XYWH) and the same AP to 1e-3, in the JSON's ids. The one test of tiled ONNX Runtime
-    against tiled eager. Fails if --runtime is ignored by the evaluation, if the ONNX runner
-    ignores a tile's height/width (boxes left at the resized tile's scale), or if it drops
-    tiles of a batch."""
+    """train_net.py --eval-only --runtime onnxruntime with test.tile.* (2 tiles a call): the ONNX
+    model runs (OnnxDetector under TiledDetector) and gives the eager tiled evaluation's
+    detections (per image, in score order: the same classes, scores within 1e-4, boxes within
+    1e-3 pixels, XYWH) and the same AP to 1e-3, in the JSON's ids. The one test of tiled ONNX
+    Runtime against tiled eager. Fails if --runtime is ignored by the evaluation, if the ONNX
+    runner ignores a tile's height/width (boxes left at the resized tile's scale), or if it
+    drops tiles of a call."""
     data = write_coco_example(str(tmp_path / "other"), 1, 3, size=(64, 96), seed=7)
     eager_results, eager = _tiled_evaluation(example_run, data, tmp_path / "eager")
     ran = []
@@ -171,7 +171,7 @@ def test_tiled_evaluation_on_onnx_runtime_gives_the_eager_evaluation(
         onnx_runtime.OnnxDetector, "forward", lambda self, x: ran.append(len(x)) or forward(self, x)
     )
     onnx_results, onnx = _tiled_evaluation(
-        example_run, data, tmp_path / "ort", "--runtime", "onnxruntime"
+        example_run, data, tmp_path / "ort", "--runtime", "onnxruntime", "test.tile.batch_size=2"
     )
     assert ran, "the evaluation did not run the ONNX model"
     assert len(onnx) == len(eager) > 0
