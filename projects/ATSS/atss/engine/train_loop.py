@@ -108,7 +108,9 @@ def build_trainer(model, data_loader, optimizer, device: str, dtype: Optional[to
     range: gradients need no scaling); for None (fp32), :class:`SimpleTrainer`. The model's
     parameters stay fp32 in all three, so a run resumes in any precision."""
     if dtype == torch.float16:
-        return ResumableAMPTrainer(model, data_loader, optimizer)
+        # torch.amp's scaler: Detectron2's default, torch.cuda.amp's, is deprecated in torch 2.4+.
+        scaler = torch.amp.GradScaler("cuda")
+        return ResumableAMPTrainer(model, data_loader, optimizer, grad_scaler=scaler)
     if dtype is not None:
         model = AutocastForward(model, device, dtype)
     return SimpleTrainer(model, data_loader, optimizer)
