@@ -222,8 +222,9 @@ def warm_torchscript():
 
 # ``python -c WARM_TRAIN_NET ARGS``: ``python train_net.py ARGS`` after :func:`warm_torchscript`.
 WARM_TRAIN_NET = (
-    "import runpy, sys; from tests.atss_testing import warm_torchscript; warm_torchscript(); "
-    "sys.argv[0] = 'train_net.py'; runpy.run_path('train_net.py', run_name='__main__')"
+    "import os, runpy, sys; from tests.atss_testing import ROOT, warm_torchscript; "
+    "warm_torchscript(); sys.argv[0] = os.path.join(ROOT, 'train_net.py'); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
 
