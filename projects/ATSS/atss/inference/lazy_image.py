@@ -134,8 +134,8 @@ def read_for_tiling(path: str, image_format: str = "RGB"):
     until a tile is cut. Any other picture is read whole, as a C-ordered uint8 array, by
     OpenCV's ``imread``, which decodes straight into that one array (the channel order is
     swapped in place): Detectron2's ``read_image`` (PIL) holds PIL's 4-byte-per-pixel buffer,
-    a converted copy of it and the array at once, 4.7x the image at its peak against OpenCV's
-    2.1x (a 4096 px PNG, file buffer included). The pixels are the same for PNG and JPEG
+    a converted copy of it and the array at once (both peaks: docs/benchmarks.md, "Large
+    images: memory and time"). The pixels are the same for PNG and JPEG
     (checked against ``read_image``); EXIF orientation is applied as ``read_image`` does; grey
     and palette images become 3 channels, 16-bit ones are scaled to 8 bits; no pixel limit.
 

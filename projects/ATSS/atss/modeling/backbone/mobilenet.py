@@ -134,7 +134,7 @@ class MobileNetV2Backbone(Backbone):
             channels_last: run in ``torch.channels_last`` memory format (weights and input), so
                 every later conv, FPN and head included, gets channels-last activations: the
                 same results up to float rounding, faster oneDNN convolutions on the CPU
-                (docs/profile_train_step.md).
+                (docs/benchmarks.md, "The training step").
         """
         super().__init__()
         names = [s[0] for s in _STAGES]
