@@ -163,7 +163,7 @@ def coco_json_overrides(paths, train_json=None, test_json=None):
 
 # ------------------------------------------------------------------------------------------
 # The example run: one run folder that the end-to-end tests share (tests/conftest.py's
-# session-scoped `example_run` fixture), instead of each training its own.
+# `example_run` fixture, trained once per test run), instead of each training its own.
 
 EXAMPLE_CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
 EXAMPLE_ITERS = 8

@@ -123,7 +123,7 @@ def pytest_runtest_teardown(item):
 @pytest.fixture(scope="session")
 def example_run(tmp_path_factory):
     """The run folder the end-to-end tests share (:class:`tests.atss_testing.ExampleRun`),
-    trained once per session. Tests write into their own folders; into the run's, only its
+    trained once per test run. Tests write into their own folders; into the run's, only its
     ONNX exports (:func:`example_export`, the ONNX Runtime cache beside the weights) and the
     evaluation --eval-only writes into RUN/eval by default."""
     from tests.atss_testing import train_example_run
