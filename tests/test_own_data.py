@@ -1,7 +1,7 @@
 """Own data end to end: a COCO-format folder (JSON + PNG, two classes with ids 3 and 7, grey and
 colour images) given on the command line to configs/Custom/atss_MNV2_FPN_coco_json.py, through
 every entry point: validate, train + evaluate (the example run of tests/conftest.py),
---eval-only, demo, export (in 2 processes: tests/test_multi_machine.py)."""
+--eval-only, demo, export (training in 2 processes: tests/test_multi_machine.py)."""
 
 import json
 import logging
