@@ -1,6 +1,7 @@
-# Two entry points (see README.md):
-#   make demo  — train and evaluate ATSS on the default real data (on the GPU if there is one)
-#   make test  — lint + the whole test suite
+# Entry points (see README.md):
+#   make demo       — train and evaluate ATSS on the default real data (on the GPU if there is one)
+#   make test       — lint + the whole test suite (what CI runs)
+#   make test-fast  — the unit tier (tests not marked `slow`), for the edit loop
 # Both create/refresh .venv (Python 3.10, pinned stack) on first use. A .venv that
 # scripts/ensure_venv.sh did not build is used as it is, never rebuilt or removed (`make clean`
 # included); `rm -rf .venv && make venv` hands it over.
@@ -9,7 +10,7 @@ PY := .venv/bin/python
 LINT_PATHS := projects configs tests scripts tools $(wildcard *.py)
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test lint pytest demo bench lock clean
+.PHONY: venv test test-fast lint pytest demo bench lock clean
 
 venv:
 	@scripts/ensure_venv.sh
@@ -23,6 +24,9 @@ pytest: venv
 	$(PY) -m pytest -q --durations=15 tests
 
 test: lint pytest
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 format: venv
 	$(PY) -m isort $(LINT_PATHS)

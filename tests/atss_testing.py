@@ -2,9 +2,12 @@
 the entry-point scripts as modules."""
 
 import csv
+import dataclasses
 import functools
 import importlib.util
 import os
+import runpy
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,6 +55,21 @@ dataloader.test.dataset.names = "shapes_val"
 dataloader.test.mapper.augmentations[0].short_edge_length = {short_edge_length}
 dataloader.test.mapper.augmentations[0].max_size = {max_size}
 """
+
+
+def run_script(relpath, *argv):
+    """Run an entry-point script (a path relative to the repository) as ``python relpath
+    *argv`` would, its ``__main__`` block included, but in this process; returns its exit
+    status (0 when it returns without ``sys.exit``)."""
+    saved = sys.argv
+    sys.argv = [relpath, *map(str, argv)]
+    try:
+        runpy.run_path(os.path.join(ROOT, relpath), run_name="__main__")
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def write_tiny_config(path, short_edge_length, max_size, *extra_lines):
@@ -122,6 +140,15 @@ def write_coco_example(folder, num_train, num_val, size=(160, 256), seed=0):
     return tool.write_coco_example(str(folder), num_train, num_val, size, seed)
 
 
+def train_net_args(config, *opts, eval_only=False, resume=False):
+    """train_net.py's parsed command line: ``--config-file config [--eval-only] [--resume]
+    *opts``."""
+    import train_net
+
+    argv = ["--config-file", config] + ["--eval-only"] * eval_only + ["--resume"] * resume
+    return train_net.default_argument_parser().parse_args([*argv, *opts])
+
+
 def coco_json_overrides(paths, train_json=None, test_json=None):
     """The four ``dataset.{train,test}.{json_file,image_root}=...`` overrides of a configs/Custom
     config for a folder from :func:`write_coco_example` (``paths``: its return value);
@@ -132,6 +159,87 @@ def coco_json_overrides(paths, train_json=None, test_json=None):
         f"dataset.test.json_file={test_json or paths['val_json']}",
         f"dataset.test.image_root={paths['image_root']}",
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# The example run: one run folder that the end-to-end tests share (tests/conftest.py's
+# `example_run` fixture, trained once per test run), instead of each training its own.
+
+EXAMPLE_CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
+EXAMPLE_ITERS = 8
+# Inputs near the example's 64-96 px images; a low score threshold and few candidates, so that
+# the briefly trained model has detections to compare; deterministic batches (seeded, no aspect
+# grouping), so that a run resumed from any checkpoint ends with the uninterrupted weights; a
+# checkpoint every second iteration, all kept; the evaluation after the last iteration.
+EXAMPLE_OVERRIDES = [
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[96,128]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=96",
+    "model.test_score_thresh=0.001",
+    "model.test_topk_candidates=50",
+    "train.seed=0",
+    "dataloader.train.aspect_ratio_grouping=False",
+    f"train.max_iter={EXAMPLE_ITERS}",
+    "train.checkpointer.period=2",
+    "train.checkpointer.max_to_keep=null",
+    "train.log_period=1",
+]
+
+
+@dataclasses.dataclass
+class ExampleRun:
+    """A run folder of :data:`EXAMPLE_CONFIG` trained with :data:`EXAMPLE_OVERRIDES` on
+    :func:`write_coco_example`'s folder (8 training and 3 validation images of 64-96 px,
+    category ids 3 and 7); the data it was trained on are gone, so the folder stands alone.
+
+    Attributes:
+        work: the folder holding ``output/mine`` (the run, where the README's snippets expect
+            it) and ``data`` (the same example folder, written again).
+        data: ``data``'s paths (:func:`write_coco_example`).
+    """
+
+    work: str
+    data: dict
+
+    folder = property(lambda self: os.path.join(self.work, "output", "mine"))
+    config = property(lambda self: os.path.join(self.folder, "config.yaml"))
+    weights = property(lambda self: os.path.join(self.folder, "model_final.pth"))
+
+    def training(self, *opts):
+        """The overrides of the run's training (on ``data``), then ``opts``."""
+        return [*coco_json_overrides(self.data), *EXAMPLE_OVERRIDES, *opts]
+
+
+def warm_torchscript():
+    """Run the loss's TorchScript function (fvcore's ``sigmoid_focal_loss_jit``) once with
+    gradients. TorchScript runs a function's first call unoptimised, which rounds differently
+    from its later calls, and training amplifies the difference: a run compared with a rerun
+    in this process (or with a process that warms too: :data:`WARM_TRAIN_NET`) warms first."""
+    from atss.modeling.losses import focal_loss
+
+    logits = torch.zeros(4, 2, requires_grad=True)
+    focal_loss(logits, torch.zeros(4, dtype=torch.long), 2, 0.25, 2.0).backward()
+
+
+# ``python -c WARM_TRAIN_NET ARGS``: ``python train_net.py ARGS`` after :func:`warm_torchscript`.
+WARM_TRAIN_NET = (
+    "import os, runpy, sys; from tests.atss_testing import ROOT, warm_torchscript; "
+    "warm_torchscript(); sys.argv[0] = os.path.join(ROOT, 'train_net.py'); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def train_example_run(work):
+    """Train the :class:`ExampleRun` in ``work`` (TorchScript warmed: reruns in this process
+    are then deterministic)."""
+    import train_net
+
+    warm_torchscript()
+    gone = write_coco_example(os.path.join(work, "gone"), 8, 3, size=(64, 96))
+    run = ExampleRun(work, gone)
+    train_net.main(train_net_args(EXAMPLE_CONFIG, *run.training(f"train.output_dir={run.folder}")))
+    shutil.rmtree(os.path.join(work, "gone"))
+    run.data = write_coco_example(os.path.join(work, "data"), 8, 3, size=(64, 96))
+    return run
 
 
 # ------------------------------------------------------------------------------------------

@@ -69,30 +69,18 @@ def do_train(args, cfg):
     return results
 
 
-args = default_argument_parser().parse_args()
-cfg = LazyConfig.load(args.config_file)
-cfg = LazyConfig.apply_overrides(cfg, args.opts)
-default_setup(cfg, args)
-print("RESULTS " + json.dumps(do_train(args, cfg)["bbox"]))
+# One run per command line (a JSON list of them), in turn, as the tool runs one.
+for argv in json.loads(sys.argv[1]):
+    args = default_argument_parser().parse_args(argv)
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    print("RESULTS " + json.dumps(do_train(args, cfg)["bbox"]))
 """
 
 
-def run_lazyconfig_train_net(config, output_dir, cache, *opts):
-    """Run :data:`LAZYCONFIG_TRAIN_NET` in a fresh process, the generated datasets cached under
-    ``cache``; returns the completed process."""
-    # Detectron2's tool moves the model to train.device as the config gives it (our configs keep
-    # Detectron2's "cuda", which only our entry points resolve at run time): a user without a
-    # GPU gives train.device=cpu, as with any Detectron2 config.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    argv = ["--config-file", config, *opts, f"train.output_dir={output_dir}"]
-    argv.append(f"train.device={device}")
-    return run_python(LAZYCONFIG_TRAIN_NET, *argv, env={**os.environ, "ATSS_CACHE": str(cache)})
-
-
-def check_trained_and_evaluated(run, output_dir):
+def _trained_and_evaluated(out, output_dir):
     """The AP line of print_csv_format, and a final checkpoint that Detectron2 wrote."""
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    out = run.stdout + run.stderr
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in out
     results = json.loads(out.split("RESULTS ", 1)[1].splitlines()[0])
     assert {"AP", "AP50", "AP75"} <= set(results)
@@ -102,51 +90,46 @@ def check_trained_and_evaluated(run, output_dir):
     return results
 
 
-def test_lazyconfig_train_net_trains_and_evaluates_the_tiny_shapes_config(tmp_path):
-    """Detectron2's tool calls on configs/Shapes/atss_tiny_shapes.py: the shapes datasets are
-    registered and generated (into $ATSS_CACHE) by the loader the config names, COCOEvaluator
-    finds their ground truth. Fails with "dataset 'shapes_train' is not registered" if the
-    datasets exist only after our entry points register them, and if they are generated
-    anywhere but the cache."""
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    run = run_lazyconfig_train_net(
-        SHAPES,
-        out,
-        cache,
-        "train.max_iter=2",
-        "train.checkpointer.period=2",
-        "model.test_score_thresh=0.001",
-        "dataloader.train.num_workers=0",
-    )
-    check_trained_and_evaluated(run, out)
-    assert len(glob.glob(str(cache / "shapes" / "*" / "images" / "*.png"))) == 64 + 16
-
-
-def test_lazyconfig_train_net_trains_and_evaluates_a_coco_json_folder(tmp_path):
-    """Detectron2's tool calls on configs/Custom/atss_MNV2_FPN_coco_json.py with the four
-    dataset overrides, on a COCO folder whose category ids are 3 and 7: the class count and
-    names come from the train JSON, COCOEvaluator reports per-class AP under the JSON's names
-    and writes detections in the JSON's ids. Fails if the loaders or the class count do not read
-    the dataset node (not registered / 1 class), or if the evaluator's id map is missing."""
+def test_lazyconfig_train_net_trains_and_evaluates_the_shapes_config_and_a_coco_json_folder(
+    tmp_path,
+):
+    """Detectron2's tool calls (in one fresh process, one run after the other) on
+    configs/Shapes/atss_tiny_shapes.py: the shapes datasets are registered and generated (into
+    $ATSS_CACHE) by the loader the config names, COCOEvaluator finds their ground truth; and on
+    configs/Custom/atss_MNV2_FPN_coco_json.py with the four dataset overrides, on a COCO folder
+    whose category ids are 3 and 7: the class count and names come from the train JSON,
+    COCOEvaluator reports per-class AP under the JSON's names and writes detections in the
+    JSON's ids. Fails with "dataset 'shapes_train' is not registered" if the datasets exist
+    only after our entry points register them, if they are generated anywhere but the cache,
+    if the loaders or the class count do not read the dataset node (not registered / 1
+    class), or if the evaluator's id map is missing."""
     data = write_coco_example(str(tmp_path / "data"), 8, 3, size=(64, 96))
-    out = tmp_path / "out"
-    run = run_lazyconfig_train_net(
-        CUSTOM,
-        out,
-        tmp_path / "cache",
-        *coco_json_overrides(data),
-        "dataloader.train.mapper.augmentations.0.short_edge_length=[96,128]",
-        "dataloader.test.mapper.augmentations.0.short_edge_length=96",
-        "model.test_score_thresh=0.001",
-        "model.test_topk_candidates=50",
-        "train.max_iter=2",
-        "train.checkpointer.period=1000",
-    )
-    results = check_trained_and_evaluated(run, out)
+    shapes, custom, cache = tmp_path / "shapes", tmp_path / "custom", tmp_path / "cache"
+    # Detectron2's tool moves the model to train.device as the config gives it (our configs keep
+    # Detectron2's "cuda", which only our entry points resolve at run time): a user without a
+    # GPU gives train.device=cpu, as with any Detectron2 config.
+    device = f"train.device={'cuda' if torch.cuda.is_available() else 'cpu'}"
+    runs = [
+        ["--config-file", SHAPES, "train.max_iter=2", "train.checkpointer.period=2",
+         "model.test_score_thresh=0.001", "dataloader.train.num_workers=0",
+         f"train.output_dir={shapes}", device],
+        ["--config-file", CUSTOM, *coco_json_overrides(data),
+         "dataloader.train.mapper.augmentations.0.short_edge_length=[96,128]",
+         "dataloader.test.mapper.augmentations.0.short_edge_length=96",
+         "model.test_score_thresh=0.001", "model.test_topk_candidates=50", "train.max_iter=2",
+         "train.checkpointer.period=1000", f"train.output_dir={custom}", device],
+    ]  # fmt: skip
+    env = {**os.environ, "ATSS_CACHE": str(cache)}
+    run = run_python(LAZYCONFIG_TRAIN_NET, json.dumps(runs), env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    out = run.stdout + run.stderr
+    _trained_and_evaluated(out, shapes)
+    assert len(glob.glob(str(cache / "shapes" / "*" / "images" / "*.png"))) == 64 + 16
+    results = _trained_and_evaluated(out[out.index("RESULTS ") + 8 :], custom)
     assert {"AP-rectangle", "AP-ellipse"} <= set(results)
-    with open(out / "inference" / "coco_instances_results.json") as f:
+    with open(custom / "inference" / "coco_instances_results.json") as f:
         detections = json.load(f)
-    assert detections and {d["category_id"] for d in detections} <= {3, 7}
+    assert {d["category_id"] for d in detections} == {3, 7}  # both classes: 2 outputs
 
 
 # Instantiates both loaders of every config named on the command line, in one fresh process;

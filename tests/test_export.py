@@ -1,6 +1,8 @@
-"""Export through Detectron2's tracing: TorchScript and ONNX match the eager model."""
+"""Export through Detectron2's tracing: TorchScript and ONNX match the eager model (the export
+script: tests/test_run_folder.py and tests/test_own_data.py)."""
 
 import copy
+import functools
 import os
 import subprocess
 import sys
@@ -39,11 +41,19 @@ def _images(sizes, seed=1):
     return [torch.rand(3, h, w, generator=g) * 255 for h, w in sizes]
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "dcn"])
-def models(request):
-    untrained = tiny_model(**{"head.use_dcn": request.param}).eval()
+# The tiny model untrained (scores kept from 0: many candidates) and fitted (confident
+# detections); with deformable convolutions in the head, fitted only (the same candidate path).
+MODELS = ["plain-untrained", "plain-trained", "dcn-trained"]
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    use_dcn, which = name.split("-")[0] == "dcn", name.split("-")[1]
+    if which == "trained":
+        return fitted_tiny_model(use_dcn)
+    untrained = tiny_model(**{"head.use_dcn": use_dcn}).eval()
     untrained.test_score_thresh = 0.0  # random weights: keep candidates to compare
-    return {"untrained": untrained, "trained": fitted_tiny_model(request.param)}
+    return untrained
 
 
 def _eager(model, images):
@@ -66,50 +76,54 @@ def _assert_close(outputs, expected):
         assert np.array_equal(_np(out["pred_classes"]), inst.pred_classes.numpy())
 
 
+# Runs each (model file, inputs file, outputs file) of its arguments, in threes.
 RUNNER = textwrap.dedent("""
     import sys, torch, torchvision  # torchvision registers the NMS op
-    model = torch.jit.load(sys.argv[1])
-    with torch.no_grad():
-        outs = [[t.clone() for t in model(*images)] for images in torch.load(sys.argv[2])]
-    torch.save(outs, sys.argv[3])
+    for model, inputs, outputs in zip(*[iter(sys.argv[1:])] * 3):
+        model = torch.jit.load(model)
+        with torch.no_grad():
+            outs = [[t.clone() for t in model(*images)] for images in torch.load(inputs)]
+        torch.save(outs, outputs)
     assert "atss" not in sys.modules and "detectron2" not in sys.modules
     """)
 
 
-@pytest.mark.parametrize("which", ["untrained", "trained"])
 @pytest.mark.slow
-def test_torchscript_matches_eager_in_a_process_without_atss(models, which, tmp_path):
-    """Traced, saved, loaded without atss/detectron2: same boxes/scores/classes at new sizes."""
-    model = models[which]
-    path = str(tmp_path / "model.ts")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        export_torchscript(model, _images([TRACE_SIZE]), path)
-    ours = [w for w in caught if "torch.jit" in str(w.category) and "/atss/" in w.filename]
-    assert not ours, [str(w.message) for w in ours]  # no TracerWarning from our code
-    assert not model.training
-    batches = [_images([size], seed=size[0]) for size in TEST_SIZES]
+def test_torchscript_matches_eager_in_a_process_without_atss(tmp_path):
+    """Each model traced, saved, loaded in one process without atss/detectron2: same
+    boxes/scores/classes at new sizes."""
+    files, batches = [], [_images([size], seed=size[0]) for size in TEST_SIZES]
     torch.save(batches, tmp_path / "in.pt")
+    for name in MODELS:
+        model = _model(name)
+        files += [str(tmp_path / f"{name}.ts"), str(tmp_path / "in.pt"), str(tmp_path / name)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export_torchscript(model, _images([TRACE_SIZE]), files[-3])
+        ours = [w for w in caught if "torch.jit" in str(w.category) and "/atss/" in w.filename]
+        assert not ours, [str(w.message) for w in ours]  # no TracerWarning from our code
+        assert not model.training
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
-        [sys.executable, "-c", RUNNER, path, str(tmp_path / "in.pt"), str(tmp_path / "o.pt")],
+        [sys.executable, "-c", RUNNER, *files],
         capture_output=True,
         text=True,
         env=env,
-        cwd=str(tmp_path),
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    for images, flat in zip(batches, torch.load(tmp_path / "o.pt")):
-        _assert_close(split_outputs(flat), _eager(model, images))
+    for name in MODELS:
+        for images, flat in zip(batches, torch.load(tmp_path / name)):
+            _assert_close(split_outputs(flat), _eager(_model(name), images))
 
 
-@pytest.mark.parametrize("which", ["untrained", "trained"])
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.slow
-def test_onnx_matches_eager_in_onnxruntime(models, which, tmp_path):
+def test_onnx_matches_eager_in_onnxruntime(name, tmp_path):
     """ONNX (opset 16) in onnxruntime: same detections as eager at new sizes."""
     import onnxruntime
 
-    model = models[which]
+    model = _model(name)
     path = str(tmp_path / "model.onnx")
     names = export_onnx(model, _images([TRACE_SIZE]), path, opset=16)
     assert names == [n + "0" for n in OUTPUT_NAMES]
@@ -154,18 +168,6 @@ def test_exports_made_on_cuda_match_eager(cuda_device, tmp_path, record_property
     record_property("detail", "ONNX Runtime on " + ("CUDA" if ort_on_cuda else "the CPU"))
 
 
-def _run_export_script(output, fmt):
-    """tools/export_model.py on the R-50 config with random weights, traced at 160 x 192;
-    returns its stdout."""
-    cmd = [sys.executable, "tools/export_model.py", "--config-file"]
-    cmd += ["configs/COCO/atss_R_50_FPN_1x.py", "--format", fmt, "--output", str(output)]
-    # Untrained on purpose (the config's train.init_checkpoint is only an ImageNet backbone).
-    cmd += ["--sample-size", "160", "192", "--random-weights", "model.test_score_thresh=0.0"]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout
-
-
 def test_export_prints_no_third_party_tracer_warnings_but_keeps_ours(tmp_path):
     """Tracing prints none of the dozens of TracerWarnings raised inside Detectron2's Boxes /
     Instances and torchvision (a user of tools/export_model.py saw a screenful), while a
@@ -182,32 +184,6 @@ def test_export_prints_no_third_party_tracer_warnings_but_keeps_ours(tmp_path):
     assert [w.filename for w in tracer] == ["atss/modeling/head.py"], [
         f"{w.filename}: {w.message}" for w in tracer
     ]
-
-
-@pytest.mark.slow
-def test_export_script_writes_a_loadable_model(tmp_path):
-    """tools/export_model.py on the R-50 config writes a model and says how to run it."""
-    assert "torch.jit.load" in _run_export_script(tmp_path, "torchscript")
-    flat = torch.jit.load(str(tmp_path / "model.ts"))(torch.rand(3, 224, 160) * 255)
-    assert flat[0].shape[1] == 4 and flat[3].tolist() == [224, 160]
-
-
-@pytest.mark.slow
-def test_export_script_writes_an_onnx_model_that_runs_in_onnxruntime(tmp_path):
-    """tools/export_model.py --format onnx on the R-50 config, as the TorchScript test above:
-    the file loads in onnxruntime, runs at another size than traced, returns per image
-    boxes (N, 4), classes, scores and the image size, and the script says how to run it."""
-    import onnxruntime
-
-    assert "onnxruntime.InferenceSession" in _run_export_script(tmp_path, "onnx")
-    session = onnxruntime.InferenceSession(
-        str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    assert [o.name for o in session.get_outputs()] == [n + "0" for n in OUTPUT_NAMES]
-    image = (np.random.default_rng(0).random((3, 224, 160)) * 255).astype(np.float32)
-    boxes, classes, scores, image_size = session.run(None, {"image0": image})
-    assert boxes.shape[1] == 4 and len(boxes) == len(classes) == len(scores) > 0
-    assert image_size.tolist() == [224, 160]
 
 
 def test_export_info_names_the_resize_channels_and_classes():

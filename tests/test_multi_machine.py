@@ -1,6 +1,7 @@
 """Two machines simulated on one: ``train_net.py --num-machines 2 --machine-rank 0|1
---num-gpus 1 --dist-url tcp://127.0.0.1:PORT`` (gloo on the CPU) on the tiny shapes config,
-against one ``--num-gpus 2`` run of the same global batch."""
+--num-gpus 1 --dist-url tcp://127.0.0.1:PORT`` (gloo on the CPU) on configs/Custom with an
+example COCO folder on the command line, against one ``--num-gpus 2`` run of the same global
+batch: the suite's runs of 2 processes."""
 
 import glob
 import json
@@ -12,30 +13,32 @@ import time
 import pytest
 import torch
 
-from tests.atss_testing import free_port
+from tests.atss_testing import (
+    EXAMPLE_CONFIG,
+    EXAMPLE_OVERRIDES,
+    ROOT,
+    coco_json_overrides,
+    free_port,
+    write_coco_example,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 MAX_ITER = 3
-# Deterministic and short (as in tests/test_train_net.py): seeded, in-process loading, batches
-# of consecutive sampler indices; global batch 2 = 1 image per process in both layouts; a
-# checkpoint at iteration 1 and at the end; the evaluation (16 shapes_val images) at the end.
+# The example run's overrides (deterministic: seeded, in-process loading, batches of
+# consecutive sampler indices), then global batch 2 = 1 image per process in both layouts; a
+# checkpoint at iteration 1 and at the end; the evaluation (3 images) at the end.
 OVERRIDES = [
-    "train.seed=0",
-    "dataloader.train.num_workers=0",
-    "dataloader.train.aspect_ratio_grouping=False",
+    *EXAMPLE_OVERRIDES,
     "dataloader.train.total_batch_size=2",
-    "model.test_score_thresh=0.001",
-    "train.log_period=1",
     f"train.max_iter={MAX_ITER}",
     "train.checkpointer.period=2",
     f"train.eval_period={MAX_ITER}",
 ]
 
 
-def _start(out, log_name, *flags):
-    cmd = [sys.executable, "train_net.py", "--config-file", CONFIG, *flags, "--dist-timeout"]
-    cmd += ["300", *OVERRIDES, f"train.output_dir={out}"]  # flags first, overrides last
+def _start(out, log_name, data, *flags):
+    cmd = [sys.executable, "train_net.py", "--config-file", EXAMPLE_CONFIG, *flags]
+    cmd += ["--dist-timeout", "300", *coco_json_overrides(data), *OVERRIDES]
+    cmd.append(f"train.output_dir={out}")  # flags first, overrides last
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = open(os.path.join(os.path.dirname(out), log_name), "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
@@ -52,25 +55,34 @@ def test_two_machines_equal_one_machine_with_two_processes(tmp_path):
     checkpoints, metrics and the evaluation; the final weights and per-iteration losses equal
     those of ``--num-gpus 2`` on one machine.
 
+    Every spawned process starts with an empty DatasetCatalog, so each registers custom_train
+    and custom_test itself from the overrides; both layouts evaluate in the JSON's category
+    ids (3, 7).
+
     Catches: a machine rank that is not honoured (both try to host the rendezvous as rank 0:
     "Address already in use"), machines that each train alone (world size 1: other data per
-    step, so other weights), a non-main rank writing checkpoints or metrics.
+    step, so other weights), a non-main rank writing checkpoints or metrics, datasets
+    registered only in the launching process (KeyError in the workers), DDP given device ids
+    on the CPU.
 
     Tolerance: rtol 1e-5, atol 1e-6, the one of tests/test_train_net.py. Both layouts run the
     same computation (same ranks, seeds, data shards, gloo all-reduce of 2 tensors); only the
-    intra-op reduction order of oneDNN/OpenMP may differ (~1e-11 measured there), while one
-    SGD step moves weights by ~1e-3 here.
+    intra-op reduction order of oneDNN/OpenMP may differ, far less than the last step moves
+    the weights (checked to be more than 1e-4).
     """
+    data = write_coco_example(str(tmp_path / "data"), 8, 3, size=(64, 96))
     machines = [str(tmp_path / f"machine{r}") for r in (0, 1)]
     one_machine = str(tmp_path / "one_machine")
     url_two, url_one = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     start = time.monotonic()
     runs = [
-        _start(machines[r], f"machine{r}.log", "--num-gpus", "1", "--num-machines", "2",
+        _start(machines[r], f"machine{r}.log", data, "--num-gpus", "1", "--num-machines", "2",
                "--machine-rank", str(r), "--dist-url", url_two)
         for r in (0, 1)
     ]  # fmt: skip
-    runs.append(_start(one_machine, "one_machine.log", "--num-gpus", "2", "--dist-url", url_one))
+    runs.append(
+        _start(one_machine, "one_machine.log", data, "--num-gpus", "2", "--dist-url", url_one)
+    )
     try:
         for proc, log in runs:
             rc = proc.wait(timeout=900)
@@ -112,3 +124,7 @@ def test_two_machines_equal_one_machine_with_two_processes(tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     aps = [[x["bbox/AP"] for x in m if "bbox/AP" in x] for m in (two, one)]
     assert len(aps[0]) == 1 and aps[0] == pytest.approx(aps[1], abs=1e-6, nan_ok=True)
+    for folder in (machines[0], one_machine):
+        with open(os.path.join(folder, "inference", "coco_instances_results.json")) as f:
+            detections = json.load(f)
+        assert detections and {d["category_id"] for d in detections} <= {3, 7}

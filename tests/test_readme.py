@@ -1,12 +1,11 @@
 """The README as a newcomer meets it: at most 300 lines, the own-data commands within its first
 80, and its three Python snippets ("Using a trained model from Python": a predictor from a run
 folder, tiled prediction of a large image, the exported ONNX file in onnxruntime), each at most
-10 lines and run as written against a run folder trained for a few iterations."""
+10 lines and run as written against the example run (tests/conftest.py)."""
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -16,20 +15,13 @@ import torch
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
-import train_net
 from atss.engine.config import load_config
 from atss.engine.predictor import ATSSPredictor
-from tests.atss_testing import coco_json_overrides, write_coco_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON_SECTION = "## Using a trained model from Python"
 RUN = os.path.join("output", "mine")  # the snippets' run folder, relative to where they run
 ATOL = 1e-4  # tests/test_export.py's ONNX tolerance
-CONFIG = "configs/Custom/atss_MNV2_FPN_coco_json.py"
-SMALL_INPUTS = [  # the example's 64-96 px images near their own size
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[96,128]",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=96",
-]
 
 
 def _readme_lines():
@@ -77,22 +69,17 @@ def test_the_python_snippets_are_three_of_at_most_10_lines():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A folder holding the snippets' inputs: ``output/mine``, configs/Custom's MobileNetV2
-    config trained for 20 iterations on a tiny example COCO folder (small inputs, scoring from
-    0.001 so that it detects; its training data deleted afterwards), ``photo.png`` (one of the
-    example's images) and ``big.npy`` (an RGB mosaic of it, larger than two tiles a side)."""
+def work(example_run, tmp_path_factory):
+    """A folder holding the snippets' inputs: ``output/mine``, the example run (its training data
+    gone: tests/conftest.py), ``photo.png`` (one of the example's images, not square) and
+    ``big.npy`` (an RGB mosaic of it, larger than two tiles a side)."""
     work = tmp_path_factory.mktemp("readme")
-    data = write_coco_example(str(work / "data"), 8, 3, size=(64, 96))
-    argv = ["--config-file", CONFIG, *coco_json_overrides(data), *SMALL_INPUTS]
-    argv += ["model.test_score_thresh=0.001", "train.max_iter=20", f"train.output_dir={work / RUN}"]
-    train_net.main(train_net.default_argument_parser().parse_args(argv))
-    files = [os.path.join(data["image_root"], f"{i:06d}.png") for i in range(8)]
+    os.symlink(os.path.dirname(example_run.folder), work / "output")
+    files = [os.path.join(example_run.data["image_root"], f"{i:06d}.png") for i in range(8)]
     photos = (read_image(f, format="RGB") for f in files)
     photo = next(p for p in photos if p.shape[0] != p.shape[1])  # not square
     Image.fromarray(photo).save(work / "photo.png")
     np.save(work / "big.npy", np.tile(photo, (20, 20, 1))[:1100, :1300])
-    shutil.rmtree(work / "data")
     return work
 
 
@@ -152,20 +139,13 @@ def test_the_tiled_snippet_finds_what_the_tiled_predictor_finds_in_memory(work, 
 
 
 @pytest.mark.slow
-def test_the_onnx_snippet_gives_the_eager_detections_without_atss(work):
-    """tools/export_model.py --run writes model.onnx and model.json; snippet 3, run as written in
-    a process where neither atss nor detectron2 is imported (onnxruntime, numpy, PIL and
-    model.json only), gives the eager predictor's detections on photo.png (not square): boxes in
-    the image's pixels and scores within 1e-4, the same classes. Fails if model.json misstates
-    the resize, or if the snippet is edited wrongly (the resize or the box scale taken from the
-    wrong side, no resize)."""
-    folder = str(work / RUN)
-    export = subprocess.run(
-        [sys.executable, "tools/export_model.py", "--run", folder, "--format", "onnx",
-         "--output", os.path.join(folder, "export"), "--sample-size", "128", "160"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert export.returncode == 0, export.stderr[-3000:]
+def test_the_onnx_snippet_gives_the_eager_detections_without_atss(work, example_export):
+    """Snippet 3 on the export of tools/export_model.py --run (model.onnx and model.json), run
+    as written in a process where neither atss nor detectron2 is imported (onnxruntime, numpy,
+    PIL and model.json only), gives the eager predictor's detections on photo.png (not square):
+    boxes in the image's pixels and scores within 1e-4, the same classes. Fails if model.json
+    misstates the resize, or if the snippet is edited wrongly (the resize or the box scale
+    taken from the wrong side, no resize)."""
     code = "import sys\n" + _snippets()[2]
     code += "assert 'atss' not in sys.modules and 'detectron2' not in sys.modules\n"
     code += "print(json.dumps([boxes.tolist(), classes.tolist(), scores.tolist()]))\n"

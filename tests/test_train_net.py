@@ -1,16 +1,18 @@
-"""train_net.py end to end on the generated shapes data with configs/Shapes/atss_tiny_shapes.py:
-train -> evaluate, --eval-only, interrupt + --resume, 2 CPU processes (gloo), the all-reduced
-loss normalisers, atomic checkpoints and a non-finite loss."""
+"""train_net.py end to end: what a training run leaves (the example run of tests/conftest.py),
+--eval-only with test-time augmentation, interrupt + --resume (in this process and with a real
+SIGKILL), resuming under another schedule or config, the all-reduced loss normalisers, atomic
+checkpoints, a non-finite loss, and the evaluation during training (on the generated shapes
+data with configs/Shapes/atss_tiny_shapes.py)."""
 
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -24,7 +26,13 @@ from atss.data import register_shapes
 from atss.engine import AtomicDetectionCheckpointer, resolve_device, train_loop
 from atss.modeling import ATSS
 from atss.modeling.losses import loss_normalizers
-from tests.atss_testing import free_port
+from tests.atss_testing import (
+    EXAMPLE_CONFIG,
+    EXAMPLE_ITERS,
+    WARM_TRAIN_NET,
+    free_port,
+    train_net_args,
+)
 
 CONFIG = "configs/Shapes/atss_tiny_shapes.py"
 # A 4-image validation set keeps the in-process evaluations short (the 2-process run is spawned
@@ -40,7 +48,7 @@ COMMON = [
     "train.log_period=1",
 ]
 MAX_ITER = 4
-# Test-time augmentation at small scales (the shapes images are 128-256 px).
+# Test-time augmentation at small scales (the shapes images are 128-256 px, the example's 64-96).
 TTA = [
     "test.aug.enabled=True",
     "test.aug.test_size=128",
@@ -72,38 +80,37 @@ def model_state(path):
     return torch.load(path, map_location="cpu")["model"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An uninterrupted 4-iteration run, checkpoints every 2 iterations, eval at the end."""
-    out = str(tmp_path_factory.mktemp("train"))
-    train_net.main(
-        run(out, f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4")
-    )
-    return out
+def _copy(run, folder, *names):
+    for name in names:
+        shutil.copy(os.path.join(run.folder, name), folder / name)
 
 
-def test_trains_checkpoints_and_evaluates(trained):
-    for name in ["model_0000001.pth", "model_0000003.pth", "model_final.pth", "config.yaml"]:
-        assert os.path.exists(os.path.join(trained, name)), name
-    ckpt = torch.load(os.path.join(trained, "model_final.pth"), map_location="cpu")
-    assert ckpt["iteration"] == MAX_ITER - 1 and {"model", "trainer", "rng"} <= set(ckpt)
-    assert ckpt["config_file"] == CONFIG  # what --resume checks (check_resume)
+@pytest.mark.slow
+def test_trains_checkpoints_and_evaluates(example_run):
+    names = [f"model_000000{i}.pth" for i in (1, 3, 5, 7)] + ["model_final.pth", "config.yaml"]
+    for name in names:
+        assert os.path.exists(os.path.join(example_run.folder, name)), name
+    ckpt = torch.load(example_run.weights, map_location="cpu")
+    assert ckpt["iteration"] == EXAMPLE_ITERS - 1 and {"model", "trainer", "rng"} <= set(ckpt)
+    assert ckpt["config_file"] == EXAMPLE_CONFIG  # what --resume checks (check_resume)
     assert "optimizer" in ckpt["trainer"] and "hooks" in ckpt["trainer"]
-    metrics = final_eval_metrics(trained)
+    metrics = final_eval_metrics(example_run.folder)
     for k in ["AP", "AP50", "AP75"]:
         assert math.isfinite(metrics[f"bbox/{k}"])
-    with open(os.path.join(trained, "last_checkpoint")) as f:
+    with open(os.path.join(example_run.folder, "last_checkpoint")) as f:
         assert f.read() == "model_final.pth"
 
 
-def test_every_checkpoint_the_trainer_writes_loads_with_weights_only(trained):
+@pytest.mark.slow
+def test_every_checkpoint_the_trainer_writes_loads_with_weights_only(example_run):
     """torch >= 2.6 loads with weights_only=True by default: what the trainer writes (model,
     optimizer, scheduler, RNG state) holds only tensors and plain Python values. Catches an
     ndarray or any other pickled object in a checkpoint (NumPy's RNG state as it comes)."""
-    names = sorted(f for f in os.listdir(trained) if f.endswith(".pth"))
-    assert names == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]
+    names = sorted(f for f in os.listdir(example_run.folder) if f.endswith(".pth"))
+    assert names == [f"model_000000{i}.pth" for i in (1, 3, 5, 7)] + ["model_final.pth"]
     for name in names:
-        ckpt = torch.load(os.path.join(trained, name), map_location="cpu", weights_only=True)
+        path = os.path.join(example_run.folder, name)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert isinstance(ckpt["rng"]["numpy"]["keys"], torch.Tensor), name
 
 
@@ -129,19 +136,12 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     torch.testing.assert_close(got[2], expected[2], rtol=0, atol=0)
 
 
-def test_eval_only_reproduces_the_numbers_of_the_training_run(trained):
-    final = os.path.join(trained, "model_final.pth")
-    results = train_net.main(run(trained, f"train.init_checkpoint={final}", eval_only=True))
-    logged = final_eval_metrics(trained)
-    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    for k, v in results["bbox"].items():
-        assert v == pytest.approx(logged[f"bbox/{k}"], abs=1e-9, nan_ok=True), k
-
-
-def test_eval_only_with_test_time_augmentation(trained):
+@pytest.mark.slow
+def test_eval_only_with_test_time_augmentation(example_run, tmp_path):
     """--eval-only with test.aug.enabled=True evaluates the TTA-wrapped model (small scales)."""
-    final = os.path.join(trained, "model_final.pth")
-    results = train_net.main(run(trained, f"train.init_checkpoint={final}", *TTA, eval_only=True))
+    opts = [f"train.init_checkpoint={example_run.weights}", f"train.output_dir={tmp_path}"]
+    args = train_net_args(EXAMPLE_CONFIG, *example_run.training(*opts, *TTA), eval_only=True)
+    results = train_net.main(args)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
     assert all(math.isnan(v) or 0 <= v <= 100 for v in results["bbox"].values())
 
@@ -160,39 +160,38 @@ class _KilledAtIter2(SimpleTrainer):
         super().run_step()
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_reaches_the_same_iteration_and_weights(
-    trained, tmp_path, monkeypatch
+    example_run, tmp_path, monkeypatch
 ):
-    out = str(tmp_path)
-    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4"]
+    opts = example_run.training(f"train.output_dir={tmp_path}")
     with monkeypatch.context() as m:
         m.setattr(train_loop, "SimpleTrainer", _KilledAtIter2)
         with pytest.raises(_Killed):
-            train_net.main(run(out, *opts))
-    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+            train_net.main(train_net_args(EXAMPLE_CONFIG, *opts))
+    assert not os.path.exists(tmp_path / "model_final.pth")
     # Same state as the uninterrupted run at its iteration-1 checkpoint.
-    a = model_state(os.path.join(trained, "model_0000001.pth"))
-    b = model_state(os.path.join(out, "model_0000001.pth"))
+    a = model_state(os.path.join(example_run.folder, "model_0000001.pth"))
+    b = model_state(tmp_path / "model_0000001.pth")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
-    train_net.main(run(out, *opts, resume=True))
-    resumed = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
-    assert resumed["iteration"] == MAX_ITER - 1
-    ref = model_state(os.path.join(trained, "model_final.pth"))
+    train_net.main(train_net_args(EXAMPLE_CONFIG, *opts, resume=True))
+    resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu")
+    assert resumed["iteration"] == EXAMPLE_ITERS - 1
+    ref = model_state(example_run.weights)
     # Same data (ResumableTrainingSampler), same augmentation draws (RNG states in the
-    # checkpoint), same optimizer/scheduler state. Not bit-exact: two identical CPU runs
-    # already differ by ~3e-11 in a few tensors (multi-threaded oneDNN/OpenMP reductions are
-    # not order-deterministic), so both comparisons use a tolerance far above that noise and
-    # far below the size of one SGD step (~1e-3 here).
+    # checkpoint), same optimizer/scheduler state. The tolerance allows for reductions whose
+    # order is not deterministic (multi-threaded oneDNN/OpenMP), far below one SGD step.
     for k in ref:
         torch.testing.assert_close(resumed["model"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert final_eval_metrics(out)["bbox/AP"] == pytest.approx(
-        final_eval_metrics(trained)["bbox/AP"], abs=1e-3
+    assert final_eval_metrics(tmp_path)["bbox/AP"] == pytest.approx(
+        final_eval_metrics(example_run.folder)["bbox/AP"], abs=1e-3
     )
 
 
-def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(example_run, tmp_path):
     """Checkpoints written before RNGState stored tensors hold np.random.get_state() as it comes
     (a tuple with a uint32 ndarray). Resuming from one reaches the uninterrupted run's weights:
     on torch >= 2.6 (weights_only loads) through the checkpointer's allowance of exactly those
@@ -200,7 +199,7 @@ def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp
     with the NumPy state put back in the old form."""
     import numpy as np
 
-    ckpt = torch.load(os.path.join(trained, "model_0000001.pth"), map_location="cpu")
+    ckpt = torch.load(os.path.join(example_run.folder, "model_0000001.pth"), map_location="cpu")
     state = ckpt["rng"]["numpy"]
     ckpt["rng"]["numpy"] = (
         state["bit_generator"],
@@ -211,142 +210,141 @@ def test_a_checkpoint_with_the_legacy_numpy_rng_state_still_resumes(trained, tmp
     )
     torch.save(ckpt, tmp_path / "model_0000001.pth")
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
-    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=2", "train.eval_period=4"]
-    train_net.main(run(str(tmp_path), *opts, resume=True))
+    opts = example_run.training(f"train.output_dir={tmp_path}")
+    train_net.main(train_net_args(EXAMPLE_CONFIG, *opts, resume=True))
     resumed = model_state(tmp_path / "model_final.pth")
-    ref = model_state(os.path.join(trained, "model_final.pth"))
+    ref = model_state(example_run.weights)
     for k in ref:  # tolerance: see the interrupt-and-resume test
         torch.testing.assert_close(resumed[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_resume_under_another_schedule_logs_what_the_lr_does(trained, tmp_path):
-    """The finished 4-iteration run resumed with train.max_iter=5 and its one LR step moved
-    from 15 to 19 (of 20 updates): at iteration 4 the old schedule was past its step (0.001),
-    the new one is not (0.01). One warning line names both changes and the LR; the trainer then
-    trains iteration 4 at that LR (metrics.json). Fails if the checkpoint does not record its
-    schedule, if the train loop does not compare it, or if the line misstates the LR."""
-    for name in ["last_checkpoint", "model_final.pth"]:
-        shutil.copy(os.path.join(trained, name), tmp_path / name)
+@pytest.mark.slow
+def test_resume_under_another_schedule_logs_what_the_lr_does(example_run, tmp_path):
+    """The finished 8-iteration run resumed with train.max_iter=9 and its LR steps moved from
+    2000 and 2667 to 2900 and 2950 (of 3000 updates): at iteration 8 the old schedule was past both
+    steps (LR 0.0025 x 0.01), the new one is past none (0.0025). One warning line names both
+    changes and the LR; the trainer then trains iteration 8 at that LR (metrics.json). Fails
+    if the checkpoint does not record its schedule, if the train loop does not compare it, or
+    if the line misstates the LR."""
+    _copy(example_run, tmp_path, "last_checkpoint", "model_final.pth")
     logger = logging.getLogger("detectron2")  # does not propagate (Detectron2's setup_logger)
     records = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
     logger.addHandler(handler)
     try:
-        opts = ["train.max_iter=5", "lr_multiplier.scheduler.milestones=[19]"]
-        train_net.main(run(str(tmp_path), *opts, "train.eval_period=0", resume=True))
+        opts = ["train.max_iter=9", "lr_multiplier.scheduler.milestones=[2900,2950]"]
+        opts = example_run.training(*opts, f"train.output_dir={tmp_path}")
+        train_net.main(train_net_args(EXAMPLE_CONFIG, *opts, resume=True))
     finally:
         logger.removeHandler(handler)
     lines = [r.getMessage() for r in records if "--resume under another schedule" in r.getMessage()]
     assert lines == [
-        "--resume under another schedule than the checkpoint's (train.max_iter 4 -> 5; "
-        "lr_multiplier.scheduler.milestones [15] -> [19]): the LR at iteration 4 goes from "
-        "0.001 to 0.01"
+        "--resume under another schedule than the checkpoint's (train.max_iter 8 -> 9; "
+        "lr_multiplier.scheduler.milestones [2000, 2667] -> [2900, 2950]): the LR at iteration 8 "
+        "goes from 2.5e-05 to 0.0025"
     ]
     with open(tmp_path / "metrics.json") as f:
         logged = [json.loads(line) for line in f if line.strip()]
-    assert [r["lr"] for r in logged if r.get("iteration") == 4] == [pytest.approx(0.01)]
+    assert [r["lr"] for r in logged if r.get("iteration") == 8] == [pytest.approx(0.0025)]
 
 
-def test_resume_refuses_the_last_checkpoint_of_another_config(trained, tmp_path):
+@pytest.mark.slow
+def test_resume_refuses_the_last_checkpoint_of_another_config(example_run, tmp_path):
     """A second config pointed at the first one's folder (both once wrote to ./output) must not
     pick up its checkpoint: --resume stops before anything is loaded or written, naming the
     checkpoint's config and the one given. Fails if the train loop stops recording the config
     in its checkpoints or if main resumes without check_resume (it would go on to load the
-    tiny shapes weights into the tree-crown model); config.yaml would be rewritten if the check
+    example's weights into the tree-crown model); config.yaml would be rewritten if the check
     ran after default_setup."""
-    for name in ["last_checkpoint", "model_final.pth", "config.yaml"]:
-        shutil.copy(os.path.join(trained, name), tmp_path / name)
+    _copy(example_run, tmp_path, "last_checkpoint", "model_final.pth", "config.yaml")
     saved_yaml = (tmp_path / "config.yaml").read_text()
     other = "configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py"
-    args = train_net.default_argument_parser().parse_args(
-        ["--config-file", other, "--resume", f"train.output_dir={tmp_path}", "train.max_iter=4"]
-    )
+    args = train_net_args(other, f"train.output_dir={tmp_path}", "train.max_iter=4", resume=True)
     with pytest.raises(ValueError, match="--resume refused") as e:
         train_net.main(args)
     message = str(e.value)
-    assert f"config {CONFIG}, not under --config-file {other}" in message
+    assert f"config {EXAMPLE_CONFIG}, not under --config-file {other}" in message
     assert str(tmp_path / "model_final.pth") in message
     assert (tmp_path / "config.yaml").read_text() == saved_yaml
     assert sorted(os.listdir(tmp_path)) == ["config.yaml", "last_checkpoint", "model_final.pth"]
 
 
 def _kill_when(proc, ready, timeout=300):
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it exits or times out first."""
+    """SIGKILL ``proc`` (a ``subprocess.Popen`` or a ``multiprocessing.Process``) as soon as
+    ``ready()`` holds; fail if it exits or times out first."""
+    alive = proc.is_alive if hasattr(proc, "is_alive") else lambda: proc.poll() is None
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, f"exited with {proc.returncode} before it could be killed"
+        assert alive(), "exited before it could be killed"
         assert time.monotonic() < deadline, "timed out waiting to kill"
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    os.kill(proc.pid, signal.SIGKILL)
+    exitcode = proc.wait() if hasattr(proc, "wait") else proc.join() or proc.exitcode
+    assert exitcode == -signal.SIGKILL
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(trained, tmp_path):
+def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(example_run, tmp_path):
     """A real ``kill -9`` of a train_net.py process right after its first checkpoint (one per
     iteration, so the kill may land in a step or in a save): ``--resume`` continues from the
-    last complete checkpoint and ends with the weights of the uninterrupted run."""
-    out = str(tmp_path)
-    opts = [f"train.max_iter={MAX_ITER}", "train.checkpointer.period=1", "train.eval_period=4"]
-    cmd = [sys.executable, "train_net.py", "--config-file", CONFIG]
-    overrides = [*COMMON, *opts, f"train.output_dir={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    last = os.path.join(out, "last_checkpoint")
-    with open(os.path.join(out, "killed.log"), "w") as log:
-        proc = subprocess.Popen([*cmd, *overrides], env=env, stdout=log, stderr=subprocess.STDOUT)
-        _kill_when(proc, lambda: os.path.exists(last))
-    assert not os.path.exists(os.path.join(out, "model_final.pth")), "killed too late"
-    with open(last) as f:
-        at_kill = torch.load(os.path.join(out, f.read()), map_location="cpu")["iteration"]
-    assert at_kill < MAX_ITER - 1
+    last complete checkpoint and ends with the weights of the uninterrupted example run (the
+    process warms TorchScript first, as this one did: WARM_TRAIN_NET)."""
+    opts = example_run.training("train.checkpointer.period=1", f"train.output_dir={tmp_path}")
+    cmd = [sys.executable, "-c", WARM_TRAIN_NET, "--config-file", EXAMPLE_CONFIG, *opts]
+    last = tmp_path / "last_checkpoint"
+    with open(tmp_path / "killed.log", "w") as log:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _kill_when(proc, last.exists)
+    assert not os.path.exists(tmp_path / "model_final.pth"), "killed too late"
+    at_kill = torch.load(tmp_path / last.read_text(), map_location="cpu")["iteration"]
+    assert at_kill < EXAMPLE_ITERS - 1
 
-    with open(os.path.join(out, "resumed.log"), "w") as log:
-        subprocess.run(
-            [*cmd, "--resume", *overrides],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
-    with open(os.path.join(out, "resumed.log")) as f:
-        assert f"Starting training from iteration {at_kill + 1}" in f.read()
-    resumed = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
-    assert resumed["iteration"] == MAX_ITER - 1
-    ref = model_state(os.path.join(trained, "model_final.pth"))
+    train_net.main(train_net_args(EXAMPLE_CONFIG, *opts, resume=True))
+    log = (tmp_path / "log.txt").read_text()
+    assert f"Starting training from iteration {at_kill + 1}" in log
+    resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu")
+    assert resumed["iteration"] == EXAMPLE_ITERS - 1
+    ref = model_state(example_run.weights)
     for k in ref:  # tolerance: see test_interrupt_and_resume_reaches_the_same_iteration_and_weights
         torch.testing.assert_close(resumed["model"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-_SAVE_FOREVER = textwrap.dedent("""
-    import os, sys, torch
-    from atss.engine import AtomicDetectionCheckpointer
-    folder, marker = sys.argv[1:]
+# Forked from this process; Python >= 3.12 warns that torch's threads make fork() risky
+# (DeprecationWarning), which the newest-stack check would print.
+FORKED = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+def _save_forever(folder, marker):
     model = torch.nn.Linear(2048, 2048)  # 16 MB per checkpoint
-    ckpt = AtomicDetectionCheckpointer(model, folder)
+    ckpt = AtomicDetectionCheckpointer(model, str(folder))
     for i in range(10**9):
         with torch.no_grad():
             model.bias.fill_(i)
         ckpt.save(f"model_{i % 3}", iteration=i)  # new files, then overwriting old ones
         if i == 0:
-            open(marker, "w").close()
-    """)
+            marker.touch()
 
 
 @pytest.mark.slow
+@FORKED
 def test_sigkill_during_saves_never_leaves_a_corrupt_last_checkpoint(tmp_path):
-    """Processes that do nothing but save checkpoints are killed with SIGKILL at varying
-    moments: every time, ``last_checkpoint`` names a complete checkpoint, and every ``.pth``
-    in the folder loads. Partial data only ever sits in hidden temporary files, at most one per
-    target (the next save of that target removes older leftovers)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["projects/ATSS", "."])}
+    """Processes that do nothing but save checkpoints (forked from this one) are killed with
+    SIGKILL at varying moments, 6 times and then until a kill has interrupted a write (at most
+    24): every time, ``last_checkpoint`` names a complete checkpoint, and every ``.pth`` in the
+    folder loads. Partial data only ever sits in hidden temporary files, at most one per target
+    (the next save of that target removes older leftovers)."""
     folder = tmp_path / "ckpt"
     partial = 0  # rounds whose kill interrupted a checkpoint write
-    for round, delay in enumerate([0.0, 0.013, 0.029, 0.047, 0.071, 0.11]):
+    for round, delay in enumerate([0.0, 0.013, 0.029, 0.047, 0.071, 0.11] * 4):
+        if round >= 6 and partial:
+            break
         marker = tmp_path / f"started_{round}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SAVE_FOREVER, str(folder), str(marker)], env=env
+        proc = multiprocessing.get_context("fork").Process(
+            target=_save_forever, args=(folder, marker)
         )
+        proc.start()
         seen = []
 
         def ready():  # `delay` seconds after this process's first complete save
@@ -388,12 +386,6 @@ def _assert_finite_losses_and_ap(out):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_with_gloo_train_and_evaluate(tmp_path):
-    """--num-gpus 2 without CUDA: launch() spawns 2 processes with the gloo backend and
-    train_net gives DDP device_ids=None (the default [local_rank] raises on CPU modules)."""
-    _train_in_two_processes(str(tmp_path))
-
-
 @pytest.mark.cuda
 def test_two_gpus_with_nccl_and_amp_train_and_evaluate(cuda_device, tmp_path):
     """--num-gpus 2 on 2 GPUs with AMP: launch() picks NCCL. Fails on what only a multi-GPU run
@@ -426,6 +418,7 @@ def _fp32_weights(path):
 BF16 = ["train.amp.enabled=True", "train.amp.precision=bf16"]
 
 
+@pytest.mark.slow
 def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_precision(
     tmp_path, monkeypatch
 ):
@@ -452,6 +445,7 @@ def test_a_bf16_run_keeps_fp32_checkpoints_and_resumes_and_evaluates_in_any_prec
     assert math.isfinite(results["bbox"]["AP"])
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 def test_amp_trains_and_evaluates_on_the_device(cuda_device, tmp_path, monkeypatch):
     """train.amp.enabled=True on the device through our train loop: fp16 with the gradient
@@ -506,13 +500,15 @@ def _normalizer_worker(rank, world, port, out):
     os._exit(0)
 
 
+@pytest.mark.slow
+@FORKED
 def test_all_reduced_normalisers_match_one_process_on_the_same_global_batch(tmp_path):
     """Each of W processes divides its local loss sum by all-reduce-sum(x) / W; DDP then
     averages the gradients over the W processes. So mean_r(L_r / N_r) must equal the one-process
     value (sum_r L_r) / N for the same global batch, and every rank must get the same N_r."""
     world, out = 2, str(tmp_path / "norm")
     mp.start_processes(
-        _normalizer_worker, args=(world, free_port(), out), nprocs=world, start_method="spawn"
+        _normalizer_worker, args=(world, free_port(), out), nprocs=world, start_method="fork"
     )
     per_rank = [torch.load(f"{out}.{r}") for r in range(world)]
     for i, (pos, ctr, losses) in enumerate(CASES):
@@ -601,6 +597,7 @@ class _NaNLossAtIter2(SimpleTrainer):
             poison.remove()
 
 
+@pytest.mark.slow
 def test_train_net_stops_on_a_non_finite_loss_naming_the_iteration_and_last_checkpoint(
     tmp_path, monkeypatch
 ):
@@ -626,6 +623,7 @@ def test_train_net_stops_on_a_non_finite_loss_naming_the_iteration_and_last_chec
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_during_training_uses_test_time_augmentation(tmp_path, monkeypatch):
     """With test.aug.enabled=True the evaluation at train.eval_period runs the TTA model (as
     --eval-only does, and as configs/README.md says): the TTA wrapper runs during training,

@@ -412,9 +412,9 @@ def test_ablations_train_and_infer_with_a_small_backbone(name):
 def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
     """Steps of the R-50 config with our train loop's trainer for ``train.amp.enabled=True``
     (:func:`atss.engine.train_loop.build_trainer`: fp16 and a gradient scaler on CUDA; one bf16
-    step when the `cuda` tests run against the CPU), random init, two synthetic ~620x780
-    images with 8 boxes each: every loss finite. Fails on a layer that breaks under autocast
-    (a dtype mismatch, a float16 overflow in the losses)."""
+    step on images of half the size when the `cuda` tests run against the CPU), random init,
+    two synthetic ~620x780 images with 8 boxes each: every loss finite. Fails on a layer that
+    breaks under autocast (a dtype mismatch, a float16 overflow in the losses)."""
     from atss.engine.device import autocast_dtype
     from atss.engine.train_loop import build_trainer
 
@@ -426,7 +426,7 @@ def test_r50_config_trains_with_amp_on_cuda(cuda_device, record_property):
     model = instantiate(cfg.model).to(cuda_device).train()
     cfg.optimizer.params.model = model
     g = torch.Generator().manual_seed(0)
-    sizes = [(608, 800), (640, 768)]
+    sizes = [(608, 800), (640, 768)] if on_cuda else [(304, 400), (320, 384)]
     boxes = [random_boxes(8, h, w, g, min_size=16, max_size=min(h, w) / 2) for h, w in sizes]
     batch = make_inputs(sizes, boxes, num_classes=cfg.model.num_classes)
     optimizer = instantiate(cfg.optimizer)
@@ -547,39 +547,6 @@ def test_treecrown_config_reads_rgb_normalises_as_imagenet_and_keeps_300_detecti
     assert list(cfg.model.pixel_std) == [58.395, 57.12, 57.375]
     assert model.max_detections_per_image == 300
     assert cfg.dataloader.evaluator.max_dets_per_image == 300
-
-
-_BLOCKED_IMPORT = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "pkg_resources" or name.startswith("pkg_resources."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-sys.meta_path.insert(0, Block())
-sys.modules.pop("pkg_resources", None)
-from detectron2.config import LazyConfig
-for path in sys.argv[1:]:
-    LazyConfig.load(path)
-assert "pkg_resources" not in sys.modules
-print("loaded", len(sys.argv) - 1)
-"""
-
-
-def test_every_config_loads_without_pkg_resources():
-    """setuptools >= 81 ships no pkg_resources, which detectron2.model_zoo imports: every config
-    loads in a process where importing it fails (the common configs come through
-    atss.config.get_detectron2_config)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_IMPORT, *ALL_CONFIGS],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(["projects/ATSS", "."])},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["loaded", str(len(ALL_CONFIGS))]
 
 
 @pytest.mark.parametrize("name", ["common/train.py", "common/optim.py", "common/models/fcos.py"])

@@ -208,7 +208,15 @@ CONFIGS = sorted(glob.glob("configs/**/*.py", recursive=True, root_dir=REPO_ROOT
 # Imports atss (all subpackages) and loads every config through load_config, then prints the
 # datasets registered beyond Detectron2's own.
 LOAD_EVERYTHING = """
-import sys
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):  # setuptools >= 81 ships no pkg_resources
+    def find_spec(self, name, path=None, target=None):
+        if name == "pkg_resources" or name.startswith("pkg_resources."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, Block())
+sys.modules.pop("pkg_resources", None)
 from detectron2.data import DatasetCatalog
 
 builtin = set(DatasetCatalog.list())
@@ -221,6 +229,7 @@ opts = sys.argv[1].split()
 for path in sys.argv[2:]:
     load_config(path, opts if "coco_json" in path else [])
 print("after loading:", sorted(set(DatasetCatalog.list()) - builtin))
+assert "pkg_resources" not in sys.modules
 """
 
 
@@ -233,12 +242,16 @@ def _files_under(folder):
     )
 
 
+@pytest.mark.slow
 def test_importing_atss_and_loading_every_config_writes_no_file(tmp_path):
-    """In a fresh process with an empty home and no $ATSS_CACHE, importing atss and loading
-    every config under configs/ (those with a dataset node given the four dataset overrides)
-    registers only custom_train/custom_test and writes nothing: not in the user cache, not in
-    the checkout. Fails if load_config builds the shapes or tree crowns again (it wrote
-    181 PNGs into .cache/ of the checkout), or if the cache defaults into the checkout."""
+    """In a fresh process with an empty home, no $ATSS_CACHE and no pkg_resources (setuptools
+    >= 81 ships none; detectron2.model_zoo imports it), importing atss and loading every config
+    under configs/ (those with a dataset node given the four dataset overrides) registers only
+    custom_train/custom_test and writes nothing: not in the user cache, not in the checkout.
+    Fails if load_config builds the shapes or tree crowns again (it wrote 181 PNGs into .cache/
+    of the checkout), if the cache defaults into the checkout, or if atss or a config imports
+    pkg_resources (the common configs come through atss.config.get_detectron2_config, not
+    detectron2.model_zoo)."""
     data = write_coco_example(str(tmp_path / "data"), 2, 1, size=(64, 96))
     opts = coco_json_overrides(data)
     home = tmp_path / "home"

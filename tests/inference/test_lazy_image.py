@@ -188,6 +188,7 @@ def test_tiled_image_mapper_names_the_file_and_image_of_a_bad_image(tmp_path):
 # Detectron2's loader forks its worker as in a real evaluation; Python >= 3.12 warns that torch's
 # threads make fork() risky (DeprecationWarning), which the newest-stack check would print.
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.slow  # a worker process
 def test_tiled_evaluation_loader_gives_the_in_memory_detections(fitted, tmp_path):
     """Through Detectron2's test loader with a worker process, the tiled model gets the same
     detections from the mosaic as a PNG (a tensor view handed over in shared memory) and as a

@@ -29,6 +29,7 @@ def _random_gts(g, n, h, w):
 
 
 @pytest.mark.slow
+@torch.inference_mode()  # values only, no gradients: torch skips autograd's bookkeeping
 def test_ten_thousand_random_trials_are_finite():
     """Random sizes, 0..500 GTs, degenerate boxes, random predictions: all finite, no error."""
     g = torch.Generator().manual_seed(1234)

@@ -55,6 +55,7 @@ def test_summary_is_the_median_and_its_spread():
     assert stats["images_per_s"] == pytest.approx(4 / 0.3)
 
 
+@pytest.mark.slow  # a fresh process measures its peak memory
 def test_peak_rss_grows_by_a_touched_allocation_in_mebibytes():
     """A fresh process that fills 256 MiB sees its peak grow by about 256: fails if the peak is
     read in KiB or bytes (1024x off) or does not include the allocation."""

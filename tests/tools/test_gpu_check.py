@@ -1,12 +1,15 @@
 """scripts/gpu_check.sh: the tests marked `cuda` as a table, its exit status, and the CPU run of
 those tests that keeps their code working on machines without a GPU."""
 
+import glob
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+pytestmark = pytest.mark.slow  # each test runs the script (bash, pytest) in a process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
@@ -85,13 +88,17 @@ def test_the_table_shows_each_outcome_and_a_failure_makes_the_status_non_zero(tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_every_cuda_test_passes_against_the_cpu(tmp_path):
     """The `cuda` tests with ATSS_CUDA_TESTS_DEVICE=cpu: each runs its code (the CPU compared
     with itself, AMP as bf16 autocast, no NCCL) and passes, the 2-GPU one is skipped. Catches a
     broken call in a test that otherwise only runs on a GPU machine, and a `cuda` test that goes
-    missing."""
-    proc = _run(tmp_path, device="cpu")
+    missing. Run on the test files that mark any (collecting the others costs time, not tests)."""
+    files = [
+        path
+        for path in glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)
+        if "pytest.mark.cuda" in open(path).read()
+    ]
+    proc = _run(tmp_path, *files, device="cpu")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outcomes = {name: outcome for name, (outcome, _) in _table(proc.stdout).items()}
     assert outcomes == {

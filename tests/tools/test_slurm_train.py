@@ -14,6 +14,8 @@ from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import parse_launch_args
 
+pytestmark = pytest.mark.slow  # each test runs the script (bash) in a process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "slurm_train.sh")
 NODELIST = "gpu-node-[017-018]"

@@ -5,14 +5,13 @@ comparison's reading of a run's metrics.json."""
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 from detectron2.config import LazyConfig
 
 from atss.engine import device
-from tests.atss_testing import load_script
+from tests.atss_testing import ROOT, load_script, run_script
 
 compare_detectors = load_script("tools/compare_detectors.py")
 
@@ -61,14 +60,18 @@ def test_make_demo_job_trains_evaluates_and_draws(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.slow
-def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
-    """tools/compare_detectors.py train for one detector, one seed, the small cross-site
-    split, 4 iterations: the train_net.py run gets train.max_iter=4 and the trailing
-    overrides, and the table, the per-run JSON (read from metrics.json) and the plot are
-    written."""
-    cmd = [
-        sys.executable,
-        "tools/compare_detectors.py",
+def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path, monkeypatch):
+    """tools/compare_detectors.py train for one detector, one seed, the small cross-site split,
+    4 iterations: the train_net.py command it runs (here in this process) gets
+    train.max_iter=4 and the trailing overrides, and the table, the per-run JSON (read from
+    metrics.json) and the plot are written."""
+
+    def run_in_this_process(cmd, check, **kwargs):
+        assert cmd[:2] == [sys.executable, os.path.join(ROOT, "train_net.py")] and check
+        assert run_script("train_net.py", *cmd[2:]) == 0
+
+    monkeypatch.setattr(compare_detectors.subprocess, "run", run_in_this_process)
+    argv = [
         "train",
         "--seeds",
         "0",
@@ -85,8 +88,7 @@ def test_compare_detectors_tiny_train_run_writes_table_and_plot(tmp_path):
         "train.log_period=1",
         "model.test_score_thresh=0.001",  # detections from a barely trained model
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    compare_detectors.main(argv)
     run_dir = tmp_path / "xsite" / "ATSS" / "seed0"
     cfg = _config_yaml(run_dir)
     assert cfg.train.max_iter == 4 and cfg.train.log_period == 1
