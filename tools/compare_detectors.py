@@ -176,7 +176,8 @@ def summarize_training(records):
 
     Returns:
         dict with AP, AP50, AP75, train_s, iterations and curve ([(train_s, AP), ...] at every
-        evaluation). Raises ValueError when the run logged no evaluation (``bbox/AP``).
+        evaluation). Raises ValueError when the run logged no evaluation (``bbox/AP``) or no
+        iteration time.
     """
     train_s, last_iter, curve = 0.0, -1, []
     for r in records:
@@ -188,6 +189,11 @@ def summarize_training(records):
     evaluations = [r for r in records if "bbox/AP" in r]
     if not evaluations:
         raise ValueError("metrics.json has no evaluation (bbox/AP): was train.eval_period set?")
+    if last_iter < 0:
+        raise ValueError(
+            "metrics.json has no iteration time (Detectron2 logs it from iteration 20 on, every "
+            "train.log_period): run more iterations or set train.log_period=1"
+        )
     final = evaluations[-1]
     return dict(
         AP=final["bbox/AP"],

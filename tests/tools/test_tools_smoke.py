@@ -132,3 +132,6 @@ def test_training_summary_adds_iteration_times_and_takes_the_last_evaluation(tmp
     assert median(str(path)) == 1.0
     with pytest.raises(ValueError, match="no evaluation"):
         compare_detectors.summarize_training(records[:2])
+    # A run shorter than Detectron2's first timing log: a clear error, not a division by zero.
+    with pytest.raises(ValueError, match="no iteration time.*train.log_period=1"):
+        compare_detectors.summarize_training([records[2]])
