@@ -108,10 +108,13 @@ def test_runtimes_are_refused_where_they_would_be_ignored():
 def test_each_task_and_runtime_runs_two_iterations_at_the_requested_size(task, runtimes):
     """
     Each task times two iterations of the tiny shapes config, the three inference runtimes in
-    turns; train and infer get inputs of exactly --size and --batch images and report a
-    positive FLOP rate. Fails if a task or runtime is broken, if --size/--batch are ignored,
-    if images/s is not batch/median or if a runtime's ratio is not against the first.
+    turns (the eager one in fp32 and bf16, ONNX Runtime's export once, in fp32); train and
+    infer get inputs of exactly --size and --batch images and report a positive FLOP rate.
+    Fails if a task or runtime is broken, if --size/--batch are ignored, if images/s is not
+    batch/median, if a runtime's ratio is not against the first or if a precision multiplies
+    the exported runtimes.
     """
+    precisions = ["fp32", "bf16"] if task == "infer" else None
     result = benchmark.run_benchmark(
         _tiny_cfg(batch=2),
         task,
@@ -120,8 +123,10 @@ def test_each_task_and_runtime_runs_two_iterations_at_the_requested_size(task, r
         warmup=1,
         peaks=(task == "train"),
         random_weights=True,  # timing only: an untrained model, asked for explicitly
+        precisions=precisions,
     )
-    assert list(result["runs"]) == runtimes and result["settings"]["runtimes"] == runtimes
+    names = runtimes[:1] + ["eager-bf16"] * bool(precisions) + runtimes[1:]
+    assert list(result["runs"]) == names and result["settings"]["runtimes"] == runtimes
     assert result["peak_rss_mib"] > 100 and result["cuda_peak_mib"] is None
     assert result["machine"]["cpu"]
     for run in result["runs"].values():
@@ -212,17 +217,17 @@ def test_matcher_task_times_both_forms_and_sees_the_dense_matrix(tmp_path, capsy
     "task, runtimes, tile",
     [
         ("train", ["eager"], None),
-        ("infer", ["eager", "onnxruntime"], None),
+        ("infer", ["eager"], None),  # next to the exported runtimes: the test above
         ("infer", ["eager"], dict(size=96, overlap=16, image_size=192)),
     ],
 )
 def test_precisions_are_timed_in_turns_with_their_ratio_to_the_first(
     monkeypatch, task, runtimes, tile
 ):
-    """--precision fp32 bf16 times the eager network in both (ONNX Runtime once, in fp32) in one
-    run, each variant reporting its ratio to the first, in training, inference and tiled
-    inference. Fails if a precision is ignored (the network would run fp32 twice: the dtypes
-    the head gives are recorded) or a variant lacks its ratio."""
+    """--precision fp32 bf16 times the eager network in both in one run, each variant
+    reporting its ratio to the first, in training, inference and tiled inference. Fails if a
+    precision is ignored (the network would run fp32 twice: the dtypes the head gives are
+    recorded) or a variant lacks its ratio."""
     from atss.modeling import ATSS
 
     seen, boundary = set(), ATSS.fp32_predictions
