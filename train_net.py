@@ -3,6 +3,7 @@
 
     python train_net.py --config-file configs/TreeCrowns/atss_MNV2_FPN_treecrowns.py
     python train_net.py --config-file CFG --eval-only train.init_checkpoint=PATH/model_final.pth
+    python train_net.py --run RUN --eval-only                 # RUN/config.yaml, RUN/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from train.output_dir
     python train_net.py --config-file CFG --num-gpus 2        # 2 processes (gloo on CPU)
 

@@ -15,6 +15,7 @@ import pytest
 from detectron2.data.detection_utils import read_image
 
 import train_net
+from atss.engine.cli import parse_launch_args
 from atss.export import OUTPUT_NAMES
 from atss.inference import onnx_runtime
 from tests.atss_testing import ROOT, train_net_args, write_coco_example
@@ -92,21 +93,15 @@ def test_export_of_the_run_folder_writes_model_json_and_a_model_for_onnxruntime(
 
 
 def test_eval_only_on_another_dataset_from_the_run_folder(example_run, tmp_path):
-    """train_net.py --eval-only with the run's config.yaml on another dataset (same categories)
-    after the training data are gone: COCOEvaluator results in that JSON's ids (3, 7). Fails if
-    --eval-only still reads the deleted dataset.train."""
+    """train_net.py --run RUN --eval-only (docs/own_data.md's command) on another dataset (same
+    categories) after the training data are gone: COCOEvaluator results in that JSON's ids
+    (3, 7). Fails if --eval-only still reads the deleted dataset.train."""
     other = write_coco_example(str(tmp_path / "other"), 1, 3, size=(64, 96), seed=5)
     out = str(tmp_path / "eval_other")
-    results = train_net.main(
-        train_net_args(
-            example_run.config,
-            f"train.init_checkpoint={example_run.weights}",
-            f"dataset.test.json_file={other['val_json']}",
-            f"dataset.test.image_root={other['image_root']}",
-            f"train.output_dir={out}",
-            eval_only=True,
-        )
-    )
+    argv = ["--run", example_run.folder, "--eval-only"]
+    argv += [f"dataset.test.json_file={other['val_json']}"]
+    argv += [f"dataset.test.image_root={other['image_root']}", f"train.output_dir={out}"]
+    results = train_net.main(parse_launch_args(train_net.default_argument_parser(), argv))
     assert {"AP-rectangle", "AP-ellipse"} <= set(results["bbox"])
     with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
         detections = json.load(f)

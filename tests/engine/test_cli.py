@@ -13,6 +13,7 @@ from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import (
     config_and_overrides,
+    default_argument_parser as atss_default_argument_parser,
     flags_among_overrides,
     parse_args,
     parse_launch_args,
@@ -175,6 +176,30 @@ def test_run_is_the_config_and_the_weights_of_a_run_folder(tmp_path):
     assert opts == [f"train.init_checkpoint={tmp_path / 'model_final.pth'}", "a.b=1"]
     argv = ["--run", run, "--output", "o", "--random-weights"]
     assert config_and_overrides(parse_args(parser, argv)) == (config, [])
+
+
+def test_train_net_evaluates_a_run_folder_given_with_run(tmp_path, capsys):
+    """train_net.py --run RUN --eval-only is --config-file RUN/config.yaml with the run's
+    model_final.pth as the first override, resolved before launch; --run without --eval-only,
+    beside --config-file or on a folder without the files is refused (exit 2) saying what to
+    do. Fails if argparse takes --run for an abbreviation of --runtime, or if --run trains
+    from the run's final weights."""
+    parser = atss_default_argument_parser
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "model_final.pth"):
+        (run / name).write_text("")
+    args = parse_launch_args(parser(), ["--run", str(run), "--eval-only", "a.b=1"])
+    assert (args.config_file, args.runtime) == (str(run / "config.yaml"), "eager")
+    assert args.opts == [f"train.init_checkpoint={run / 'model_final.pth'}", "a.b=1"]
+    for argv, message in [
+        (["--run", str(run)], f"add --eval-only (to continue its training: --config-file {run}"),
+        (["--run", str(run), "--eval-only", "--config-file", CONFIG], "give one of them"),
+        (["--run", str(tmp_path), "--eval-only"], f"no {tmp_path / 'config.yaml'}"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            parse_launch_args(parser(), argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
 
 
 def test_random_weights_with_a_weights_path_is_a_contradiction():

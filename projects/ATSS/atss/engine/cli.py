@@ -70,6 +70,7 @@ Change config values (a key the config does not have is refused; +key=value adds
 Evaluate a trained model (--random-weights to evaluate an untrained one; --runtime onnxruntime
 to evaluate its ONNX export in ONNX Runtime):
     $ {prog} --config-file CFG --eval-only train.init_checkpoint=out/run/model_final.pth
+    $ {prog} --run out/run --eval-only      # the same from a run folder: its config and weights
 
 Continue the run in train.output_dir:
     $ {prog} --config-file CFG --resume
@@ -89,6 +90,12 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         if action.dest == "opts":
             action.help = "key=value config overrides (e.g. train.max_iter=100), after the flags"
     add_weights_arguments(parser)
+    parser.add_argument(
+        "--run",
+        metavar="DIR",
+        help="with --eval-only, instead of --config-file: evaluate a training run's folder, the "
+        f"same as --config-file DIR/{RUN_CONFIG} train.init_checkpoint=DIR/{RUN_WEIGHTS}",
+    )
     parser.add_argument(
         "--runtime",
         choices=["eager", "onnxruntime"],
@@ -194,7 +201,9 @@ def parse_launch_args(
     parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
 ) -> argparse.Namespace:
     """:func:`parse_args` of a :func:`default_argument_parser` with ``--dist-timeout``
-    added; exits with a clear message when the machine rank is out of range."""
+    added; exits with a clear message when the machine rank is out of range. ``--run DIR``
+    (``--eval-only`` only) becomes ``config_file`` and the weights override
+    (:func:`config_and_overrides`), so that every process gets the same arguments."""
     parser.add_argument(
         "--dist-timeout",
         type=float,
@@ -212,6 +221,19 @@ def parse_launch_args(
         )
     if args.dist_timeout <= 0:
         parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    if getattr(args, "run", None):  # only this module's default_argument_parser has --run
+        if not args.eval_only:  # training from a run's final weights would be a fine-tuning
+            parser.error(
+                f"--run {args.run} evaluates a run folder: add --eval-only (to continue its "
+                f"training: --config-file {os.path.join(args.run, RUN_CONFIG)} --resume)"
+            )
+        if args.config_file:
+            parser.error("--run and --config-file both name the config: give one of them")
+        try:
+            args.config_file, args.opts = config_and_overrides(args)
+        except ConfigError as e:
+            parser.error(str(e))
+        args.run = None  # resolved: the weights are the first override now
     return args
 
 
