@@ -13,7 +13,9 @@ from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import (
     config_and_overrides,
-    default_argument_parser as atss_default_argument_parser,
+)
+from atss.engine.cli import default_argument_parser as atss_default_argument_parser
+from atss.engine.cli import (
     flags_among_overrides,
     parse_args,
     parse_launch_args,
