@@ -184,8 +184,9 @@ def test_train_net_evaluates_a_run_folder_given_with_run(tmp_path, capsys):
     """train_net.py --run RUN --eval-only is --config-file RUN/config.yaml with the run's
     model_final.pth as the first override, resolved before launch; --run without --eval-only,
     beside --config-file or on a folder without the files is refused (exit 2) saying what to
-    do. Fails if argparse takes --run for an abbreviation of --runtime, or if --run trains
-    from the run's final weights."""
+    do, as is a weights path beside --random-weights. Fails if argparse takes --run for an
+    abbreviation of --runtime, if --run trains from the run's final weights, or if a refusal
+    escapes as a traceback."""
     parser = atss_default_argument_parser
     run = tmp_path / "run"
     run.mkdir()
@@ -198,6 +199,10 @@ def test_train_net_evaluates_a_run_folder_given_with_run(tmp_path, capsys):
         (["--run", str(run)], f"add --eval-only (to continue its training: --config-file {run}"),
         (["--run", str(run), "--eval-only", "--config-file", CONFIG], "give one of them"),
         (["--run", str(tmp_path), "--eval-only"], f"no {tmp_path / 'config.yaml'}"),
+        (
+            ["--run", str(run), "--eval-only", "--random-weights", "train.init_checkpoint=w.pth"],
+            "--random-weights contradicts train.init_checkpoint=w.pth",
+        ),
     ]:
         with pytest.raises(SystemExit) as e:
             parse_launch_args(parser(), argv)

@@ -231,7 +231,7 @@ def parse_launch_args(
             parser.error("--run and --config-file both name the config: give one of them")
         try:
             args.config_file, args.opts = config_and_overrides(args)
-        except ConfigError as e:
+        except (ConfigError, WeightsError) as e:
             parser.error(str(e))
         args.run = None  # resolved: the weights are the first override now
     return args
