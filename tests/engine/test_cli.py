@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch.distributed as dist
 from detectron2.engine import default_argument_parser
 
 from atss.engine.cli import (
@@ -20,6 +21,7 @@ from atss.engine.cli import (
     parse_args,
     parse_launch_args,
     reject_flags_in_overrides,
+    run_then_leave_process_group,
 )
 from atss.engine.config import ConfigError, WeightsError
 from tests.atss_testing import ROOT, free_port, load_script
@@ -286,3 +288,20 @@ def test_unreachable_rendezvous_fails_within_the_timeout_with_a_clear_message(tm
         for proc, log, _ in procs.values():
             proc.kill()
             log.close()
+
+
+def test_a_worker_leaves_its_process_group_when_main_returns():
+    """The function each launched process runs returns main's result and destroys the process
+    group behind it; without a group it only runs main. Fails if the group is left for the
+    interpreter's exit, where gloo's threads can abort a rank that has finished its work
+    (SIGABRT, "terminate called without an active exception", seen on the two-machine run)."""
+    assert run_then_leave_process_group(lambda x: x + 1, 1) == 2  # no group: nothing to leave
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        assert run_then_leave_process_group(lambda: dist.get_world_size()) == 1
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -11,14 +11,17 @@ override or weights ends with one line and exit status 2 (:func:`exit_on_usage_e
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import sys
 from datetime import timedelta
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import torch.distributed as dist
 from detectron2.engine import defaults
 from detectron2.engine.launch import DEFAULT_TIMEOUT, launch
+from detectron2.utils import comm
 from torch.multiprocessing import ProcessRaisedException
 
 from atss.data import DatasetError
@@ -44,6 +47,7 @@ __all__ = [
     "parse_args",
     "parse_launch_args",
     "reject_flags_in_overrides",
+    "run_then_leave_process_group",
 ]
 
 RUN_CONFIG = "config.yaml"  # what Detectron2's default_setup writes into train.output_dir
@@ -337,13 +341,31 @@ def _rendezvous_message(args: argparse.Namespace, error: str) -> str:
     )
 
 
+def run_then_leave_process_group(main_func: Callable, *args):
+    """``main_func(*args)``, then, in a process group, wait for every rank and destroy the
+    group before the process exits.
+
+    torch does not destroy the default group at exit: gloo's worker threads still hold their
+    last work while the interpreter finalizes, and a rank can then abort with SIGABRT
+    ("terminate called without an active exception") after training has finished. The barrier
+    keeps the rank that hosts the rendezvous store alive until every rank is done with it. An
+    exception propagates at once (a barrier would wait for ranks that may never arrive)."""
+    result = main_func(*args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
+
+
 def launch_training(main_func: Callable, args: argparse.Namespace) -> None:
     """Detectron2's ``launch(main_func, ...)`` of ``main_func(args)`` in every process, from
-    the arguments of :func:`parse_launch_args`, with ``--dist-timeout``. A failed rendezvous
-    ends with ``SystemExit`` carrying a message on what to check; other errors propagate."""
+    the arguments of :func:`parse_launch_args`, with ``--dist-timeout``; each process leaves
+    its process group when ``main_func`` returns (:func:`run_then_leave_process_group`). A
+    failed rendezvous ends with ``SystemExit`` carrying a message on what to check; other
+    errors propagate."""
     try:
         launch(
-            main_func,
+            functools.partial(run_then_leave_process_group, main_func),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
