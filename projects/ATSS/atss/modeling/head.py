@@ -1,5 +1,6 @@
 """The ATSS head: GN conv towers, classification, box and centerness predictors, per-level scale."""
 
+import functools
 import math
 from typing import List
 
@@ -7,6 +8,8 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import Tensor, nn
+
+from ..layers import DeformConvWithOffset, GroupNormFP32
 
 __all__ = ["ATSSHead", "Scale"]
 
@@ -64,7 +67,9 @@ class ATSSHead(RetinaNetHead):
             input_shape: one ShapeSpec per level (channels must be equal).
             num_classes: C. num_anchors: #A per location.
             conv_dims: output channels of each tower conv.
-            norm: tower normalisation (see ``detectron2.layers.get_norm``), GN(32) by default.
+            norm: tower normalisation (see ``detectron2.layers.get_norm``), GN(32) by default;
+                "GN" is :class:`~atss.layers.GroupNormFP32`, fp32 under autocast on every
+                device as CUDA's autocast runs GroupNorm (same parameters as ``nn.GroupNorm``).
             prior_prob: initial foreground probability of every class.
             box_coding: "BOX" or "POINT" (only changes the box-bias init here).
             use_dcn: deformable last tower conv.
@@ -75,6 +80,8 @@ class ATSSHead(RetinaNetHead):
                 f"ATSSHead: dcn_init must be 'authors' or 'detectron2', got {dcn_init!r}"
             )
         conv_dims = [int(c) for c in conv_dims]
+        if norm == "GN":
+            norm = functools.partial(GroupNormFP32, 32)
         super().__init__(
             input_shape=list(input_shape),
             num_classes=num_classes,
@@ -96,8 +103,6 @@ class ATSSHead(RetinaNetHead):
             self._use_deformable_last_conv(conv_dims, dcn_init)
 
     def _use_deformable_last_conv(self, conv_dims, dcn_init):
-        from ..layers import DeformConvWithOffset
-
         for tower in (self.cls_subnet, self.bbox_subnet):
             convs = [i for i, m in enumerate(tower) if isinstance(m, nn.Conv2d)]
             last = convs[-1]
