@@ -88,8 +88,9 @@ def autocast_dtype(device: str, amp_cfg) -> Optional[torch.dtype]:
       asks for it anyway.
 
     The model's parameters, and so its checkpoints, stay fp32 in every case; what runs in the
-    lower precision is the network (backbone and head), and the mathematics after it stays in
-    fp32 (the head's outputs are cast at the boundary: :mod:`atss.modeling.meta_arch`).
+    lower precision is the network (backbone and head; the head's GroupNorm computes in fp32,
+    :class:`~atss.layers.GroupNormFP32`), and the mathematics after it stays in fp32 (the
+    head's outputs are cast at the boundary: :mod:`atss.modeling.meta_arch`).
 
     Args:
         device: "cpu", "cuda", "cuda:1", ...
