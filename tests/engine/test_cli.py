@@ -12,6 +12,7 @@ import pytest
 import torch.distributed as dist
 from detectron2.engine import default_argument_parser
 
+from atss.engine import cli
 from atss.engine.cli import (
     config_and_overrides,
 )
@@ -21,7 +22,7 @@ from atss.engine.cli import (
     parse_args,
     parse_launch_args,
     reject_flags_in_overrides,
-    run_then_leave_process_group,
+    run_then_exit_worker,
 )
 from atss.engine.config import ConfigError, WeightsError
 from tests.atss_testing import ROOT, free_port, load_script
@@ -290,18 +291,32 @@ def test_unreachable_rendezvous_fails_within_the_timeout_with_a_clear_message(tm
             log.close()
 
 
-def test_a_worker_leaves_its_process_group_when_main_returns():
-    """The function each launched process runs returns main's result and destroys the process
-    group behind it; without a group it only runs main. Fails if the group is left for the
-    interpreter's exit, where gloo's threads can abort a rank that has finished its work
-    (SIGABRT, "terminate called without an active exception", seen on the two-machine run)."""
-    assert run_then_leave_process_group(lambda x: x + 1, 1) == 2  # no group: nothing to leave
+def test_a_spawned_worker_flushes_its_output_and_exits_without_finalizing(tmp_path, monkeypatch):
+    """With a process group (what launch's spawned workers have), the worker runs main, then
+    flushes stdout and ends with os._exit(0); without one (launch's single process) it returns
+    main's result. Fails if the worker returns into the interpreter's exit, where gloo's threads
+    can abort a rank that has finished its work (SIGABRT, "terminate called without an active
+    exception", seen on the two-machine run), or exits with main's printed lines still in the
+    buffer of a redirected stdout."""
+    assert run_then_exit_worker(lambda x: x + 1, 1) == 2  # no group: a plain call
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    stdout = open(tmp_path / "stdout.txt", "w", buffering=1024 * 1024)  # as when redirected
+    monkeypatch.setattr(sys, "stdout", stdout)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
-        assert run_then_leave_process_group(lambda: dist.get_world_size()) == 1
-        assert not dist.is_initialized()
+        with pytest.raises(Exited) as exited:
+            run_then_exit_worker(lambda: print("main is done"))
+        assert exited.value.args == (0,)
+        assert (tmp_path / "stdout.txt").read_text() == "main is done\n"
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        stdout.close()
+        dist.destroy_process_group()

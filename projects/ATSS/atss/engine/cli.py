@@ -47,7 +47,7 @@ __all__ = [
     "parse_args",
     "parse_launch_args",
     "reject_flags_in_overrides",
-    "run_then_leave_process_group",
+    "run_then_exit_worker",
 ]
 
 RUN_CONFIG = "config.yaml"  # what Detectron2's default_setup writes into train.output_dir
@@ -341,31 +341,35 @@ def _rendezvous_message(args: argparse.Namespace, error: str) -> str:
     )
 
 
-def run_then_leave_process_group(main_func: Callable, *args):
-    """``main_func(*args)``, then, in a process group, wait for every rank and destroy the
-    group before the process exits.
+def run_then_exit_worker(main_func: Callable, *args):
+    """``main_func(*args)`` in a process that :func:`launch_training` started; once it returns,
+    the process waits for every rank, flushes stdout and stderr and ends with ``os._exit(0)``.
 
-    torch does not destroy the default group at exit: gloo's worker threads still hold their
-    last work while the interpreter finalizes, and a rank can then abort with SIGABRT
-    ("terminate called without an active exception") after training has finished. The barrier
-    keeps the rank that hosts the rendezvous store alive until every rank is done with it. An
-    exception propagates at once (a barrier would wait for ranks that may never arrive)."""
+    Where ``launch`` runs ``main_func`` in the launching process (one process in all), no
+    process group exists and the result is returned. A spawned worker never returns normally:
+    torch 2.3's gloo worker threads can still hold the last collective's tensors when the rank
+    is done, and then the interpreter's exit aborts the rank (SIGABRT, "terminate called
+    without an active exception") while ``destroy_process_group`` can deadlock on the GIL.
+    ``os._exit`` runs neither. The barrier keeps the rank that hosts the rendezvous store alive
+    until every rank is done with it. An exception propagates at once (a barrier would wait
+    for ranks that may never arrive)."""
     result = main_func(*args)
-    if dist.is_available() and dist.is_initialized():
-        comm.synchronize()
-        dist.destroy_process_group()
-    return result
+    if not (dist.is_available() and dist.is_initialized()):
+        return result
+    comm.synchronize()
+    sys.stdout.flush()  # logging handlers flush each record; print()'s buffers are flushed here
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch_training(main_func: Callable, args: argparse.Namespace) -> None:
     """Detectron2's ``launch(main_func, ...)`` of ``main_func(args)`` in every process, from
-    the arguments of :func:`parse_launch_args`, with ``--dist-timeout``; each process leaves
-    its process group when ``main_func`` returns (:func:`run_then_leave_process_group`). A
-    failed rendezvous ends with ``SystemExit`` carrying a message on what to check; other
-    errors propagate."""
+    the arguments of :func:`parse_launch_args`, with ``--dist-timeout``; each spawned process
+    ends as :func:`run_then_exit_worker` says. A failed rendezvous ends with ``SystemExit``
+    carrying a message on what to check; other errors propagate."""
     try:
         launch(
-            functools.partial(run_then_leave_process_group, main_func),
+            functools.partial(run_then_exit_worker, main_func),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
