@@ -19,13 +19,16 @@ def _pair(channels=64):
 
 
 def test_in_fp32_it_is_group_norm_itself():
-    """Same state dict keys, bitwise the same output for an fp32 input. Fails if the layer
-    renames or adds parameters (checkpoints of nn.GroupNorm heads would not load) or changes
-    the fp32 computation."""
+    """Same state dict keys, bitwise the same output for an fp32 input, and for an fp64 one
+    with the layer in fp64. Fails if the layer renames or adds parameters (checkpoints of
+    nn.GroupNorm heads would not load), changes the fp32 computation, or casts every input
+    that is not fp32 (an fp64 input meets fp64 parameters as fp32: a dtype error)."""
     plain, fp32 = _pair()
     assert plain.state_dict().keys() == fp32.state_dict().keys()
     x = torch.randn(2, 64, 9, 7) * 3 + 1
     assert torch.equal(fp32(x), plain(x))
+    out = fp32.double()(x.double())
+    assert out.dtype == torch.float64 and torch.equal(out, plain.double()(x.double()))
 
 
 def test_under_cpu_bf16_autocast_it_normalises_in_fp32():
