@@ -24,6 +24,7 @@ from detectron2.engine import SimpleTrainer, hooks, launch
 import train_net
 from atss.data import register_shapes
 from atss.engine import AtomicDetectionCheckpointer, resolve_device, train_loop
+from atss.engine.cli import run_then_exit_worker
 from atss.modeling import ATSS
 from atss.modeling.losses import loss_normalizers
 from tests.atss_testing import (
@@ -484,6 +485,10 @@ CASES = [  # (positives per rank, centerness-target sums per rank, local loss su
 
 
 def _normalizer_worker(rank, world, port, out):
+    run_then_exit_worker(_normalizers_to_file, rank, world, port, out)  # ends with os._exit(0)
+
+
+def _normalizers_to_file(rank, world, port, out):
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -492,12 +497,6 @@ def _normalizer_worker(rank, world, port, out):
         n_pos, s_ctr = loss_normalizers(torch.tensor(pos[rank]), torch.tensor(ctr[rank]))
         results.append((n_pos, s_ctr, losses[rank] / n_pos, losses[rank] / s_ctr))
     torch.save(results, f"{out}.{rank}")
-    torch.distributed.barrier()  # both ranks are past every collective
-    # Leave without destroying the process group, as Detectron2's launch workers do. With torch
-    # 2.3.1, destroy_process_group right after an all_reduce deadlocked once in this test:
-    # ~ProcessGroupGloo held the GIL waiting for gloo's worker thread, which needed the GIL to
-    # free that all_reduce's tensor. os._exit skips every destructor; the results are on disk.
-    os._exit(0)
 
 
 @pytest.mark.slow
